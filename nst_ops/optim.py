@@ -1,0 +1,168 @@
+"""The optimisation loop: optimizer choice, loss trace, divergence detection, best-image keeping.
+
+Works on a batch of images whose losses are separable (one value per image). Adam and SGD are
+exact per image in a batch; L-BFGS keeps one history for all parameters, so it runs one image at
+a time (``optimize`` refuses an L-BFGS batch).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from .spec import JobSpec
+
+
+@dataclass
+class Terms:
+    """Per-image loss terms at one evaluation (each tensor has shape (B,))."""
+
+    total: Tensor
+    content: Tensor
+    style: Tensor
+    tv: Tensor
+    style_layers: dict[str, Tensor]
+
+
+Objective = Callable[[Tensor], Terms]
+
+
+@dataclass
+class Outcome:
+    """What one image's optimisation produced. ``image`` is the best image seen, (3,H,W) on CPU."""
+
+    image: Tensor
+    status: str  # "ok" or "diverged"
+    iterations: int
+    diverged_at: int | None = None
+    reason: str | None = None
+    final: dict[str, float] = field(default_factory=dict)
+    trace: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def make_optimizer(spec: JobSpec, params: list[Tensor]) -> torch.optim.Optimizer:
+    lr = spec.learning_rate
+    if spec.optimizer == "lbfgs":
+        return torch.optim.LBFGS(
+            params,
+            lr=lr,
+            max_iter=1,
+            history_size=50,
+            line_search_fn="strong_wolfe" if spec.line_search else None,
+        )
+    if spec.optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    return torch.optim.SGD(params, lr=lr, momentum=spec.momentum)
+
+
+def _row(terms: Terms, i: int, iteration: int, seconds: float) -> dict[str, float]:
+    terms = Terms(
+        *(t.detach() for t in (terms.total, terms.content, terms.style, terms.tv)),
+        {k: v.detach() for k, v in terms.style_layers.items()},
+    )
+    row = {
+        "iteration": iteration,
+        "total": float(terms.total[i]),
+        "content": float(terms.content[i]),
+        "style": float(terms.style[i]),
+        "tv": float(terms.tv[i]),
+        "seconds": seconds,
+    }
+    row.update({f"style_{k}": float(v[i]) for k, v in terms.style_layers.items()})
+    return row
+
+
+def optimize(
+    objective: Objective,
+    x0: Tensor,
+    spec: JobSpec,
+    iteration_offset: int = 0,
+    clock_start: float | None = None,
+) -> list[Outcome]:
+    """Minimise ``objective`` from ``x0`` (B,3,H,W) for ``spec.iterations`` steps.
+
+    A non-finite loss, or one above ``divergence_factor`` times an image's best, stops that image
+    with status ``diverged``; its best image so far is what is returned.
+    """
+    b = x0.shape[0]
+    if spec.optimizer == "lbfgs" and b != 1:
+        raise ValueError("L-BFGS shares its history across parameters: run it one image at a time")
+    t0 = time.perf_counter() if clock_start is None else clock_start
+    x = x0.detach().clone().requires_grad_(True)
+    opt = make_optimizer(spec, [x])
+    best = torch.full((b,), math.inf)
+    best_img = x0.detach().clone()
+    best_terms: list[dict[str, float] | None] = [None] * b
+    alive = torch.ones(b, dtype=torch.bool)
+    outcomes = [Outcome(image=x0[i], status="ok", iterations=0) for i in range(b)]
+    last: list[Terms] = []
+
+    def evaluate(iteration: int, backward: bool) -> Terms:
+        terms = objective(x)
+        total = terms.total.detach().cpu()
+        ok = torch.isfinite(total)
+        better = ok & alive & (total < best)
+        if better.any():
+            idx = better.nonzero().flatten()
+            best[idx] = total[idx]
+            best_img[idx.to(x.device)] = x.detach()[idx.to(x.device)]
+            for i in idx.tolist():
+                best_terms[i] = _row(terms, i, iteration, time.perf_counter() - t0)
+        if backward:
+            mask = (ok & alive).to(x.device)
+            loss = torch.where(mask, terms.total, torch.zeros_like(terms.total)).sum()
+            loss.backward()
+            if not bool(mask.all()):
+                x.grad[~mask] = 0
+        return terms
+
+    iteration = iteration_offset
+    for step in range(1, spec.iterations + 1):
+        iteration = iteration_offset + step
+
+        def closure(iteration: int = iteration) -> Tensor:
+            opt.zero_grad(set_to_none=False)
+            terms = evaluate(iteration, backward=True)
+            last[:] = [terms]
+            return terms.total.detach().sum()
+
+        opt.step(closure)
+        with torch.no_grad():
+            x.clamp_(0.0, 1.0)
+        terms = last[0]
+        total = terms.total.detach().cpu()
+        now = time.perf_counter() - t0
+        for i in range(b):
+            if not alive[i]:
+                continue
+            outcomes[i].iterations = step
+            bad = not math.isfinite(total[i]) or total[i] > spec.divergence_factor * best[i]
+            if step % spec.log_every == 0 or step == 1 or step == spec.iterations or bad:
+                outcomes[i].trace.append(_row(terms, i, iteration, now))
+            if bad:
+                alive[i] = False
+                outcomes[i].status = "diverged"
+                outcomes[i].diverged_at = iteration
+                outcomes[i].reason = (
+                    f"non-finite loss at iteration {iteration}"
+                    if not math.isfinite(total[i])
+                    else f"loss {float(total[i]):.4g} at iteration {iteration} exceeds "
+                    f"{spec.divergence_factor:g} x best {float(best[i]):.4g}"
+                )
+        if not alive.any():
+            break
+
+    with torch.no_grad():
+        evaluate(iteration, backward=False)  # the last step's result is a candidate too
+    now = time.perf_counter() - t0
+    for i, out in enumerate(outcomes):
+        out.image = best_img[i].detach().clamp(0, 1).cpu()
+        out.final = best_terms[i] or {}
+        out.seconds = now
+    return outcomes

@@ -1,0 +1,182 @@
+"""One job's parameters: the single place where they are named, defaulted and validated."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from .vgg import BACKBONE_CFG, check_layers
+
+MODES = ("transfer", "style", "content")
+OPTIMIZERS = ("lbfgs", "adam", "sgd")
+INITS = ("noise", "content", "style")
+STYLE_SCALES = ("content", "own")
+DEFAULT_LR = {"lbfgs": 1.0, "adam": 0.02, "sgd": 0.1}
+GATYS_STYLE_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
+MIN_SIZE, MAX_SIZE = 16, 4096
+
+
+class SpecError(ValueError):
+    """A parameter value that can never give a valid job."""
+
+
+def _finite_nonneg(name: str, value: float) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise SpecError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise SpecError(f"{name} must be finite and >= 0, got {value!r}")
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Hyper-parameters of one optimisation (inputs are passed separately).
+
+    ``content_weight``/``style_weight`` are the study's alpha/beta; ``style_layer_weights`` its
+    w_l (default: equal, summing to 1). ``lr=None`` picks the optimizer's default.
+    """
+
+    mode: str = "transfer"
+    backbone: str = "vgg19"
+    pooling: str = "max"
+    weights: str = "imagenet"
+    content_layers: tuple[str, ...] = ("conv4_2",)
+    style_layers: tuple[str, ...] = GATYS_STYLE_LAYERS
+    style_layer_weights: tuple[float, ...] | None = None
+    content_weight: float = 1.0
+    style_weight: float = 1e3
+    tv_weight: float = 0.0
+    optimizer: str = "lbfgs"
+    lr: float | None = None
+    momentum: float = 0.0
+    line_search: bool = False
+    iterations: int = 300
+    size: int = 256
+    init: str = "noise"
+    seed: int = 0
+    style_scale: str = "content"
+    style_blend: tuple[float, ...] | None = None
+    preserve_color: bool = False
+    multires: int = 1
+    log_every: int = 10
+    divergence_factor: float = 100.0
+    amp: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("content_layers", "style_layers", "style_layer_weights", "style_blend"):
+            v = getattr(self, name)
+            if isinstance(v, str):
+                v = (v,)
+            if v is not None and not isinstance(v, tuple):
+                object.__setattr__(self, name, tuple(v))
+        self._validate()
+
+    def _validate(self) -> None:
+        def choice(name: str, options: tuple[str, ...]) -> None:
+            v = getattr(self, name)
+            if v not in options:
+                raise SpecError(f"unknown {name} {v!r}; choose one of {', '.join(options)}")
+
+        choice("mode", MODES)
+        choice("backbone", tuple(BACKBONE_CFG))
+        choice("pooling", ("max", "avg"))
+        choice("optimizer", OPTIMIZERS)
+        choice("init", INITS)
+        choice("style_scale", STYLE_SCALES)
+        if not isinstance(self.weights, str) or not self.weights:
+            raise SpecError("weights must be 'imagenet', 'random:<seed>', a path or a URL")
+        if self.weights.startswith("random:") and not self.weights[7:].isdigit():
+            raise SpecError(f"weights {self.weights!r}: expected random:<integer seed>")
+        if self.mode in ("transfer", "content") and not self.content_layers:
+            raise SpecError(f"mode {self.mode!r} needs at least one content layer")
+        if self.mode in ("transfer", "style") and not self.style_layers:
+            raise SpecError(f"mode {self.mode!r} needs at least one style layer")
+        try:
+            check_layers(self.backbone, self.content_layers + self.style_layers)
+        except ValueError as e:
+            raise SpecError(str(e)) from None
+        for name in ("content_weight", "style_weight", "tv_weight", "momentum"):
+            _finite_nonneg(name, getattr(self, name))
+        if self.style_layer_weights is not None:
+            if len(self.style_layer_weights) != len(self.style_layers):
+                raise SpecError(
+                    f"style_layer_weights has {len(self.style_layer_weights)} values for "
+                    f"{len(self.style_layers)} style layers"
+                )
+            for w in self.style_layer_weights:
+                _finite_nonneg("style_layer_weights", w)
+        if self.style_blend is not None:
+            if not self.style_blend:
+                raise SpecError("style_blend must not be empty")
+            for w in self.style_blend:
+                _finite_nonneg("style_blend", w)
+            if sum(self.style_blend) <= 0:
+                raise SpecError("style_blend weights must not all be zero")
+        if self.lr is not None:
+            _finite_nonneg("lr", self.lr)
+            if self.lr == 0:
+                raise SpecError("lr must be > 0")
+        for name, lo in (("iterations", 1), ("log_every", 1), ("multires", 1)):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+                raise SpecError(f"{name} must be an integer >= {lo}, got {v!r}")
+        if not isinstance(self.size, int) or not MIN_SIZE <= self.size <= MAX_SIZE:
+            raise SpecError(
+                f"size must be an integer in [{MIN_SIZE}, {MAX_SIZE}], got {self.size!r}"
+            )
+        if self.size >> (self.multires - 1) < MIN_SIZE:
+            raise SpecError(
+                f"multires={self.multires} makes the first level smaller than {MIN_SIZE} px"
+            )
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise SpecError(f"seed must be an integer >= 0, got {self.seed!r}")
+        _finite_nonneg("divergence_factor", self.divergence_factor)
+        if self.divergence_factor <= 1:
+            raise SpecError("divergence_factor must be > 1")
+        if self.preserve_color and self.mode != "transfer":
+            raise SpecError("preserve_color applies to style transfer only")
+        if self.mode == "style" and self.init == "content":
+            raise SpecError("style reconstruction has no content image to initialise from")
+        if self.mode == "content" and self.init == "style":
+            raise SpecError("content reconstruction has no style image to initialise from")
+
+    @property
+    def learning_rate(self) -> float:
+        return DEFAULT_LR[self.optimizer] if self.lr is None else self.lr
+
+    @property
+    def layer_weights(self) -> tuple[float, ...]:
+        if self.style_layer_weights is not None:
+            return self.style_layer_weights
+        return tuple(1.0 / len(self.style_layers) for _ in self.style_layers)
+
+    @property
+    def uses_content(self) -> bool:
+        return self.mode in ("transfer", "content")
+
+    @property
+    def uses_style(self) -> bool:
+        return self.mode in ("transfer", "style")
+
+    @property
+    def active_layers(self) -> tuple[str, ...]:
+        layers = (self.content_layers if self.uses_content else ()) + (
+            self.style_layers if self.uses_style else ()
+        )
+        return tuple(dict.fromkeys(layers))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON-able parameters (tuples as lists) in field order."""
+        d = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def from_dict(cls, params: dict[str, Any]) -> JobSpec:
+        unknown = set(params) - set(cls.field_names())
+        if unknown:
+            raise SpecError(f"unknown parameter(s): {', '.join(sorted(unknown))}")
+        return cls(**params)

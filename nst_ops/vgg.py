@@ -1,0 +1,158 @@
+"""VGG16/VGG19 feature extractor with literature layer names, truncation and pooling choice.
+
+The layer structure comes from torchvision's own ``make_layers``/``cfgs`` so indices match
+torchvision state dicts (``features.N.weight``). Weight *sources* (downloads, files, URLs) are the
+pipeline's concern; this module only accepts an in-memory state dict or a seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from contextlib import nullcontext
+
+import torch
+from torch import Tensor, nn
+from torchvision.models.vgg import cfgs, make_layers
+
+BACKBONE_CFG = {"vgg16": "D", "vgg19": "E"}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class WeightsError(ValueError):
+    """A state dict that does not fit the network it is loaded into."""
+
+
+def layer_names(backbone: str) -> list[str]:
+    """Names of every module in ``features`` in order: conv1_1, relu1_1, ..., pool5."""
+    if backbone not in BACKBONE_CFG:
+        raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(BACKBONE_CFG)}")
+    names, block, idx = [], 1, 1
+    for v in cfgs[BACKBONE_CFG[backbone]]:
+        if v == "M":
+            names.append(f"pool{block}")
+            block, idx = block + 1, 1
+        else:
+            names += [f"conv{block}_{idx}", f"relu{block}_{idx}"]
+            idx += 1
+    return names
+
+
+def check_layers(backbone: str, layers: Iterable[str]) -> None:
+    """Raise a ValueError listing the valid names when a layer is not in the backbone."""
+    valid = layer_names(backbone)
+    bad = [name for name in layers if name not in valid]
+    if bad:
+        raise ValueError(
+            f"layer(s) {', '.join(bad)} not in {backbone}; valid layers: {', '.join(valid)}"
+        )
+
+
+def deepest(backbone: str, layers: Iterable[str]) -> str:
+    names = layer_names(backbone)
+    return max(layers, key=names.index)
+
+
+class VGGFeatures(nn.Module):
+    """Frozen, truncated VGG ``features`` returning a dict of the requested layers' outputs.
+
+    Input is RGB in [0, 1]; ImageNet normalisation happens inside so callers optimise pixels.
+    ``amp`` autocasts only the convolutions (bf16 on CUDA); features are returned in fp32 so
+    Gram matrices and losses stay fp32.
+    """
+
+    def __init__(
+        self,
+        backbone: str,
+        layers: Iterable[str],
+        pooling: str = "max",
+        state_dict: Mapping[str, Tensor] | None = None,
+        seed: int | None = None,
+        amp: bool = False,
+    ):
+        super().__init__()
+        layers = tuple(dict.fromkeys(layers))
+        if not layers:
+            raise ValueError("at least one layer is required")
+        if pooling not in ("max", "avg"):
+            raise ValueError(f"unknown pooling {pooling!r}; choose 'max' or 'avg'")
+        check_layers(backbone, layers)
+        self.backbone, self.pooling, self.layers, self.amp = backbone, pooling, layers, amp
+        names = layer_names(backbone)
+        last = max(names.index(n) for n in layers)
+        full = make_layers(cfgs[BACKBONE_CFG[backbone]])
+        mods = list(full.children())[: last + 1]
+        if pooling == "avg":
+            mods = [
+                nn.AvgPool2d(m.kernel_size, m.stride) if isinstance(m, nn.MaxPool2d) else m
+                for m in mods
+            ]
+        self.features = nn.Sequential(*mods)
+        self.names = names[: last + 1]
+        if state_dict is not None:
+            load_features(self.features, self.names, state_dict)
+        else:
+            _random_init(self.features, 0 if seed is None else seed)
+        for m in self.features:
+            if isinstance(m, nn.ReLU):
+                m.inplace = False  # in-place ReLU would overwrite returned conv outputs
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+        self.requires_grad_(False)
+        self.eval()
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        h = (x - self.mean) / self.std
+        out: dict[str, Tensor] = {}
+        wanted = set(self.layers)
+        cast = (
+            torch.autocast(device_type=x.device.type, dtype=torch.bfloat16)
+            if self.amp and x.device.type == "cuda"
+            else nullcontext()
+        )
+        with cast:
+            for name, module in zip(self.names, self.features, strict=True):
+                h = module(h)
+                if name in wanted:
+                    out[name] = h.float()
+        return out
+
+
+def _random_init(features: nn.Sequential, seed: int) -> None:
+    """torchvision's VGG init (kaiming fan_out, zero bias), seeded and device-independent."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in features:
+            if isinstance(m, nn.Conv2d):
+                fan_out = m.out_channels * m.kernel_size[0] * m.kernel_size[1]
+                m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * (2.0 / fan_out) ** 0.5)
+                m.bias.zero_()
+
+
+def load_features(
+    features: nn.Sequential, names: list[str], state_dict: Mapping[str, Tensor]
+) -> None:
+    """Copy conv weights from a torchvision state dict (full model or ``features`` only).
+
+    A partial dict is fine as long as it covers every conv the truncated network keeps.
+    """
+    sd = {k.removeprefix("features."): v for k, v in state_dict.items()}
+    with torch.no_grad():
+        for i, (name, m) in enumerate(zip(names, features, strict=True)):
+            if not isinstance(m, nn.Conv2d):
+                continue
+            for part, param in (("weight", m.weight), ("bias", m.bias)):
+                key = f"{i}.{part}"
+                if key not in sd:
+                    raise WeightsError(
+                        f"weights lack layer {name} (tensor features.{key}); the file covers "
+                        f"fewer layers than requested — choose layers up to the last one it has"
+                    )
+                t = sd[key]
+                if not isinstance(t, Tensor) or tuple(t.shape) != tuple(param.shape):
+                    shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+                    raise WeightsError(
+                        f"weights tensor features.{key} ({name}) has shape {shape}, "
+                        f"expected {tuple(param.shape)}"
+                    )
+                param.copy_(t.to(param.dtype))

@@ -1,0 +1,72 @@
+"""Where VGG weights come from: torchvision's cache, a local path or fsspec URL, or a seed.
+
+Files are only ever read with ``torch.load(weights_only=True)``: a pickle carrying code is refused.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from functools import lru_cache
+
+import fsspec
+import torch
+from torch import Tensor
+
+from nst_ops.vgg import WeightsError
+
+
+def parse(weights: str) -> tuple[str, int | None]:
+    """'random:7' -> ('random', 7); 'imagenet' -> ('imagenet', None); else ('file', None)."""
+    if weights.startswith("random:"):
+        return "random", int(weights.split(":", 1)[1])
+    if weights == "imagenet":
+        return "imagenet", None
+    return "file", None
+
+
+def load_state_dict(uri: str, storage_options: dict | None = None) -> dict[str, Tensor]:
+    """Read a torchvision state dict (full model or ``features`` only) from any fsspec URL."""
+    try:
+        with fsspec.open(uri, "rb", **(storage_options or {})) as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise WeightsError(f"weights file not found: {uri}") from None
+    try:
+        sd = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise WeightsError(
+            f"weights file {uri} is not a plain tensor state dict (refused by weights_only "
+            f"loading): {first}"
+        ) from None
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):
+        raise WeightsError(f"weights file {uri} does not hold a dict of tensors")
+    return sd
+
+
+def imagenet_state_dict(backbone: str) -> dict[str, Tensor]:
+    """torchvision's IMAGENET1K_V1 weights (downloaded once into the torch hub cache)."""
+    from torchvision.models import get_weight
+
+    w = get_weight(f"{backbone.upper()}_Weights.IMAGENET1K_V1")
+    try:
+        return w.get_state_dict(progress=False, check_hash=True)
+    except Exception as e:  # network errors come in many types; the message is what matters
+        raise WeightsError(
+            f"could not fetch torchvision's {backbone} ImageNet weights ({e}); on machines without "
+            f"internet, stage the file and pass its path or URL as weights"
+        ) from None
+
+
+@lru_cache(maxsize=4)
+def cached_state_dict(weights: str, backbone: str) -> dict[str, Tensor] | None:
+    """Per-process cache so a long-lived worker reads each weights file once."""
+    kind, _ = parse(weights)
+    if kind == "random":
+        return None
+    if kind == "imagenet":
+        return imagenet_state_dict(backbone)
+    return load_state_dict(weights)
