@@ -44,7 +44,7 @@ class JobSpec:
     style_layers: tuple[str, ...] = GATYS_STYLE_LAYERS
     style_layer_weights: tuple[float, ...] | None = None
     content_weight: float = 1.0
-    style_weight: float = 1e3
+    style_weight: float = 1e7
     tv_weight: float = 0.0
     optimizer: str = "lbfgs"
     lr: float | None = None

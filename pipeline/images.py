@@ -1,0 +1,80 @@
+"""Decoding input images safely into RGB tensors, and encoding results as PNG.
+
+Grayscale, CMYK, palette, alpha and 16-bit images are converted (alpha composited on white);
+empty, truncated, non-image and oversized (decompression-bomb) files are refused by name.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .errors import InputError
+
+DEFAULT_MAX_PIXELS = 50_000_000
+Image.MAX_IMAGE_PIXELS = None  # we enforce our own, configurable limit before decoding
+
+
+def _to_rgb(img: Image.Image) -> np.ndarray:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        a = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if a.max() > 255 or img.mode.startswith("I;16") else 255.0
+        g = np.clip(a / top, 0, 1).astype(np.float32)
+        return np.repeat(g[..., None], 3, axis=2)
+    if img.mode == "F":
+        g = np.clip(np.asarray(img, dtype=np.float32), 0, 1)
+        return np.repeat(g[..., None], 3, axis=2)
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, rgba)
+    return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def _open(data: bytes, name: str, max_pixels: int, draft: bool) -> Image.Image:
+    """Open and fully load an image, turning every PIL failure into an InputError naming it."""
+    if not data:
+        raise InputError(f"{name}: empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            img = Image.open(io.BytesIO(data))
+            w, h = img.size
+            if w * h > max_pixels:
+                raise InputError(
+                    f"{name}: image is {w}x{h} = {w * h:,} pixels, above the limit of "
+                    f"{max_pixels:,} (possible decompression bomb; raise --max-pixels to allow)"
+                )
+            if draft:
+                img.draft("RGB", (max(1, w // 8), max(1, h // 8)))  # JPEG decodes at 1/8 scale
+            img.load()
+            return img
+    except UnidentifiedImageError:
+        raise InputError(f"{name}: not an image file PIL can read") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise InputError(f"{name}: corrupt or truncated image ({e})") from None
+
+
+def decode(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+    """Bytes -> (3,H,W) float tensor in [0,1]; ``name`` goes into every error message."""
+    arr = _to_rgb(_open(data, name, max_pixels, draft=False))
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous()
+
+
+def probe(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """Cheap check for `nst validate`: header, size limit and a reduced-size decode."""
+    img = _open(data, name, max_pixels, draft=True)
+    return img.size
+
+
+def encode_png(image: torch.Tensor) -> bytes:
+    arr = (image.detach().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round()
+    buf = io.BytesIO()
+    Image.fromarray(arr.astype(np.uint8), "RGB").save(buf, format="PNG")
+    return buf.getvalue()

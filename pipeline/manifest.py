@@ -1,0 +1,129 @@
+"""The manifest: a Parquet table of content/style pairs whose other columns are job parameters.
+
+Parameter columns are the fields of :class:`nst_ops.spec.JobSpec`. A scalar parameter given as a
+list is a grid axis; a list parameter (layers, layer weights, blend) is a grid axis when given as
+a list of lists. ``job_name`` and ``tag_*`` columns are carried through to the results.
+"""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from dataclasses import dataclass, fields
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from nst_ops.spec import JobSpec
+
+from .errors import ManifestError
+
+MODES = ("transfer", "style", "content", "layer_sweep")
+URI_COLUMNS = ("content_uri", "style_uri")
+REQUIRED = URI_COLUMNS
+META_COLUMNS = ("mode", "job_name")
+TAG_PREFIX = "tag_"
+
+
+@dataclass(frozen=True)
+class ParamType:
+    """What a JobSpec field holds: its scalar kind and whether the value itself is a list."""
+
+    kind: type
+    is_seq: bool
+
+
+def _param_types() -> dict[str, ParamType]:
+    hints = typing.get_type_hints(JobSpec)
+    out = {}
+    for f in fields(JobSpec):
+        if f.name == "mode":
+            continue
+        hint = hints[f.name]
+        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        base = next(a for a in typing.get_args(hint) if a is not type(None)) if union else hint
+        is_seq = typing.get_origin(base) is tuple
+        kind = typing.get_args(base)[0] if is_seq else base
+        out[f.name] = ParamType(kind, is_seq)
+    return out
+
+
+PARAMS: dict[str, ParamType] = _param_types()
+KNOWN_COLUMNS = (*URI_COLUMNS, *META_COLUMNS, *PARAMS)
+
+
+def _arrow_ok(kind: type, t: pa.DataType) -> bool:
+    if pa.types.is_null(t):
+        return True
+    if kind is bool:
+        return pa.types.is_boolean(t)
+    if kind is int:
+        return pa.types.is_integer(t) or pa.types.is_floating(t)
+    if kind is float:
+        return pa.types.is_integer(t) or pa.types.is_floating(t)
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+def _list_depth(t: pa.DataType) -> tuple[int, pa.DataType]:
+    depth = 0
+    while pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        t, depth = t.value_type, depth + 1
+    return depth, t
+
+
+def check_schema(schema: pa.Schema) -> None:
+    """Column-level checks: required, unknown (with did-you-mean) and types."""
+    names = schema.names
+    missing = [c for c in REQUIRED if c not in names]
+    if missing:
+        raise ManifestError(f"manifest is missing required column(s): {', '.join(missing)}")
+    for name in names:
+        if name in KNOWN_COLUMNS or name.startswith(TAG_PREFIX):
+            continue
+        close = difflib.get_close_matches(name, KNOWN_COLUMNS, n=1)
+        hint = (
+            f"; did you mean {close[0]!r}?"
+            if close
+            else f" (tag columns start with {TAG_PREFIX!r})"
+        )
+        raise ManifestError(f"unknown column {name!r}{hint}")
+    for name in names:
+        t = schema.field(name).type
+        depth, leaf = _list_depth(t)
+        if name in ("content_uri", "mode", "job_name"):
+            ok, want = depth == 0 and _arrow_ok(str, leaf), "string"
+        elif name == "style_uri":
+            ok, want = depth <= 1 and _arrow_ok(str, leaf), "string or list of strings"
+        elif name in PARAMS:
+            p = PARAMS[name]
+            kind = p.kind.__name__
+            ok = _arrow_ok(p.kind, leaf) and depth <= (2 if p.is_seq else 1)
+            want = (
+                f"list of {kind} (or a list of such lists for a grid)"
+                if p.is_seq
+                else f"{kind} (or a list of {kind} for a grid)"
+            )
+        else:
+            continue
+        if not ok:
+            raise ManifestError(f"column {name!r} has type {t}, expected {want}")
+
+
+def read_manifest(uri: str, storage_options: dict | None = None) -> pa.Table:
+    try:
+        with fsspec.open(uri, "rb", **(storage_options or {})) as f:
+            table = pq.read_table(f)
+    except FileNotFoundError:
+        raise ManifestError(f"manifest not found: {uri}") from None
+    except (pa.ArrowInvalid, OSError) as e:
+        raise ManifestError(f"manifest {uri} is not a readable Parquet file: {e}") from None
+    check_schema(table.schema)
+    return table
+
+
+def write_manifest(table: pa.Table, uri: str, storage_options: dict | None = None) -> None:
+    check_schema(table.schema)
+    with fsspec.open(uri, "wb", **(storage_options or {})) as f:
+        pq.write_table(table, f)
