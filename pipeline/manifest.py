@@ -8,9 +8,13 @@ a list of lists. ``job_name`` and ``tag_*`` columns are carried through to the r
 from __future__ import annotations
 
 import difflib
+import io
+import os
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, fields
+from typing import Any
 
 import fsspec
 import pyarrow as pa
@@ -120,10 +124,89 @@ def read_manifest(uri: str, storage_options: dict | None = None) -> pa.Table:
     except (pa.ArrowInvalid, OSError) as e:
         raise ManifestError(f"manifest {uri} is not a readable Parquet file: {e}") from None
     check_schema(table.schema)
+    return resolve_paths(table, uri)
+
+
+def _is_relative_path(value: str) -> bool:
+    special = value == "imagenet" or value.startswith("random:")
+    return not special and "://" not in value and not os.path.isabs(value)
+
+
+def _map_paths(table: pa.Table, fn: Callable[[str], str]) -> pa.Table:
+    def conv(v: Any) -> Any:
+        if isinstance(v, list):
+            return [conv(x) for x in v]
+        return fn(v) if isinstance(v, str) and _is_relative_path(v) else v
+
+    for name in ("content_uri", "style_uri", "weights"):
+        if name not in table.column_names:
+            continue
+        col = table.column(name)
+        values = [conv(v) for v in col.to_pylist()]
+        table = table.set_column(table.column_names.index(name), name, pa.array(values, col.type))
     return table
+
+
+def resolve_paths(table: pa.Table, manifest_uri: str) -> pa.Table:
+    """Relative local paths in a local manifest are relative to the manifest's folder."""
+    if "://" in manifest_uri and not manifest_uri.startswith("file://"):
+        return table
+    base = os.path.dirname(os.path.abspath(manifest_uri.removeprefix("file://")))
+    return _map_paths(table, lambda v: os.path.normpath(os.path.join(base, v)))
+
+
+def rebase_paths(table: pa.Table, manifest_uri: str) -> pa.Table:
+    """Relative paths given on the command line (relative to the cwd) -> relative to the manifest,
+    so a manifest and its inputs can move together."""
+    if "://" in manifest_uri and not manifest_uri.startswith("file://"):
+        return _map_paths(table, os.path.abspath)
+    base = os.path.dirname(os.path.abspath(manifest_uri.removeprefix("file://")))
+    return _map_paths(table, lambda v: os.path.relpath(os.path.abspath(v), base))
 
 
 def write_manifest(table: pa.Table, uri: str, storage_options: dict | None = None) -> None:
     check_schema(table.schema)
-    with fsspec.open(uri, "wb", **(storage_options or {})) as f:
-        pq.write_table(table, f)
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    if "file" in fs.protocol:
+        fs.makedirs(fs._parent(path), exist_ok=True)
+    fs.pipe_file(path, buf.getvalue())
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def list_images(pattern: str, storage_options: dict | None = None) -> list[str]:
+    """A folder (its images), a glob, or a single file -> sorted URIs (local paths stay plain)."""
+    fs, path = fsspec.core.url_to_fs(pattern, **(storage_options or {}))
+    if fs.isdir(path):
+        found = [p for p in fs.ls(path, detail=False) if p.lower().endswith(IMAGE_SUFFIXES)]
+    elif any(ch in path for ch in "*?["):
+        found = fs.glob(path)
+    else:
+        found = [path] if fs.exists(path) else []
+    local = "file" in fs.protocol
+    return sorted(p if local else fs.unstrip_protocol(p) for p in found)
+
+
+def build_manifest(
+    contents: list[str], styles: list[str], mode: str, params: dict, blend: bool = False
+) -> pa.Table:
+    """Every content x style pair (or each style/content alone for reconstructions) as a row,
+    with the same parameter (grid) columns on each row."""
+    if mode not in MODES:
+        raise ManifestError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    style_values: list = [styles] if blend else list(styles)
+    if mode == "content":
+        pairs = [(c, None) for c in contents]
+    elif mode in ("style", "layer_sweep"):
+        pairs = [(None, s) for s in style_values]
+    else:
+        pairs = [(c, s) for c in contents for s in style_values]
+    if not pairs:
+        raise ManifestError("no inputs: give content and/or style images that exist")
+    rows = [{"content_uri": c, "style_uri": s, "mode": mode, **params} for c, s in pairs]
+    table = pa.Table.from_pylist(rows)
+    check_schema(table.schema)
+    return table

@@ -104,7 +104,7 @@ class Store:
             return {}
         blobs = self.fs.cat(paths, on_error="omit")
         rows = {}
-        for path, data in blobs.items():
+        for data in blobs.values():
             try:
                 row = json.loads(data)
             except ValueError:

@@ -90,8 +90,8 @@ def run_job(job: Job, opts: RunOptions, device: torch.device | None = None) -> d
     }
     outcome = None
     try:
-        content = _read_image(job.content_uri, opts) if job.spec.uses_content else None
-        styles = [_read_image(u, opts) for u in job.style_uris]
+        content = read_image(job.content_uri, opts) if job.spec.uses_content else None
+        styles = [read_image(u, opts) for u in job.style_uris]
         net = extractor_for(job, device)
         outcome = stylize(job.spec, net, content, styles)
         row.update(
@@ -127,7 +127,7 @@ def run_job(job: Job, opts: RunOptions, device: torch.device | None = None) -> d
     return row
 
 
-def _read_image(uri: str, opts: RunOptions) -> torch.Tensor:
+def read_image(uri: str, opts: RunOptions) -> torch.Tensor:
     try:
         data = storage.read_bytes(uri, opts.storage_options, opts.storage_attempts)
     except FileNotFoundError:
