@@ -58,8 +58,10 @@ def init_ray(address: str | None, num_cpus: int | None = None, num_gpus: int | N
 @ray.remote(max_calls=0)  # keep the worker (and its cached VGG) alive between jobs
 def _task(job: Job, opts: RunOptions) -> dict[str, Any]:
     """The Ray task body: the GPU Ray assigned (if any) decides the device."""
-    use_gpu = bool(ray.get_gpu_ids()) and torch.cuda.is_available()
-    return run_job(job, opts, torch.device("cuda" if use_gpu else "cpu"))
+    gpu_ids = [str(g) for g in ray.get_gpu_ids()]
+    use_gpu = bool(gpu_ids) and torch.cuda.is_available()
+    row = run_job(job, opts, torch.device("cuda" if use_gpu else "cpu"))
+    return {**row, "ray_gpu_ids": ",".join(gpu_ids)}
 
 
 def task_options(res: Resources) -> dict[str, Any]:

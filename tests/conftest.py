@@ -12,3 +12,56 @@ def content() -> torch.Tensor:
 @pytest.fixture
 def style() -> torch.Tensor:
     return torch.rand(3, 30, 30, generator=torch.Generator().manual_seed(2))
+
+
+import os  # noqa: E402
+import socket  # noqa: E402
+
+import ray  # noqa: E402
+
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "BOTO_CONFIG": "/dev/null",
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3 API on localhost (moto in server mode), reachable from Ray worker processes."""
+    from moto.server import ThreadedMotoServer
+
+    os.environ.update(S3_ENV)  # before Ray starts, so workers inherit the dummy credentials
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+def start_ray(num_gpus: int = 0) -> None:
+    """(Re)start a real local Ray with 2 CPUs and, to test GPU scheduling on CPU, fake GPUs."""
+    if ray.is_initialized():
+        if int(ray.cluster_resources().get("GPU", 0)) == num_gpus:
+            return
+        ray.shutdown()
+    os.environ.update(S3_ENV)
+    ray.init(num_cpus=2, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False)
+
+
+@pytest.fixture
+def ray_cpu():
+    start_ray(0)
+    yield
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if ray.is_initialized():
+        ray.shutdown()

@@ -1,0 +1,46 @@
+"""Small builders shared by the pipeline tests (tiny images, tiny manifests)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+
+TINY = {
+    "weights": "random:0",
+    "size": 16,
+    "iterations": 2,
+    "content_layers": ["relu2_1"],
+    "style_layers": ["relu1_1", "relu2_1"],
+    "log_every": 1,
+}
+
+
+def png_bytes(w: int = 20, h: int = 16, seed: int = 0, mode: str = "RGB") -> bytes:
+    rng = np.random.default_rng(seed)
+    img = Image.fromarray((rng.random((h, w, 3)) * 255).astype("uint8"), "RGB")
+    if mode != "RGB":
+        img = img.convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG" if mode != "CMYK" else "JPEG")
+    return buf.getvalue()
+
+
+def write_images(folder: Path, n: int, prefix: str) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        p = folder / f"{prefix}{i}.png"
+        p.write_bytes(png_bytes(seed=hash(prefix) % 1000 + i))
+        paths.append(str(p))
+    return paths
+
+
+def table(rows: list[dict], **common) -> pa.Table:
+    """A manifest table; every row gets every column (from_pylist reads keys off row 0)."""
+    full = [{**TINY, **common, **r} for r in rows]
+    keys = list(dict.fromkeys(k for r in full for k in r))
+    return pa.Table.from_pylist([{k: r.get(k) for k in keys} for r in full])

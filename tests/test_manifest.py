@@ -1,0 +1,136 @@
+"""Manifest schema checks, grid expansion and job identity."""
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from helpers import table
+
+from pipeline.errors import ManifestError
+from pipeline.grid import expand
+from pipeline.manifest import check_schema, read_manifest
+
+PAIR = {"content_uri": "/c.png", "style_uri": "/s.png"}
+
+
+def test_list_valued_columns_expand_to_the_cartesian_product():
+    t = table([{**PAIR, "optimizer": ["adam", "sgd"], "style_weight": [1.0, 10.0, 100.0]}])
+    jobs = expand(t)
+    assert len(jobs) == 6
+    assert {(j.spec.optimizer, j.spec.style_weight) for j in jobs} == {
+        (o, w) for o in ("adam", "sgd") for w in (1.0, 10.0, 100.0)
+    }
+
+
+def test_list_parameters_are_values_and_lists_of_lists_are_axes():
+    t = table([{**PAIR, "style_layers": [["relu1_1"], ["relu1_1", "relu2_1"]]}])
+    assert sorted(len(j.spec.style_layers) for j in expand(t)) == [1, 2]
+    assert len(expand(table([PAIR]))) == 1
+
+
+def test_job_ids_are_deterministic_and_depend_on_parameters_and_inputs():
+    t = table([{**PAIR, "seed": [0, 1]}])
+    a, b = expand(t), expand(t)
+    assert [j.id for j in a] == [j.id for j in b]
+    assert a[0].id != a[1].id
+    other = expand(table([{**PAIR, "style_uri": "/other.png"}]))[0]
+    assert other.id not in {j.id for j in a}
+
+
+def test_job_names_and_tags_do_not_change_the_id_and_are_carried_through():
+    a = expand(table([{**PAIR, "job_name": "x", "tag_batch": "b1"}]))[0]
+    b = expand(table([{**PAIR, "job_name": "../../etc/passwd"}]))[0]
+    assert a.id == b.id and a.id.isalnum()
+    assert a.to_record()["tag_batch"] == "b1" and a.to_record()["job_name"] == "x"
+
+
+def test_duplicate_rows_collapse_by_job_id():
+    assert len(expand(table([PAIR, PAIR, {**PAIR, "seed": 3}]))) == 2
+
+
+def test_style_reconstruction_rows_need_no_content():
+    jobs = expand(table([{"content_uri": None, "style_uri": "/s.png", "mode": "style"}]))
+    assert jobs[0].content_uri is None and jobs[0].spec.mode == "style"
+
+
+def test_layer_sweep_row_expands_into_growing_layer_sets():
+    row = {
+        "content_uri": None,
+        "style_uri": "/s.png",
+        "mode": "layer_sweep",
+        "style_layers": ["conv1_1", "conv2_1", "conv3_1"],
+    }
+    jobs = expand(table([row]))
+    assert [j.spec.style_layers for j in jobs] == [
+        ("conv1_1",),
+        ("conv1_1", "conv2_1"),
+        ("conv1_1", "conv2_1", "conv3_1"),
+    ]
+    assert len({j.sweep_of for j in jobs}) == 1 and jobs[0].spec.mode == "style"
+
+
+def test_blended_styles_are_one_job_with_several_style_uris():
+    jobs = expand(table([{**PAIR, "style_uri": ["/a.png", "/b.png"], "style_blend": [1.0, 3.0]}]))
+    assert len(jobs) == 1 and jobs[0].style_uris == ("/a.png", "/b.png")
+    with pytest.raises(ManifestError, match="row 0: style_blend has 1 weights for 2 style images"):
+        expand(table([{**PAIR, "style_uri": ["/a.png", "/b.png"], "style_blend": [1.0]}]))
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ([{"style_uri": "/s.png"}], "missing required column"),
+        ([{**PAIR, "optimiser": "adam"}], "unknown column 'optimiser'; did you mean 'optimizer'"),
+        ([{**PAIR, "iterations": "many"}], "column 'iterations' has type string, expected int"),
+        ([{**PAIR, "lr": []}], "row 0: grid axis 'lr' is empty"),
+        ([PAIR, {**PAIR, "mode": "dream"}], "row 1: unknown mode 'dream'"),
+        ([PAIR, {**PAIR, "style_weight": -5.0}], "row 1: style_weight must be finite and >= 0"),
+        ([{**PAIR, "style_weight": float("nan")}], "row 0: style_weight must be finite"),
+        ([{**PAIR, "iterations": 0}], "row 0: iterations must be an integer >= 1"),
+        ([{**PAIR, "size": 10**6}], "row 0: size must be an integer in"),
+        ([{**PAIR, "style_layers": ["relu9_9"]}], "row 0: layer.* relu9_9 not in vgg19"),
+        ([{**PAIR, "content_uri": None}], "row 0: mode 'transfer' needs a content_uri"),
+    ],
+)
+def test_bad_manifests_give_clear_row_numbered_errors(rows, message):
+    t = table(rows)
+    with pytest.raises(ManifestError, match=message):
+        check_schema(t.schema)
+        expand(t)
+
+
+def test_a_grid_past_the_limit_is_refused():
+    t = table([{**PAIR, "seed": list(range(50)), "lr": [0.1, 0.2, 0.3]}])
+    with pytest.raises(ManifestError, match="more than 100 jobs"):
+        expand(t, max_jobs=100)
+    assert len(expand(t, max_jobs=150)) == 150
+
+
+def test_an_empty_manifest_is_refused():
+    with pytest.raises(ManifestError, match="no rows"):
+        expand(table([PAIR]).slice(0, 0))
+
+
+def test_relative_paths_resolve_against_the_manifest_folder(tmp_path):
+    t = table([{"content_uri": "imgs/c.png", "style_uri": ["imgs/s.png"], "weights": "w.pth"}])
+    pq.write_table(t, tmp_path / "m.parquet")
+    row = read_manifest(str(tmp_path / "m.parquet")).to_pylist()[0]
+    assert row["content_uri"] == str(tmp_path / "imgs/c.png")
+    assert row["style_uri"] == [str(tmp_path / "imgs/s.png")]
+    assert row["weights"] == str(tmp_path / "w.pth")
+
+
+def test_a_file_that_is_not_parquet_is_a_clear_error(tmp_path):
+    (tmp_path / "m.parquet").write_text("hello")
+    with pytest.raises(ManifestError, match="not a readable Parquet file"):
+        read_manifest(str(tmp_path / "m.parquet"))
+    with pytest.raises(ManifestError, match="manifest not found"):
+        read_manifest(str(tmp_path / "nope.parquet"))
+
+
+def test_integer_columns_stored_as_floats_are_accepted_when_integral():
+    t = pa.table(
+        {"content_uri": ["/c"], "style_uri": ["/s"], "iterations": [3.0], "weights": ["random:0"]}
+    )
+    assert expand(t)[0].spec.iterations == 3
+    with pytest.raises(ManifestError, match="iterations must be an integer"):
+        expand(pa.table({"content_uri": ["/c"], "style_uri": ["/s"], "iterations": [2.5]}))

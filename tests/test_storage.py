@@ -1,0 +1,98 @@
+"""Writes are whole objects, retried on transient errors; the commit marker comes last."""
+
+import json
+
+import fsspec
+import pytest
+from fsspec.implementations.memory import MemoryFileSystem
+from helpers import TINY, png_bytes
+
+from nst_ops.spec import JobSpec
+from pipeline import storage
+from pipeline.jobs import Job
+from pipeline.worker import RunOptions, run_job
+
+
+class FlakyFS(MemoryFileSystem):
+    """A memory filesystem whose writes fail ``failures`` times before working."""
+
+    protocol = "flaky"
+    failures = 0
+    writes: list[str] = []
+
+    def pipe_file(self, path, value, **kwargs):
+        if FlakyFS.failures > 0:
+            FlakyFS.failures -= 1
+            raise ConnectionError("injected transient failure")
+        FlakyFS.writes.append(path)
+        return super().pipe_file(path, value, **kwargs)
+
+
+fsspec.register_implementation("flaky", FlakyFS, clobber=True)
+
+
+def spec() -> JobSpec:
+    params = {k: tuple(v) if isinstance(v, list) else v for k, v in TINY.items()}
+    return JobSpec(**params, optimizer="adam")
+
+
+@pytest.fixture
+def inputs():
+    fs = fsspec.filesystem("memory")
+    fs.pipe_file("/in/c.png", png_bytes(seed=1))
+    fs.pipe_file("/in/s.png", png_bytes(seed=2))
+    return "memory://in/c.png", "memory://in/s.png"
+
+
+def test_a_job_runs_in_process_with_memory_inputs_and_outputs(inputs):
+    job = Job(spec(), inputs[0], (inputs[1],), 0)
+    row = run_job(job, RunOptions(out="memory://out"))
+    assert row["status"] == "ok" and row["committed"]
+    store = storage.Store("memory://out")
+    assert store.committed()[job.id]["status"] == "ok"
+    for name in ("image.png", "trace.parquet", "job.json"):
+        assert store.exists(f"jobs/{job.id}/{name}")
+
+
+def test_transient_write_failures_are_retried_and_the_marker_is_written_last(inputs):
+    FlakyFS.failures, FlakyFS.writes = 3, []
+    job = Job(spec(), inputs[0], (inputs[1],), 0)
+    row = run_job(job, RunOptions(out="flaky://out1"))
+    assert row["status"] == "ok" and row["committed"]
+    assert FlakyFS.writes[-1].endswith(f"{job.id}/_COMMIT")
+    assert len(FlakyFS.writes) == 4  # image, trace, job.json, marker
+
+
+def test_persistent_write_failure_is_recorded_as_failed_without_a_marker(inputs):
+    FlakyFS.failures, FlakyFS.writes = 10**6, []
+    job = Job(spec(), inputs[0], (inputs[1],), 0)
+    row = run_job(job, RunOptions(out="flaky://out2", storage_attempts=2))
+    FlakyFS.failures = 0
+    assert row["status"] == "failed" and not row["committed"]
+    assert "could not write outputs" in row["error"] and "after 2 attempts" in row["error"]
+    assert storage.Store("flaky://out2").committed() == {}
+
+
+def test_readers_ignore_jobs_without_a_commit_marker():
+    store = storage.Store("memory://partial")
+    store.put("jobs/aaaa/image.png", b"half")
+    store.put("jobs/aaaa/job.json", b"{}")
+    store.put_json("jobs/bbbb/_COMMIT", {"job_id": "bbbb", "status": "ok"})
+    store.put("jobs/cccc/_COMMIT", b"{not json")
+    assert set(store.committed()) == {"bbbb"}
+
+
+def test_bad_input_becomes_a_failed_record_naming_the_uri(inputs):
+    fsspec.filesystem("memory").pipe_file("/in/empty.png", b"")
+    job = Job(spec(), "memory://in/empty.png", (inputs[1],), 0)
+    row = run_job(job, RunOptions(out="memory://out3"))
+    assert (
+        row["status"] == "failed" and row["error"] == "memory://in/empty.png: empty file (0 bytes)"
+    )
+    record = json.loads(storage.Store("memory://out3").get(f"jobs/{job.id}/job.json"))
+    assert record["error"] == row["error"] and record["versions"]["torch"]
+
+
+def test_job_ids_that_are_not_plain_hex_never_become_paths():
+    with pytest.raises(ValueError, match="invalid job id"):
+        storage.job_dir("out", "../../etc")

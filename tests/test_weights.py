@@ -1,0 +1,87 @@
+"""Weights files: round trips through paths and fsspec URLs; unsafe or wrong files refused."""
+
+import io
+import os
+import pickle
+
+import fsspec
+import pytest
+import torch
+
+from nst_ops.vgg import VGGFeatures, WeightsError
+from pipeline.weights import load_state_dict
+
+
+def tv_state_dict(layer: str = "relu2_1", full: bool = True) -> dict:
+    sd = VGGFeatures("vgg19", [layer], seed=4).features.state_dict()
+    return {f"features.{k}" if full else k: v for k, v in sd.items()}
+
+
+def to_bytes(obj) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("full", [True, False])
+def test_weights_round_trip_through_a_local_path(tmp_path, full):
+    sd = tv_state_dict(full=full)
+    (tmp_path / "w.pth").write_bytes(to_bytes(sd))
+    net = VGGFeatures("vgg19", ["relu2_1"], state_dict=load_state_dict(str(tmp_path / "w.pth")))
+    assert torch.equal(
+        net.features[5].weight, VGGFeatures("vgg19", ["relu2_1"], seed=4).features[5].weight
+    )
+
+
+def test_weights_round_trip_through_memory_url():
+    fs = fsspec.filesystem("memory")
+    fs.pipe_file("/weights/w.pth", to_bytes(tv_state_dict()))
+    sd = load_state_dict("memory://weights/w.pth")
+    assert set(sd) == set(tv_state_dict())
+
+
+def test_wrong_shape_file_is_refused_naming_the_tensor(tmp_path):
+    sd = tv_state_dict()
+    sd["features.5.weight"] = torch.zeros(128, 32, 3, 3)
+    (tmp_path / "w.pth").write_bytes(to_bytes(sd))
+    with pytest.raises(
+        WeightsError, match=r"features\.5\.weight \(conv2_1\) has shape \(128, 32, 3, 3\)"
+    ):
+        VGGFeatures("vgg19", ["relu2_1"], state_dict=load_state_dict(str(tmp_path / "w.pth")))
+
+
+class Exploit:
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/nst_pwned",))
+
+
+def test_a_pickle_carrying_code_is_refused_and_never_run(tmp_path):
+    if os.path.exists("/tmp/nst_pwned"):
+        os.remove("/tmp/nst_pwned")
+    (tmp_path / "evil.pth").write_bytes(pickle.dumps({"features.0.weight": Exploit()}))
+    with pytest.raises(WeightsError, match="refused by weights_only loading"):
+        load_state_dict(str(tmp_path / "evil.pth"))
+    assert not os.path.exists("/tmp/nst_pwned")
+
+
+def test_a_pickled_module_is_refused_as_not_a_state_dict(tmp_path):
+    (tmp_path / "m.pth").write_bytes(to_bytes(torch.nn.Conv2d(3, 4, 3)))
+    with pytest.raises(WeightsError, match="not a plain tensor state dict"):
+        load_state_dict(str(tmp_path / "m.pth"))
+
+
+def test_missing_weights_file_is_named(tmp_path):
+    with pytest.raises(WeightsError, match="weights file not found"):
+        load_state_dict(str(tmp_path / "none.pth"))
+
+
+SHARED = os.path.join(
+    os.path.dirname(__file__), "..", "manifests", "weights", "vgg19_tv_features_conv1_1-conv3_1.pth"
+)
+
+
+def test_shipped_partial_imagenet_weights_load_up_to_relu3_1_and_not_beyond():
+    sd = load_state_dict(SHARED)
+    VGGFeatures("vgg19", ["relu3_1"], state_dict=sd)
+    with pytest.raises(WeightsError, match="lack layer conv3_2"):
+        VGGFeatures("vgg19", ["relu3_2"], state_dict=sd)
