@@ -30,8 +30,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console(stderr=True)
-out_console = Console()
+console = Console(stderr=True, soft_wrap=True)
+out_console = Console(soft_wrap=True)
 _DEBUG = {"on": False}
 
 OutOpt = Annotated[str, typer.Option("--out", "-o", help="Output root: a path or fsspec URL.")]
@@ -96,6 +96,16 @@ def _scalar(text: str) -> Any:
     return yaml.safe_load(text)
 
 
+def _numbers(name: str, value: Any) -> Any:
+    """YAML 1.1 reads '1e6' as a string: turn such strings back into numbers for numeric params."""
+    if isinstance(value, list):
+        return [_numbers(name, v) for v in value]
+    p = manifest.PARAMS.get(name)
+    if isinstance(value, str) and p is not None and p.kind in (int, float):
+        return _scalar(value)
+    return value
+
+
 def parse_value(name: str, text: str) -> Any:
     """`--set` values: scalars split on ',' into a grid; list parameters split values on '|'
     and items on ',' (e.g. style_layers=relu1_1,relu2_1|relu1_1)."""
@@ -114,7 +124,7 @@ def _params(sets: list[str], grid: Path | None) -> dict[str, Any]:
         loaded = yaml.safe_load(grid.read_text())
         if not isinstance(loaded, dict):
             raise NstError(f"{grid}: expected a mapping of parameter -> value or list of values")
-        params.update(loaded)
+        params.update({k: _numbers(k, v) for k, v in loaded.items()})
     for item in sets:
         if "=" not in item:
             raise NstError(f"--set {item!r}: expected NAME=VALUE[,VALUE...]")

@@ -60,8 +60,8 @@ def _task(job: Job, opts: RunOptions) -> dict[str, Any]:
     """The Ray task body: the GPU Ray assigned (if any) decides the device."""
     gpu_ids = [str(g) for g in ray.get_gpu_ids()]
     use_gpu = bool(gpu_ids) and torch.cuda.is_available()
-    row = run_job(job, opts, torch.device("cuda" if use_gpu else "cpu"))
-    return {**row, "ray_gpu_ids": ",".join(gpu_ids)}
+    device = torch.device("cuda" if use_gpu else "cpu")
+    return run_job(job, opts, device, placement={"ray_gpu_ids": ",".join(gpu_ids)})
 
 
 def task_options(res: Resources) -> dict[str, Any]:

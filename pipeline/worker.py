@@ -75,8 +75,16 @@ def _trace_table(trace: list[dict]) -> pa.Table:
     )
 
 
-def run_job(job: Job, opts: RunOptions, device: torch.device | None = None) -> dict[str, Any]:
-    """Run ``job`` and return its result row (also written as the commit marker)."""
+def run_job(
+    job: Job,
+    opts: RunOptions,
+    device: torch.device | None = None,
+    placement: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run ``job`` and return its result row (also written as the commit marker).
+
+    ``placement`` (e.g. the GPU ids Ray assigned) is recorded in the row as given.
+    """
     device = device or pick_device()
     store = storage.Store(opts.out, opts.storage_options, opts.storage_attempts)
     base = storage.job_dir("", job.id).lstrip("/")
@@ -87,6 +95,7 @@ def run_job(job: Job, opts: RunOptions, device: torch.device | None = None) -> d
         "error": None,
         "device": str(device),
         "host": platform.node(),
+        **(placement or {}),
     }
     outcome = None
     try:
