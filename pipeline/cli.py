@@ -254,6 +254,7 @@ def run(
     ] = images.DEFAULT_MAX_PIXELS,
     storage_options: StorageOpt = None,
     progress: Annotated[bool, typer.Option(help="Live progress bar.")] = True,
+    strict: Annotated[bool, typer.Option(help="Exit 3 if any job failed or diverged.")] = False,
 ) -> None:
     """Run every job of a manifest on Ray, writing images and loss traces under --out.
 
@@ -278,6 +279,8 @@ def run(
     if summary.interrupted:
         console.print("[yellow]interrupted:[/] completed jobs are kept; run again to resume")
         raise typer.Exit(130)
+    if strict and (counts.get("failed") or counts.get("diverged")):
+        raise typer.Exit(3)
 
 
 @app.command()
