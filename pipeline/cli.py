@@ -383,3 +383,7 @@ def report(
 
     url = write_report(out, _storage(storage_options), rows=rows, cols=cols, console=out_console)
     out_console.print(f"report: {url}")
+
+
+if __name__ == "__main__":  # python -m pipeline.cli
+    app()

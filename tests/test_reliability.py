@@ -1,0 +1,330 @@
+"""Faults and hostile input during real runs: nothing lost, nothing broken passed off as done."""
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import psutil
+import pyarrow.parquet as pq
+import pytest
+import torch
+from helpers import png_bytes, table, write_images
+from PIL import Image
+from typer.testing import CliRunner
+
+from nst_ops.vgg import VGGFeatures
+from pipeline.cli import app
+from pipeline.execute import Resources, run_jobs
+from pipeline.grid import expand
+from pipeline.worker import RunOptions
+
+runner = CliRunner()
+
+
+def kill_first_running_task(killed: list, stop: threading.Event) -> None:
+    """SIGKILL the first Ray worker seen executing a job (its process title is ray::_task)."""
+    while not stop.is_set() and not killed:
+        for p in psutil.process_iter(["cmdline"]):
+            cmd = p.info["cmdline"] or []
+            if cmd and cmd[0].startswith("ray::_task"):
+                time.sleep(0.5)  # let it get into the optimisation loop
+                p.send_signal(signal.SIGKILL)
+                killed.append(p.pid)
+                return
+        time.sleep(0.05)
+
+
+def test_a_worker_killed_mid_job_is_retried_and_the_job_completes(ray_cpu, tmp_path):
+    c, s = write_images(tmp_path, 2, "k")
+    jobs = expand(
+        table(
+            [{"content_uri": c, "style_uri": s}],
+            optimizer="adam",
+            size=48,
+            iterations=400,
+            log_every=100,
+        )
+    )
+    killed, stop = [], threading.Event()
+    killer = threading.Thread(target=kill_first_running_task, args=(killed, stop))
+    killer.start()
+    try:
+        summary = run_jobs(
+            jobs, RunOptions(out=str(tmp_path / "out")), Resources(max_retries=2), progress=False
+        )
+    finally:
+        stop.set()
+        killer.join()
+    assert killed, "no running task was found to kill"
+    (row,) = summary.rows
+    assert row["status"] == "ok" and row["committed"] and row["iterations_run"] == 400
+    print(f"\nworker pid {killed[0]} SIGKILLed mid-job; job retried and completed")
+
+
+def test_a_killed_driver_resumes_with_only_the_missing_jobs(tmp_path):
+    contents = write_images(tmp_path / "c", 6, "c")
+    (style,) = write_images(tmp_path / "s", 1, "s")
+    pq.write_table(
+        table(
+            [{"content_uri": c, "style_uri": style} for c in contents],
+            optimizer="adam",
+            size=32,
+            iterations=150,
+        ),
+        tmp_path / "m.parquet",
+    )
+    out = tmp_path / "out"
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline.cli",
+        "run",
+        str(tmp_path / "m.parquet"),
+        "--out",
+        str(out),
+        "--num-cpus",
+        "1",
+        "--no-progress",
+    ]
+    proc = subprocess.Popen(
+        cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 240
+    while len(list(out.glob("jobs/*/_COMMIT"))) < 2 and time.time() < deadline:
+        time.sleep(0.2)
+    family = psutil.Process(proc.pid).children(recursive=True)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its embedded Ray, mid-run
+    for child in family:  # Ray's own daemons and workers too: a crash of the whole node
+        try:
+            child.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    proc.wait()
+    psutil.wait_procs(family, timeout=10)
+    before = {p.parent.name: p.stat().st_mtime_ns for p in out.glob("jobs/*/_COMMIT")}
+    assert 2 <= len(before) < 6, f"{len(before)} jobs committed before the kill"
+
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert f"6 jobs ({len(before)} already done)" in again.stdout
+    after = {p.parent.name: p.stat().st_mtime_ns for p in out.glob("jobs/*/_COMMIT")}
+    assert len(after) == 6
+    assert all(after[j] == t for j, t in before.items())  # none redone
+    rows = pq.read_table(out / "results.parquet").to_pylist()
+    assert len(rows) == 6 and all(r["status"] == "ok" for r in rows)  # none missing
+    print(f"\ndriver killed after {len(before)}/6 jobs; rerun ran {6 - len(before)}, redid 0")
+
+
+def _save(img: Image.Image, path, fmt="PNG") -> str:
+    img.save(path, format=fmt)
+    return str(path)
+
+
+def test_bad_input_catalogue_fails_each_job_alone_with_a_clear_message(ray_cpu, tmp_path):
+    d = tmp_path
+    good = write_images(d, 1, "good")[0]
+    rgb = Image.open(io.BytesIO(png_bytes(24, 24)))
+    a16 = Image.frombytes(
+        "I;16", (24, 24), (torch.arange(576, dtype=torch.int16) * 100).numpy().tobytes()
+    )
+    ok_inputs = {
+        "gray": _save(rgb.convert("L"), d / "gray.png"),
+        "cmyk": _save(rgb.convert("CMYK"), d / "cmyk.jpg", "JPEG"),
+        "alpha": _save(rgb.convert("RGBA"), d / "alpha.png"),
+        "deep16": _save(a16, d / "deep16.png"),
+    }
+    (d / "truncated.png").write_bytes(png_bytes(64, 64)[:250])
+    (d / "text.png").write_text("not an image")
+    (d / "empty.png").write_bytes(b"")
+    _save(Image.new("L", (400, 400)), d / "bomb.png")
+    sd = {
+        f"features.{k}": v
+        for k, v in VGGFeatures("vgg19", ["relu2_1"], seed=0).features.state_dict().items()
+    }
+    sd["features.5.weight"] = torch.zeros(1, 1, 1, 1)
+    torch.save(sd, d / "wrongshape.pth")
+    (d / "evil.pth").write_bytes(b"\x80\x04cos\nsystem\n(S'touch /tmp/nst_evil'\ntR.")
+    bad_inputs = {
+        "truncated": (str(d / "truncated.png"), "corrupt or truncated image"),
+        "text": (str(d / "text.png"), "not an image file"),
+        "empty": (str(d / "empty.png"), "empty file (0 bytes)"),
+        "bomb": (str(d / "bomb.png"), "above the limit of 100,000"),
+        "missing": (str(d / "nowhere.png"), "input not found"),
+    }
+    rows = [
+        {"content_uri": u, "style_uri": good, "job_name": n, "weights": "random:0"}
+        for n, u in ok_inputs.items()
+    ]
+    rows += [
+        {"content_uri": u, "style_uri": good, "job_name": n, "weights": "random:0"}
+        for n, (u, _) in bad_inputs.items()
+    ]
+    rows += [
+        {
+            "content_uri": good,
+            "style_uri": good,
+            "job_name": "wrongshape",
+            "weights": str(d / "wrongshape.pth"),
+        },
+        {
+            "content_uri": good,
+            "style_uri": good,
+            "job_name": "evil",
+            "weights": str(d / "evil.pth"),
+        },
+    ]
+    pq.write_table(table(rows, optimizer="adam"), d / "m.parquet")
+    res = runner.invoke(
+        app,
+        [
+            "run",
+            str(d / "m.parquet"),
+            "--out",
+            str(d / "out"),
+            "--no-progress",
+            "--max-pixels",
+            "100000",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    by_name = {r["job_name"]: r for r in pq.read_table(d / "out" / "results.parquet").to_pylist()}
+    for n in ok_inputs:
+        assert by_name[n]["status"] == "ok", (n, by_name[n]["error"])
+    for n, (uri, msg) in bad_inputs.items():
+        assert (
+            by_name[n]["status"] == "failed"
+            and uri in by_name[n]["error"]
+            and msg in by_name[n]["error"]
+        )
+    assert "features.5.weight (conv2_1) has shape (1, 1, 1, 1)" in by_name["wrongshape"]["error"]
+    assert "refused by weights_only loading" in by_name["evil"]["error"]
+    assert not os.path.exists("/tmp/nst_evil")
+    assert all(by_name[n]["committed"] for n in by_name)
+    print(
+        f"\nbad-input catalogue: {len(ok_inputs)} converted ok, "
+        f"{len(bad_inputs) + 2} refused with their messages, run not interrupted"
+    )
+
+
+def test_an_unreadable_bucket_fails_the_job_not_the_run(ray_cpu, s3_endpoint, tmp_path):
+    good = write_images(tmp_path, 1, "g")[0]
+    pq.write_table(
+        table(
+            [
+                {"content_uri": "s3://no-such-bucket/x.png", "style_uri": good},
+                {"content_uri": good, "style_uri": good},
+            ],
+            optimizer="adam",
+        ),
+        tmp_path / "m.parquet",
+    )
+    res = runner.invoke(
+        app,
+        [
+            "run",
+            str(tmp_path / "m.parquet"),
+            "--out",
+            str(tmp_path / "o"),
+            "--no-progress",
+            "--storage-options",
+            json.dumps({"endpoint_url": s3_endpoint}),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    rows = pq.read_table(tmp_path / "o" / "results.parquet").to_pylist()
+    assert sorted(r["status"] for r in rows) == ["failed", "ok"]
+    bad = next(r for r in rows if r["status"] == "failed")
+    assert bad["error"].startswith("s3://no-such-bucket/x.png:")
+
+
+def test_secrets_in_storage_options_never_reach_outputs(ray_cpu, s3_endpoint, tmp_path):
+    good = write_images(tmp_path, 1, "g")[0]
+    pq.write_table(
+        table([{"content_uri": good, "style_uri": good}], optimizer="adam"), tmp_path / "m.parquet"
+    )
+    secret = "SECRET-KEY-123"
+    opts = json.dumps({"key": "testing", "secret": secret, "endpoint_url": s3_endpoint})
+    res = runner.invoke(
+        app,
+        [
+            "run",
+            str(tmp_path / "m.parquet"),
+            "--out",
+            str(tmp_path / "o"),
+            "--no-progress",
+            "--storage-options",
+            opts,
+        ],
+    )
+    assert res.exit_code == 0 and secret not in res.output
+    for path in (tmp_path / "o").rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
+
+
+@pytest.mark.slow
+def test_500_tiny_jobs_all_accounted_for_with_flat_driver_memory(ray_cpu, tmp_path):
+    c, s = write_images(tmp_path, 2, "l")
+    t = table(
+        [{"content_uri": c, "style_uri": s, "seed": list(range(500))}],
+        optimizer="adam",
+        size=16,
+        iterations=2,
+        log_every=1,
+    )
+    jobs = expand(t)
+    me = psutil.Process()
+    rss = []
+    started = time.time()
+    summary = run_jobs(
+        jobs,
+        RunOptions(out=str(tmp_path / "out")),
+        progress=False,
+        on_result=lambda r: rss.append(me.memory_info().rss),
+    )
+    seconds = time.time() - started
+    assert len(jobs) == 500 and len(summary.rows) == 500
+    assert {r["job_id"] for r in summary.rows} == {j.id for j in jobs}
+    assert all(r["status"] == "ok" and r["committed"] for r in summary.rows)
+    growth = (max(rss[250:]) - rss[100]) / 2**20
+    print(
+        f"\nload: 500 jobs in {seconds:.1f}s = {500 / seconds:.1f} jobs/s; driver peak RSS "
+        f"{max(rss) / 2**20:.0f} MiB, growth jobs 100->500 {growth:.1f} MiB"
+    )
+    assert growth < 64
+
+
+def test_a_diverging_job_is_recorded_as_diverged_with_its_best_image(ray_cpu, tmp_path):
+    c, s = write_images(tmp_path, 2, "d")
+    pq.write_table(
+        table(
+            [{"content_uri": c, "style_uri": s}],
+            optimizer="sgd",
+            lr=1e4,
+            init="content",
+            iterations=20,
+            style_weight=1e3,
+        ),
+        tmp_path / "m.parquet",
+    )
+    res = runner.invoke(
+        app,
+        [
+            "run",
+            str(tmp_path / "m.parquet"),
+            "--out",
+            str(tmp_path / "o"),
+            "--no-progress",
+            "--strict",
+        ],
+    )
+    assert res.exit_code == 3  # --strict: a diverged job makes the run exit non-zero
+    (row,) = pq.read_table(tmp_path / "o" / "results.parquet").to_pylist()
+    assert row["status"] == "diverged" and row["diverged_at"] >= 2 and "exceeds" in row["error"]
+    assert os.path.exists(row["image_uri"].removeprefix("file://"))
+    assert row["final_total"] < 1.0  # the kept image is the best one, before the blow-up
