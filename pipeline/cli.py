@@ -18,7 +18,7 @@ from rich.table import Table
 from nst_ops.spec import JobSpec, SpecError
 from nst_ops.vgg import WeightsError
 
-from . import images, manifest, storage
+from . import images, manifest, results, storage
 from .errors import NstError
 from .grid import DEFAULT_MAX_JOBS, expand
 
@@ -289,21 +289,7 @@ def status(
     out: Annotated[str, typer.Argument(metavar="OUT")], storage_options: StorageOpt = None
 ) -> None:
     """Counts by status for an output root, and every failure with its error."""
-    so = _storage(storage_options)
-    store = storage.Store(out, so)
-    rows = list(store.committed().values())
-    if store.exists("results.parquet"):
-        known = {r["job_id"] for r in rows}
-        rows += [
-            r
-            for r in store.get_table("results.parquet").to_pylist()
-            if r["job_id"] not in known and r.get("status") != "pending"
-        ]
-        total = (
-            store.get_table("jobs.parquet").num_rows if store.exists("jobs.parquet") else len(rows)
-        )
-    else:
-        total = len(rows)
+    rows, total = results.collect(storage.Store(out, _storage(storage_options)))
     counts = Counter(r["status"] for r in rows)
     counts["pending"] = max(0, total - len(rows))
     out_console.print(", ".join(f"{k}: {v}" for k, v in sorted(counts.items()) if v) or "no jobs")

@@ -20,10 +20,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from . import storage
 from .jobs import Job
+from .results import JOBS, RESULTS
 from .worker import RunOptions, run_job
-
-RESULTS = "results.parquet"
-JOBS = "jobs.parquet"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,132 @@
+"""The HTML report: layout by grid axes, escaping, and a real headless-Chromium load."""
+
+import os
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from helpers import table, write_images
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+from pipeline.report import varying_axes
+
+runner = CliRunner()
+ARTIFACTS = Path(os.environ.get("NST_ARTIFACTS", Path(__file__).parent.parent / "test-artifacts"))
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    from conftest import start_ray
+
+    start_ray(0)
+    d = tmp_path_factory.mktemp("report")
+    contents = write_images(d / "c", 2, "c")
+    (style,) = write_images(d / "s", 1, "s")
+    rows = [
+        {
+            "content_uri": c,
+            "style_uri": style,
+            "optimizer": ["adam", "lbfgs"],
+            "job_name": "<script>alert(1)</script>",
+        }
+        for c in contents
+    ]
+    rows.append(
+        {
+            "content_uri": str(d / "missing.png"),
+            "style_uri": style,
+            "optimizer": ["adam"],
+            "job_name": "missing",
+        }
+    )
+    rows.append(
+        {
+            "content_uri": contents[0],
+            "style_uri": style,
+            "optimizer": ["sgd"],
+            "lr": 1e4,
+            "init": "content",
+            "iterations": 10,
+            "style_weight": 1e3,
+            "job_name": "blowup",
+        }
+    )
+    pq.write_table(table(rows), d / "m.parquet")
+    res = runner.invoke(
+        app, ["run", str(d / "m.parquet"), "--out", str(d / "out"), "--no-progress"]
+    )
+    assert res.exit_code == 0, res.output
+    return d / "out"
+
+
+def test_report_lays_out_the_varying_axes_and_escapes_user_strings(run_dir):
+    res = runner.invoke(app, ["report", str(run_dir)])
+    assert res.exit_code == 0, res.output
+    html = (run_dir / "report.html").read_text()
+    assert "<script>alert(1)</script>" not in html and "&lt;script&gt;" in html
+    assert "rows: " in html and "optimizer" in html
+    assert html.count('<tr class="') == 6  # one table row per job
+    assert "diverged" in html and "input not found" in html
+    assert "ok" in res.output and "diverged" in res.output  # terminal summary
+
+
+def test_report_axes_can_be_chosen_and_bad_choices_are_named(run_dir):
+    ok = runner.invoke(
+        app, ["report", str(run_dir), "--rows", "content_uri", "--cols", "optimizer"]
+    )
+    assert ok.exit_code == 0
+    html = (run_dir / "report.html").read_text()
+    assert "rows: content_uri · columns: optimizer" in html
+    bad = runner.invoke(app, ["report", str(run_dir), "--rows", "colour"])
+    assert bad.exit_code == 1 and "'colour' is not a result column" in bad.output
+
+
+def test_varying_axes_ignores_constant_parameters():
+    rows = [
+        {"optimizer": "adam", "size": 16, "lr": 0.1},
+        {"optimizer": "sgd", "size": 16, "lr": 0.2},
+    ]
+    assert set(varying_axes(rows)) == {"optimizer", "lr"}
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)"
+)
+def test_report_loads_in_headless_chromium_with_every_image_and_no_console_errors(run_dir):
+    from playwright.sync_api import sync_playwright
+
+    assert runner.invoke(app, ["report", str(run_dir)]).exit_code == 0
+    errors: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto((run_dir / "report.html").as_uri())
+        page.wait_for_load_state("load")
+        images = page.eval_on_selector_all(
+            "img", "els => els.map(e => [e.complete, e.naturalWidth])"
+        )
+        job_rows = page.eval_on_selector_all("#jobs tbody tr", "els => els.length")
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
+        browser.close()
+    assert errors == []
+    assert len(images) == 10  # 5 jobs with an image (4 ok, 1 diverged): thumbnail + curve each
+    assert all(done and width > 0 for done, width in images)
+    assert job_rows == 6
+    assert (ARTIFACTS / "report.png").stat().st_size > 10_000
