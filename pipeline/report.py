@@ -194,8 +194,8 @@ def write_report(
         else ""
     )
     job_rows = "".join(
-        f'<tr class="{escape(r["status"])}" id="job-{escape(r["job_id"])}"><td>{escape(r["job_id"])}'
-        f"</td><td>{_fmt(r.get('job_name'))}</td><td>{r.get('row')}</td>"
+        f'<tr class="{escape(r["status"])}" id="job-{escape(r["job_id"])}">'
+        f"<td>{escape(r['job_id'])}</td><td>{_fmt(r.get('job_name'))}</td><td>{r.get('row')}</td>"
         f"<td>{escape(r['status'])}</td><td>{_fmt(r.get('seconds'))}</td>"
         f"<td>{_fmt(r.get('final_total'))}</td><td>{_fmt(r.get('diverged_at'))}</td>"
         f'<td class="err">{escape(str(r.get("error") or ""))}</td></tr>'
