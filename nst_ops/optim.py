@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -46,19 +46,31 @@ class Outcome:
     seconds: float = 0.0
 
 
-def make_optimizer(spec: JobSpec, params: list[Tensor]) -> torch.optim.Optimizer:
-    lr = spec.learning_rate
+def make_optimizer(specs: Sequence[JobSpec], params: list[Tensor]) -> torch.optim.Optimizer:
+    """One parameter group per image, so each keeps its own lr/momentum (Adam/SGD are
+    elementwise: a batch then gives every image exactly the update it would get alone)."""
+    spec = specs[0]
     if spec.optimizer == "lbfgs":
         return torch.optim.LBFGS(
             params,
-            lr=lr,
+            lr=spec.learning_rate,
             max_iter=1,
             history_size=50,
             line_search_fn="strong_wolfe" if spec.line_search else None,
         )
     if spec.optimizer == "adam":
-        return torch.optim.Adam(params, lr=lr)
-    return torch.optim.SGD(params, lr=lr, momentum=spec.momentum)
+        groups = [
+            {"params": [p], "lr": s.learning_rate} for p, s in zip(params, specs, strict=True)
+        ]
+        return torch.optim.Adam(groups)
+    groups = [
+        {"params": [p], "lr": s.learning_rate, "momentum": s.momentum}
+        for p, s in zip(params, specs, strict=True)
+    ]
+    return torch.optim.SGD(groups)
+
+
+LOOP_FIELDS = ("optimizer", "iterations", "log_every", "divergence_factor", "line_search")
 
 
 def _row(terms: Terms, i: int, iteration: int, seconds: float) -> dict[str, float]:
@@ -81,21 +93,27 @@ def _row(terms: Terms, i: int, iteration: int, seconds: float) -> dict[str, floa
 def optimize(
     objective: Objective,
     x0: Tensor,
-    spec: JobSpec,
+    specs: JobSpec | Sequence[JobSpec],
     iteration_offset: int = 0,
     clock_start: float | None = None,
 ) -> list[Outcome]:
-    """Minimise ``objective`` from ``x0`` (B,3,H,W) for ``spec.iterations`` steps.
+    """Minimise ``objective`` from ``x0`` (B,3,H,W), one spec per image (or one for all).
 
     A non-finite loss, or one above ``divergence_factor`` times an image's best, stops that image
     with status ``diverged``; its best image so far is what is returned.
     """
     b = x0.shape[0]
+    specs = [specs] * b if isinstance(specs, JobSpec) else list(specs)
+    spec = specs[0]
+    if len(specs) != b or any(
+        getattr(s, f) != getattr(spec, f) for s in specs for f in LOOP_FIELDS
+    ):
+        raise ValueError(f"a batch needs one spec per image agreeing on {', '.join(LOOP_FIELDS)}")
     if spec.optimizer == "lbfgs" and b != 1:
         raise ValueError("L-BFGS shares its history across parameters: run it one image at a time")
     t0 = time.perf_counter() if clock_start is None else clock_start
-    x = x0.detach().clone().requires_grad_(True)
-    opt = make_optimizer(spec, [x])
+    xs = [x0[i : i + 1].detach().clone().requires_grad_(True) for i in range(b)]
+    opt = make_optimizer(specs, xs)
     best = torch.full((b,), math.inf)
     best_img = x0.detach().clone()
     best_terms: list[dict[str, float] | None] = [None] * b
@@ -104,22 +122,21 @@ def optimize(
     last: list[Terms] = []
 
     def evaluate(iteration: int, backward: bool) -> Terms:
+        x = torch.cat(xs) if b > 1 else xs[0]
         terms = objective(x)
         total = terms.total.detach().cpu()
         ok = torch.isfinite(total)
         better = ok & alive & (total < best)
-        if better.any():
-            idx = better.nonzero().flatten()
-            best[idx] = total[idx]
-            best_img[idx.to(x.device)] = x.detach()[idx.to(x.device)]
-            for i in idx.tolist():
-                best_terms[i] = _row(terms, i, iteration, time.perf_counter() - t0)
+        for i in better.nonzero().flatten().tolist():
+            best[i] = total[i]
+            best_img[i] = xs[i].detach()[0]
+            best_terms[i] = _row(terms, i, iteration, time.perf_counter() - t0)
         if backward:
-            mask = (ok & alive).to(x.device)
-            loss = torch.where(mask, terms.total, torch.zeros_like(terms.total)).sum()
-            loss.backward()
-            if not bool(mask.all()):
-                x.grad[~mask] = 0
+            mask = ok & alive
+            loss = torch.where(mask.to(x.device), terms.total, torch.zeros_like(terms.total))
+            loss.sum().backward()
+            for i in (~mask).nonzero().flatten().tolist():
+                xs[i].grad.zero_()  # a finished image takes no further gradient
         return terms
 
     iteration = iteration_offset
@@ -134,7 +151,8 @@ def optimize(
 
         opt.step(closure)
         with torch.no_grad():
-            x.clamp_(0.0, 1.0)
+            for x in xs:
+                x.clamp_(0.0, 1.0)
         terms = last[0]
         total = terms.total.detach().cpu()
         now = time.perf_counter() - t0

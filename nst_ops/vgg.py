@@ -102,9 +102,19 @@ class VGGFeatures(nn.Module):
         self.eval()
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
+        return self.features_at(x, self.layers)
+
+    def features_at(self, x: Tensor, layers: Iterable[str]) -> dict[str, Tensor]:
+        """Outputs of ``layers`` (any up to the truncation point); stops at the deepest one."""
+        wanted = set(layers)
+        unknown = wanted - set(self.names)
+        if unknown:
+            raise ValueError(
+                f"layer(s) {', '.join(sorted(unknown))} are beyond this network's "
+                f"last layer {self.names[-1]} or not in {self.backbone}"
+            )
         h = (x - self.mean) / self.std
         out: dict[str, Tensor] = {}
-        wanted = set(self.layers)
         cast = (
             torch.autocast(device_type=x.device.type, dtype=torch.bfloat16)
             if self.amp and x.device.type == "cuda"
@@ -115,6 +125,8 @@ class VGGFeatures(nn.Module):
                 h = module(h)
                 if name in wanted:
                     out[name] = h.float()
+                    if len(out) == len(wanted):
+                        break
         return out
 
 

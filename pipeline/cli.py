@@ -244,6 +244,9 @@ def run(
     ] = None,
     gpus_per_job: Annotated[float, typer.Option(help="GPUs per task; fractions pack jobs.")] = 1.0,
     cpus_per_job: Annotated[float, typer.Option(help="CPUs per task.")] = 1.0,
+    batch_size: Annotated[
+        int, typer.Option(help="Compatible Adam/SGD jobs optimised together in one task.")
+    ] = 8,
     num_cpus: Annotated[int | None, typer.Option(help="Embedded Ray: CPUs to use.")] = None,
     force: Annotated[bool, typer.Option(help="Redo jobs that are already committed.")] = False,
     retry_failed: Annotated[bool, typer.Option(help="Redo failed and diverged jobs.")] = False,
@@ -268,7 +271,7 @@ def run(
     jobs = _load_jobs(manifest_uri, so, max_jobs)
     init_ray(address, num_cpus)
     opts = RunOptions(out=out, max_pixels=max_pixels, storage_options=so)
-    res = Resources(gpus_per_job=gpus_per_job, cpus_per_job=cpus_per_job, max_retries=max_retries)
+    res = Resources(gpus_per_job, cpus_per_job, max_retries, batch_size=batch_size)
     summary = run_jobs(jobs, opts, res, force=force, retry_failed=retry_failed, progress=progress)
     counts = Counter(r["status"] for r in summary.rows)
     out_console.print(

@@ -18,10 +18,12 @@ import ray
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from nst_ops.transfer import batch_key
+
 from . import storage
 from .jobs import Job
 from .results import JOBS, RESULTS
-from .worker import RunOptions, run_job
+from .worker import RunOptions, run_group
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,7 @@ class Resources:
     cpus_per_job: float = 1.0
     max_retries: int = 3
     max_in_flight: int | None = None
+    batch_size: int = 8  # compatible Adam/SGD jobs per task, optimised as one batch
 
 
 @dataclass
@@ -53,13 +56,25 @@ def init_ray(address: str | None, num_cpus: int | None = None, num_gpus: int | N
         ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False)
 
 
-@ray.remote(max_calls=0)  # keep the worker (and its cached VGG) alive between jobs
-def _task(job: Job, opts: RunOptions) -> dict[str, Any]:
+@ray.remote(max_calls=0)  # keep the worker (its VGG and target cache) alive between tasks
+def _task(jobs: list[Job], opts: RunOptions, batch_size: int) -> list[dict[str, Any]]:
     """The Ray task body: the GPU Ray assigned (if any) decides the device."""
     gpu_ids = [str(g) for g in ray.get_gpu_ids()]
     use_gpu = bool(gpu_ids) and torch.cuda.is_available()
     device = torch.device("cuda" if use_gpu else "cpu")
-    return run_job(job, opts, device, placement={"ray_gpu_ids": ",".join(gpu_ids)})
+    placement = {"ray_gpu_ids": ",".join(gpu_ids)}
+    return run_group(jobs, opts, device, placement, batch_size)
+
+
+def group_jobs(jobs: Sequence[Job], batch_size: int) -> list[list[Job]]:
+    """Tasks of up to ``batch_size`` jobs that can share a batch (same batch key, and inputs
+    likely of one size: same content); L-BFGS jobs run one per task."""
+    groups: dict[tuple, list[Job]] = {}
+    for j in jobs:
+        batchable = j.spec.optimizer != "lbfgs" and batch_size > 1
+        key = (batch_key(j.spec), j.content_uri) if batchable else (j.id,)
+        groups.setdefault(key, []).append(j)
+    return [g[i : i + batch_size] for g in groups.values() for i in range(0, len(g), batch_size)]
 
 
 def task_options(res: Resources) -> dict[str, Any]:
@@ -112,8 +127,8 @@ def run_jobs(
     remote = _task.options(**task_options(res))
     window = res.max_in_flight or max(4, 2 * int(ray.cluster_resources().get("CPU", 1)))
     fresh: dict[str, dict] = {}
-    queue = list(reversed(todo))
-    in_flight: dict[ray.ObjectRef, Job] = {}
+    queue = list(reversed(group_jobs(todo, res.batch_size)))
+    in_flight: dict[ray.ObjectRef, list[Job]] = {}
     counts = {"ok": 0, "failed": 0, "diverged": 0}
     started = time.time()
     interrupted = False
@@ -135,17 +150,16 @@ def run_jobs(
         try:
             while queue or in_flight:
                 while queue and len(in_flight) < window:
-                    job = queue.pop()
-                    in_flight[remote.remote(job, opts)] = job
+                    group = queue.pop()
+                    in_flight[remote.remote(group, opts, res.batch_size)] = group
                 ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
                 for ref in ready:
-                    job = in_flight.pop(ref)
-                    row = _collect(ref, job)
-                    fresh[job.id] = row
-                    counts[row["status"]] = counts.get(row["status"], 0) + 1
-                    if on_result:
-                        on_result(row)
-                    bar.advance(t)
+                    for row in _collect(ref, in_flight.pop(ref)):
+                        fresh[row["job_id"]] = row
+                        counts[row["status"]] = counts.get(row["status"], 0) + 1
+                        if on_result:
+                            on_result(row)
+                        bar.advance(t)
                 minutes = max(time.time() - started, 1e-6) / 60
                 bar.update(
                     t,

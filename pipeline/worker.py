@@ -7,10 +7,11 @@ process itself escapes, which is what Ray's ``max_retries`` is for.
 
 from __future__ import annotations
 
-import copy
 import platform
 import time
 import traceback
+from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
@@ -18,7 +19,8 @@ from typing import Any
 import pyarrow as pa
 import torch
 
-from nst_ops.transfer import stylize
+from nst_ops.optim import Outcome
+from nst_ops.transfer import batch_key, output_hw, stylize_batch
 from nst_ops.vgg import VGGFeatures, deepest
 
 from . import images, storage, weights
@@ -54,9 +56,7 @@ def extractor_for(job: Job, device: torch.device) -> VGGFeatures:
         sd = weights.cached_state_dict(s.weights, s.backbone)
         net = VGGFeatures(s.backbone, [last], s.pooling, state_dict=sd, seed=seed, amp=s.amp)
         _EXTRACTORS[key] = net.to(device)
-    net = copy.copy(_EXTRACTORS[key])  # shares the weights; only the returned layers differ
-    net.layers = s.active_layers
-    return net
+    return _EXTRACTORS[key]
 
 
 def _versions() -> dict[str, str]:
@@ -75,34 +75,127 @@ def _trace_table(trace: list[dict]) -> pa.Table:
     )
 
 
+class TargetLRU(OrderedDict):
+    """Content features and style Grams kept per worker process, bounded by bytes."""
+
+    def __init__(self, max_bytes: int):
+        super().__init__()
+        self.max_bytes, self.nbytes = max_bytes, 0
+
+    def __getitem__(self, key):
+        self.move_to_end(key)
+        return super().__getitem__(key)
+
+    def __setitem__(self, key, value: torch.Tensor) -> None:
+        super().__setitem__(key, value)
+        self.nbytes += value.numel() * value.element_size()
+        while self.nbytes > self.max_bytes and len(self) > 1:
+            _, old = self.popitem(last=False)
+            self.nbytes -= old.numel() * old.element_size()
+
+
+_TARGETS = TargetLRU(max_bytes=512 * 2**20)
+
+
+def _fail(error: Exception) -> dict[str, Any]:
+    if isinstance(error, EXPECTED):
+        return {"error": str(error)}
+    return {"error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc(limit=8)}
+
+
 def run_job(
     job: Job,
     opts: RunOptions,
     device: torch.device | None = None,
     placement: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run ``job`` and return its result row (also written as the commit marker).
+    """Run one job and return its result row (also written as the commit marker)."""
+    return run_group([job], opts, device, placement)[0]
 
-    ``placement`` (e.g. the GPU ids Ray assigned) is recorded in the row as given.
+
+def run_group(
+    jobs: Sequence[Job],
+    opts: RunOptions,
+    device: torch.device | None = None,
+    placement: dict[str, Any] | None = None,
+    batch_size: int = 1,
+) -> list[dict[str, Any]]:
+    """Run jobs in one process: inputs read once, targets cached, and compatible Adam/SGD jobs
+    of equal output size optimised together in batches of up to ``batch_size``.
+
+    Each job is committed on its own; a failure (input, divergence, bug) is that job's (or, for an
+    unexpected error inside a batch, that batch's) alone. ``placement`` (e.g. the GPU ids Ray
+    assigned) is recorded in every row.
     """
     device = device or pick_device()
+    started = time.time()
+    extra = {"device": str(device), "host": platform.node(), **(placement or {})}
+    rows: dict[str, dict[str, Any]] = {}
+    ready: list[tuple[Job, torch.Tensor | None, list[torch.Tensor]]] = []
+    decoded: dict[str, torch.Tensor] = {}
+
+    def image(uri: str) -> torch.Tensor:
+        if uri not in decoded:
+            decoded[uri] = read_image(uri, opts)
+        return decoded[uri]
+
+    for job in jobs:
+        try:
+            content = image(job.content_uri) if job.spec.uses_content else None
+            styles = [image(u) for u in job.style_uris]
+            ready.append((job, content, styles))
+        except Exception as e:  # noqa: BLE001  (recorded on the job, never fatal to the run)
+            rows[job.id] = _finish(job, None, {**extra, **_fail(e)}, started, opts)
+    for batch in _batches(ready, batch_size):
+        t0 = time.time()
+        try:
+            net = extractor_for(batch[0][0], device)
+            keys = [(j.content_uri, list(j.style_uris)) for j, _, _ in batch]
+            outcomes = stylize_batch(
+                [j.spec for j, _, _ in batch],
+                net,
+                [c for _, c, _ in batch],
+                [s for _, _, s in batch],
+                _TARGETS,
+                keys,
+            )
+        except Exception as e:  # noqa: BLE001
+            for job, _, _ in batch:
+                rows[job.id] = _finish(job, None, {**extra, **_fail(e)}, t0, opts)
+            continue
+        for (job, _, _), outcome in zip(batch, outcomes, strict=True):
+            info = {**extra, "batch_size": len(batch)}
+            rows[job.id] = _finish(job, outcome, info, t0, opts)
+    return [rows[j.id] for j in jobs]
+
+
+def _batches(ready, batch_size: int):
+    """Groups sharing a batch key and output size (L-BFGS: always alone), in input order."""
+    groups: dict[tuple, list] = {}
+    for item in ready:
+        job, content, styles = item
+        spec = job.spec
+        key = (batch_key(spec), output_hw(spec, content, styles))
+        if spec.optimizer == "lbfgs" or batch_size <= 1:
+            key = (*key, job.id)
+        groups.setdefault(key, []).append(item)
+    for items in groups.values():
+        for i in range(0, len(items), max(1, batch_size)):
+            yield items[i : i + batch_size]
+
+
+def _finish(
+    job: Job,
+    outcome: Outcome | None,
+    info: dict[str, Any],
+    started: float,
+    opts: RunOptions,
+) -> dict[str, Any]:
+    """Write a job's image, trace, job.json and finally its commit marker; return its row."""
     store = storage.Store(opts.out, opts.storage_options, opts.storage_attempts)
     base = storage.job_dir("", job.id).lstrip("/")
-    started = time.time()
-    row: dict[str, Any] = {
-        **job.to_record(),
-        "status": "failed",
-        "error": None,
-        "device": str(device),
-        "host": platform.node(),
-        **(placement or {}),
-    }
-    outcome = None
-    try:
-        content = read_image(job.content_uri, opts) if job.spec.uses_content else None
-        styles = [read_image(u, opts) for u in job.style_uris]
-        net = extractor_for(job, device)
-        outcome = stylize(job.spec, net, content, styles)
+    row: dict[str, Any] = {**job.to_record(), "status": "failed", "error": None, **info}
+    if outcome is not None:
         row.update(
             status=outcome.status,
             error=outcome.reason,
@@ -110,10 +203,6 @@ def run_job(
             diverged_at=outcome.diverged_at,
             **{f"final_{k}": v for k, v in outcome.final.items() if k != "iteration"},
         )
-    except EXPECTED as e:
-        row.update(error=str(e))
-    except Exception as e:  # noqa: BLE001  (any application bug is recorded, not fatal)
-        row.update(error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(limit=8))
     row["seconds"] = round(time.time() - started, 3)
     try:
         if outcome is not None:
