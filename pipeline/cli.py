@@ -363,8 +363,10 @@ def transfer(
 @cli_errors
 def report(
     out: OutArg,
-    rows: Annotated[str | None, typer.Option(help="Grid axis for contact-sheet rows.")] = None,
-    cols: Annotated[str | None, typer.Option(help="Grid axis for contact-sheet columns.")] = None,
+    rows: Annotated[str | None, typer.Option(help="Axis for contact-sheet rows, or none.")] = None,
+    cols: Annotated[
+        str | None, typer.Option(help="Axis for contact-sheet columns, or none.")
+    ] = None,
     storage_options: StorageOpt = None,
 ) -> None:
     """Write OUT/report.html: contact sheet by grid axes, loss curves, summary table."""

@@ -96,6 +96,7 @@ def _fmt(v: Any, key: str | None = None) -> str:
 
 
 def _tile(r: dict, shown: Sequence[str], thumbs: dict[str, str]) -> str:
+    """One result: thumbnail (linking to its row in the jobs table), parameters, losses."""
     params = "".join(f"<div>{escape(k)}: {_fmt(r.get(k), k)}</div>" for k in shown)
     losses = "".join(
         f"<div>{k}: {_fmt(r.get(f'final_{k}'))}</div>"
@@ -115,7 +116,9 @@ def _tile(r: dict, shown: Sequence[str], thumbs: dict[str, str]) -> str:
     )
 
 
-def _sheet(rows: list[dict], row_axis: str | None, col_axis: str | None, shown, thumbs) -> str:
+def _sheet(rows: list[dict], row_axis: str | None, col_axis: str | None, thumbs) -> str:
+    """A table: one row per value of ``row_axis``, one column per value of ``col_axis``; each
+    tile lists the parameters that vary within its row (beyond the two axes)."""
     rvals = sorted({_key(r.get(row_axis)) for r in rows}) if row_axis else ["null"]
     cvals = sorted({_key(r.get(col_axis)) for r in rows}) if col_axis else ["null"]
     head = (
@@ -127,6 +130,8 @@ def _sheet(rows: list[dict], row_axis: str | None, col_axis: str | None, shown, 
     )
     body = []
     for rv in rvals:
+        group = [r for r in rows if not row_axis or _key(r.get(row_axis)) == rv]
+        shown = [a for a in varying_axes(group) if a not in (row_axis, col_axis)]
         cells = []
         for cv in cvals:
             hits = [
@@ -168,7 +173,7 @@ def write_report(
     results.sort(key=lambda r: (r.get("row") or 0, r["job_id"]))
     axes = varying_axes(results)
     for name, chosen in (("--rows", rows), ("--cols", cols)):
-        if chosen and chosen not in {k for r in results for k in r}:
+        if chosen and chosen != "none" and chosen not in {k for r in results for k in r}:
             raise NstError(
                 f"{name} {chosen!r} is not a result column; axes that vary: "
                 f"{', '.join(axes) or 'none'}"
@@ -176,6 +181,7 @@ def write_report(
     free = [a for a in reversed(axes) if a not in (rows, cols)]
     row_axis = rows or (free.pop(0) if free else None)
     col_axis = cols or (free.pop(0) if free else None)
+    row_axis, col_axis = (None if a == "none" else a for a in (row_axis, col_axis))
     shown = [a for a in axes if a not in (row_axis, col_axis)]
     thumbs = {r["job_id"]: thumbnail(r["image_uri"], so) for r in results if r.get("image_uri")}
     curves = {
@@ -209,7 +215,7 @@ def write_report(
 <h1>nst report</h1><p>{escape(out)} · {len(results)} of {total} jobs · {summary} · {timing}</p>
 <h2>Contact sheet</h2><p>rows: {escape(row_axis or "—")} · columns: {escape(col_axis or "—")}
 · also varying: {escape(", ".join(shown) or "nothing")}</p>
-{_sheet(results, row_axis, col_axis, shown, thumbs)}
+{_sheet(results, row_axis, col_axis, thumbs)}
 <h2>Jobs</h2><table id="jobs"><thead><tr><th>job</th><th>name</th><th>row</th><th>status</th>
 <th>seconds</th><th>final total</th><th>diverged at</th><th>error</th></tr></thead>
 <tbody>{job_rows}</tbody></table>
