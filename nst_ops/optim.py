@@ -55,7 +55,7 @@ def make_optimizer(specs: Sequence[JobSpec], params: list[Tensor]) -> torch.opti
             params,
             lr=spec.learning_rate,
             max_iter=1,
-            history_size=50,
+            history_size=100,
             line_search_fn="strong_wolfe" if spec.line_search else None,
         )
     if spec.optimizer == "adam":

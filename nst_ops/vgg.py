@@ -100,6 +100,14 @@ class VGGFeatures(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
         self.requires_grad_(False)
         self.eval()
+        self.channels_last = False
+
+    def optimised_for(self, device: torch.device | str) -> VGGFeatures:
+        """Move to ``device`` in channels_last layout (faster convolutions on CUDA and, by a few
+        percent, on CPU). Only the layout changes: results equal the default layout's."""
+        self.to(device).to(memory_format=torch.channels_last)
+        self.channels_last = True
+        return self
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         return self.features_at(x, self.layers)
@@ -114,6 +122,8 @@ class VGGFeatures(nn.Module):
                 f"last layer {self.names[-1]} or not in {self.backbone}"
             )
         h = (x - self.mean) / self.std
+        if self.channels_last:
+            h = h.contiguous(memory_format=torch.channels_last)
         out: dict[str, Tensor] = {}
         cast = (
             torch.autocast(device_type=x.device.type, dtype=torch.bfloat16)

@@ -55,7 +55,10 @@ def extractor_for(job: Job, device: torch.device) -> VGGFeatures:
         _, seed = weights.parse(s.weights)
         sd = weights.cached_state_dict(s.weights, s.backbone)
         net = VGGFeatures(s.backbone, [last], s.pooling, state_dict=sd, seed=seed, amp=s.amp)
-        _EXTRACTORS[key] = net.to(device)
+        if device.type == "cuda":  # TF32 for convolutions only; Gram matmuls stay true fp32
+            torch.backends.cudnn.allow_tf32 = True
+            torch.backends.cuda.matmul.allow_tf32 = False
+        _EXTRACTORS[key] = net.optimised_for(device)
     return _EXTRACTORS[key]
 
 

@@ -84,3 +84,11 @@ def test_wrong_shape_tensor_is_refused_naming_the_tensor():
         WeightsError, match=r"features\.2\.weight \(conv1_2\) has shape \(64, 3, 3, 3\)"
     ):
         VGGFeatures("vgg19", ["relu1_2"], state_dict=sd)
+
+
+def test_channels_last_layout_gives_the_same_features():
+    x = torch.rand(2, 3, 32, 32)
+    a = VGGFeatures("vgg19", ["relu3_1", "conv1_1"], seed=2)
+    b = VGGFeatures("vgg19", ["relu3_1", "conv1_1"], seed=2).optimised_for("cpu")
+    for name, fa in a(x).items():
+        assert torch.allclose(fa, b(x)[name], atol=1e-5)
