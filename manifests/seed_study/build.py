@@ -54,6 +54,7 @@ BASE = {
     "size": [128],
     "iterations": [200],
     "log_every": [10],
+    "line_search": [False],
 }
 
 
@@ -66,13 +67,14 @@ rows = [
     row("optimizer", init=["content"], optimizer=["lbfgs"]),
     row("optimizer", init=["content"], optimizer=["adam"], lr=[0.02]),
     row("optimizer", init=["content"], optimizer=["sgd"], lr=[1e-6, 1e-5]),
-    # VGG16 vs VGG19 (offline both use random:0 weights: an architecture-only comparison)
+    # VGG16 vs VGG19. Offline both use random:0 weights (an architecture-only comparison) and
+    # Gatys' layers, which reach the blocks where the two networks differ.
     row(
         "backbone",
         backbone=["vgg16", "vgg19"],
         weights=[vgg16_weights],
-        style_layers=[fewer if not IMAGENET else default],
-        content_layers=[["relu2_2"] if not IMAGENET else content_layers],
+        style_layers=[["conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1"]],
+        content_layers=[["conv4_2"]],
     ),
     # default style layers vs three more vs two fewer
     row("style_layers", style_layers=[default, more, fewer]),
@@ -80,13 +82,15 @@ rows = [
     row("pooling", pooling=["max", "avg"]),
     # alpha/beta sweep (alpha = 1)
     row("alpha_beta", style_weight=[1e5, 1e6, 1e7, 1e8]),
-    # style reconstruction layer sweep from white noise, two paintings
+    # style reconstruction layer sweep from white noise, two paintings (strong-Wolfe line search:
+    # plain L-BFGS can overshoot once the loss is nearly zero)
     row(
         "layer_sweep",
         content_uri=None,
         style_uri=starry,
         mode="layer_sweep",
         style_layers=[[layer.replace("relu", "conv") for layer in default]],
+        line_search=[True],
     ),
     row(
         "layer_sweep",
@@ -94,6 +98,7 @@ rows = [
         style_uri=wave,
         mode="layer_sweep",
         style_layers=[[layer.replace("relu", "conv") for layer in default]],
+        line_search=[True],
     ),
 ]
 
