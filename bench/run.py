@@ -61,9 +61,9 @@ def weights_for(config: str):
     return None, "random:0"
 
 
-def ours_net(config, sd, device):
+def ours_net(config, sd, device, amp=False):
     cl, sl = CONFIGS[config]
-    net = VGGFeatures("vgg19", cl + sl, state_dict=sd, seed=0)
+    net = VGGFeatures("vgg19", cl + sl, state_dict=sd, seed=0, amp=amp)
     return net.optimised_for(device)
 
 
@@ -72,23 +72,43 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+def baseline_features(sd, device):
+    return load_vgg19(
+        {f"features.{k.removeprefix('features.')}": v for k, v in sd.items()} if sd else None,
+        device,
+    )
+
+
+def amp_loss_difference(config, sd, wname, size, c, s, device) -> float:
+    """|L_amp(x) - L_fp32(x)| / L_fp32(x) on one image x (content blended with noise)."""
+    from nst_ops.transfer import compute_targets, make_objective
+
+    cl, sl = CONFIGS[config]
+    spec = JobSpec(weights=wname, content_layers=cl, style_layers=sl, size=size)
+    c4, s4 = c[None].to(device), s[None].to(device)
+    x = 0.5 * (c4 + torch.rand(c4.shape, generator=torch.Generator().manual_seed(0)).to(device))
+    targets = compute_targets(ours_net(config, sd, device), spec, c4, [s4], tuple(c4.shape[-2:]))
+    values = []
+    for amp in (False, True):
+        with torch.no_grad():
+            objective = make_objective(ours_net(config, sd, device, amp), [spec], targets)
+            values.append(float(objective(x).total[0]))
+    return abs(values[1] - values[0]) / values[0]
+
+
 def per_iteration(config, size, iters, device, batch):
-    """(a) seconds per iteration: baseline vs ours alone vs ours batched (per image)."""
+    """(a) seconds per iteration: baseline vs ours (fp32 and amp), alone and batched."""
     cl, sl = CONFIGS[config]
     sd, wname = weights_for(config)
     contents, styles = inputs(size)
     c, s = contents[0], styles[0]
-    feats = load_vgg19(
-        {f"features.{k.removeprefix('features.')}": v for k, v in sd.items()} if sd else None,
-        device,
-    )
+    feats = baseline_features(sd, device)
     run_baseline(feats, c, s, cl, sl, 2, device=device)  # warm-up
     sync(device)
     t = time.perf_counter()
     run_baseline(feats, c, s, cl, sl, iters, device=device)
     sync(device)
     base = (time.perf_counter() - t) / iters
-    net = ours_net(config, sd, device)
     spec = JobSpec(
         weights=wname,
         content_layers=cl,
@@ -98,24 +118,28 @@ def per_iteration(config, size, iters, device, batch):
         optimizer="adam",
         log_every=10**6,
     )
-    stylize(spec.__class__(**{**spec.to_dict(), "iterations": 2}), net, c, [s])  # warm-up
-    sync(device)
-    t = time.perf_counter()
-    stylize(spec, net, c, [s])
-    sync(device)
-    ours = (time.perf_counter() - t) / iters
-    t = time.perf_counter()
-    stylize_batch([spec] * batch, net, [c] * batch, [[s]] * batch)
-    sync(device)
-    batched = (time.perf_counter() - t) / iters / batch
-    return {
+    warm = JobSpec.from_dict({**spec.to_dict(), "iterations": 2})
+    out = {
         "baseline_s": base,
-        "ours_s": ours,
-        "ours_batched_s": batched,
         "batch": batch,
-        "speedup": base / ours,
-        "speedup_batched": base / batched,
+        "amp_rel_loss_diff": amp_loss_difference(config, sd, wname, size, c, s, device),
     }
+    for amp in (False, True):
+        tag = "_amp" if amp else ""
+        net = ours_net(config, sd, device, amp)
+        stylize(warm, net, c, [s])
+        sync(device)
+        t = time.perf_counter()
+        stylize(spec, net, c, [s])
+        sync(device)
+        out[f"ours{tag}_s"] = (time.perf_counter() - t) / iters
+        t = time.perf_counter()
+        stylize_batch([spec] * batch, net, [c] * batch, [[s]] * batch)
+        sync(device)
+        out[f"ours{tag}_batched_s"] = (time.perf_counter() - t) / iters / batch
+        out[f"speedup{tag}"] = base / out[f"ours{tag}_s"]
+        out[f"speedup{tag}_batched"] = base / out[f"ours{tag}_batched_s"]
+    return out
 
 
 def grid_throughput(config, size, iters, device, num_cpus):
@@ -132,10 +156,7 @@ def grid_throughput(config, size, iters, device, num_cpus):
     cfiles = sorted((IMAGES / "content").glob("*"))[:2]
     sfiles = sorted((IMAGES / "style").glob("*"))[:2]
     weights = [1e5, 1e6, 1e7, 1e8]  # 2 contents x 2 styles x 4 style weights = 16 jobs
-    feats = load_vgg19(
-        {f"features.{k.removeprefix('features.')}": v for k, v in sd.items()} if sd else None,
-        device,
-    )
+    feats = baseline_features(sd, device)
     t = time.perf_counter()
     for ci in range(2):
         for si in range(2):
@@ -146,42 +167,44 @@ def grid_throughput(config, size, iters, device, num_cpus):
     sync(device)
     base_s = time.perf_counter() - t
 
-    rows = [
-        {
-            "content_uri": str(c),
-            "style_uri": str(s),
-            "optimizer": "adam",
-            "style_weight": weights,
-            "weights": wname,
-            "content_layers": list(cl),
-            "style_layers": list(sl),
-            "size": size,
-            "iterations": iters,
-            "log_every": iters,
-        }
-        for c in cfiles
-        for s in sfiles
-    ]
-    jobs = expand(pa.Table.from_pylist(rows))
     init_ray(None, num_cpus=num_cpus, num_gpus=1 if device.type == "cuda" else 0)
-    with tempfile.TemporaryDirectory() as out:
-        warm = expand(pa.Table.from_pylist([{**rows[0], "iterations": 1, "style_weight": 1.0}]))
-        run_jobs(warm, RunOptions(out=out + "/warm"), progress=False)  # start the workers
-        t = time.perf_counter()
-        summary = run_jobs(
-            jobs, RunOptions(out=out + "/grid"), Resources(batch_size=8), progress=False
-        )
-        ours_s = time.perf_counter() - t
+    out = {"jobs": 16, "baseline_s": base_s, "baseline_jobs_per_min": 16 / base_s * 60}
+    for amp in (False, True):
+        tag = "_amp" if amp else ""
+        rows = [
+            {
+                "content_uri": str(c),
+                "style_uri": str(s),
+                "optimizer": "adam",
+                "style_weight": weights,
+                "weights": wname,
+                "content_layers": list(cl),
+                "style_layers": list(sl),
+                "size": size,
+                "iterations": iters,
+                "log_every": iters,
+                "amp": amp,
+            }
+            for c in cfiles
+            for s in sfiles
+        ]
+        jobs = expand(pa.Table.from_pylist(rows))
+        with tempfile.TemporaryDirectory() as tmp:
+            warm = [{**rows[0], "iterations": 1, "style_weight": 1.0}]
+            run_jobs(
+                expand(pa.Table.from_pylist(warm)), RunOptions(out=tmp + "/warm"), progress=False
+            )  # start the workers: a long grid pays this once
+            t = time.perf_counter()
+            summary = run_jobs(
+                jobs, RunOptions(out=tmp + "/grid"), Resources(batch_size=8), progress=False
+            )
+            secs = time.perf_counter() - t
+        assert all(r["status"] == "ok" for r in summary.rows), summary.rows
+        out[f"ours{tag}_s"] = secs
+        out[f"ours{tag}_jobs_per_min"] = 16 / secs * 60
+        out[f"speedup{tag}"] = base_s / secs
     ray.shutdown()
-    assert all(r["status"] == "ok" for r in summary.rows), summary.rows
-    return {
-        "jobs": 16,
-        "baseline_jobs_per_min": 16 / base_s * 60,
-        "ours_jobs_per_min": 16 / ours_s * 60,
-        "speedup": base_s / ours_s,
-        "baseline_s": base_s,
-        "ours_s": ours_s,
-    }
+    return out
 
 
 def time_to_quality(size, iters, device):
@@ -190,38 +213,38 @@ def time_to_quality(size, iters, device):
     cl, sl = CONFIGS[config]
     sd, wname = weights_for(config)
     contents, styles = inputs(size)
-    feats = load_vgg19(
-        {f"features.{k.removeprefix('features.')}": v for k, v in sd.items()} if sd else None,
-        device,
-    )
+    feats = baseline_features(sd, device)
     t = time.perf_counter()
     _, base_final, _ = run_baseline(
         feats, contents[0], styles[0], cl, sl, iters, optimizer="lbfgs", device=device
     )
     sync(device)
     base_s = time.perf_counter() - t
-    net = ours_net(config, sd, device)
-    spec = JobSpec(
-        weights=wname,
-        content_layers=cl,
-        style_layers=sl,
-        size=size,
-        iterations=iters,
-        optimizer="lbfgs",
-        log_every=1,
-    )
-    out = stylize(spec, net, contents[0], [styles[0]])
-    points = [*out.trace, out.final]  # trace rows hold each step's loss; final the last image's
-    reached = next((r["seconds"] for r in points if r["total"] <= base_final), None)
-    return {
+    result = {
         "weights": "real (shipped conv1_1..conv3_1)" if sd else "random",
         "config": config,
         "baseline_final_total": base_final,
         "baseline_s": base_s,
-        "ours_final_total": out.final["total"],
-        "ours_s_to_reach": reached,
-        "speedup": base_s / reached if reached else None,
     }
+    for amp in (False, True):
+        tag = "_amp" if amp else ""
+        spec = JobSpec(
+            weights=wname,
+            content_layers=cl,
+            style_layers=sl,
+            size=size,
+            iterations=iters,
+            optimizer="lbfgs",
+            log_every=1,
+            amp=amp,
+        )
+        out = stylize(spec, ours_net(config, sd, device, amp), contents[0], [styles[0]])
+        points = [*out.trace, out.final]  # trace rows: each step's loss; final: the last image's
+        reached = next((r["seconds"] for r in points if r["total"] <= base_final), None)
+        result[f"ours{tag}_final_total"] = out.final["total"]
+        result[f"ours{tag}_s_to_reach"] = reached
+        result[f"speedup{tag}"] = base_s / reached if reached else None
+    return result
 
 
 def conv_flops(size_hw, last="conv5_1") -> float:
@@ -262,6 +285,41 @@ def cuda_tflops(size, batch, device):
         # the weights are frozen, so backward computes input gradients only: about 1x forward
         out[mode] = 2 * conv_flops((size, size)) * batch / secs / 1e12
     return out
+
+
+def saved_activation_gib(size: int, batch: int) -> float:
+    """Bytes autograd keeps for the backward of one optimisation step (Gatys layers), measured
+    with saved-tensor hooks: the device-independent part of a job's peak memory."""
+    cl, sl = CONFIGS["gatys"]
+    net = ours_net("gatys", None, torch.device("cpu"))
+    x = torch.rand(batch, 3, size, size, requires_grad=True)
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        feats = net.features_at(x, cl + sl)
+        from nst_ops import losses
+
+        loss = sum(losses.gram(feats[n]).sum() for n in sl) + feats[cl[0]].sum()
+    loss.backward()
+    return sum(seen.values()) / 2**30
+
+
+def memory_estimate(size: int, budget_gib: float) -> dict:
+    """Activation memory per image at ``size`` (batch 1 and 2 give the slope) and the batch that
+    fits ``budget_gib``, leaving 1 GiB for weights, targets, optimizer state and workspace."""
+    one, two = saved_activation_gib(size, 1), saved_activation_gib(size, 2)
+    per = two - one
+    return {
+        "size": size,
+        "saved_gib_batch1": one,
+        "gib_per_image": per,
+        "budget_gib": budget_gib,
+        "largest_batch_in_budget": int((budget_gib - 1 - (one - per)) // per),
+    }
 
 
 def cuda_memory(size, device, budget_gib):
@@ -320,6 +378,7 @@ def main() -> None:
             config, size, iters * 2, device, num_cpus=os.cpu_count()
         )
     results["time_to_quality"] = time_to_quality(size, 100 if cpu else 200, device)
+    results["activation_memory"] = memory_estimate(512, args.budget_gib)
     if not cpu:
         results["tflops"] = cuda_tflops(512, 4, device)
         results["memory"] = cuda_memory(512, device, args.budget_gib)
@@ -341,29 +400,48 @@ def render(r: dict) -> str:
     for key, v in r.items():
         if key.startswith("per_iteration_"):
             cfg = key.removeprefix("per_iteration_")
+            for tag, name in (("", "fp32"), ("_amp", "amp")):
+                for b, label in (
+                    ("", "alone"),
+                    ("_batched", f"per image in a batch of {v['batch']}"),
+                ):
+                    lines.append(
+                        f"| per-iteration, {cfg} layers, Adam, {name}, {label} | "
+                        f"{v['baseline_s'] * 1e3:.1f} ms | "
+                        f"{v[f'ours{tag}{b}_s'] * 1e3:.1f} ms | "
+                        f"**{v[f'speedup{tag}{b}']:.2f}×** |"
+                    )
             lines.append(
-                f"| per-iteration, {cfg} layers, Adam | {v['baseline_s'] * 1e3:.1f} ms "
-                f"| {v['ours_s'] * 1e3:.1f} ms | **{v['speedup']:.2f}×** |"
-            )
-            lines.append(
-                f"| per-iteration per image, {cfg}, batch {v['batch']} | "
-                f"{v['baseline_s'] * 1e3:.1f} ms | {v['ours_batched_s'] * 1e3:.1f} ms | "
-                f"**{v['speedup_batched']:.2f}×** |"
+                f"| amp loss vs fp32 on the same image, {cfg} layers | | "
+                f"{v['amp_rel_loss_diff']:.1e} relative | |"
             )
         if key.startswith("grid_"):
             cfg = key.removeprefix("grid_")
-            lines.append(
-                f"| grid of 16 jobs (2 styles), {cfg} layers, jobs/min | "
-                f"{v['baseline_jobs_per_min']:.1f} | {v['ours_jobs_per_min']:.1f} | "
-                f"**{v['speedup']:.2f}×** |"
-            )
+            for tag, name in (("", "fp32"), ("_amp", "amp")):
+                lines.append(
+                    f"| grid of 16 jobs sharing 2 styles, {cfg} layers, {name}, jobs/min | "
+                    f"{v['baseline_jobs_per_min']:.1f} | "
+                    f"{v[f'ours{tag}_jobs_per_min']:.1f} | **{v[f'speedup{tag}']:.2f}×** |"
+                )
     q = r["time_to_quality"]
-    reach = f"{q['ours_s_to_reach']:.1f} s" if q["ours_s_to_reach"] else "not reached"
-    ratio = f"**{q['speedup']:.2f}×**" if q["speedup"] else "—"
-    lines.append(
-        f"| time to the baseline's final loss ({q['config']} layers, {q['weights']} "
-        f"weights, L-BFGS) | {q['baseline_s']:.1f} s | {reach} | {ratio} |"
-    )
+    for tag, name in (("", "fp32"), ("_amp", "amp")):
+        secs = q[f"ours{tag}_s_to_reach"]
+        reach = f"{secs:.1f} s" if secs else "not reached"
+        ratio = f"**{q[f'speedup{tag}']:.2f}×**" if secs else "—"
+        lines.append(
+            f"| time to the baseline's final loss {q['baseline_final_total']:.4g} "
+            f"({q['config']} layers, {q['weights']} weights, L-BFGS, {name}) | "
+            f"{q['baseline_s']:.1f} s | {reach} | {ratio} |"
+        )
+    a = r.get("activation_memory")
+    if a:
+        lines += [
+            "",
+            f"Activation memory (autograd's saved tensors, Gatys layers, {a['size']} px): "
+            f"{a['saved_gib_batch1']:.2f} GiB for one image, {a['gib_per_image']:.2f} GiB per "
+            f"extra image; in {a['budget_gib']:g} GiB (1 GiB kept for the rest) a batch of "
+            f"{a['largest_batch_in_budget']} fits.",
+        ]
     if "tflops" in r:
         lines += [
             "",

@@ -57,8 +57,8 @@ class VGGFeatures(nn.Module):
     """Frozen, truncated VGG ``features`` returning a dict of the requested layers' outputs.
 
     Input is RGB in [0, 1]; ImageNet normalisation happens inside so callers optimise pixels.
-    ``amp`` autocasts only the convolutions (bf16 on CUDA); features are returned in fp32 so
-    Gram matrices and losses stay fp32.
+    ``amp`` autocasts only the network (bf16 convolutions, on CUDA or on CPUs with bf16 units);
+    features are returned in fp32 so Gram matrices and losses stay fp32.
     """
 
     def __init__(
@@ -127,7 +127,7 @@ class VGGFeatures(nn.Module):
         out: dict[str, Tensor] = {}
         cast = (
             torch.autocast(device_type=x.device.type, dtype=torch.bfloat16)
-            if self.amp and x.device.type == "cuda"
+            if self.amp
             else nullcontext()
         )
         with cast:

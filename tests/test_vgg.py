@@ -92,3 +92,12 @@ def test_channels_last_layout_gives_the_same_features():
     b = VGGFeatures("vgg19", ["relu3_1", "conv1_1"], seed=2).optimised_for("cpu")
     for name, fa in a(x).items():
         assert torch.allclose(fa, b(x)[name], atol=1e-5)
+
+
+def test_amp_runs_the_convolutions_in_bf16_but_returns_fp32_features_close_to_fp32():
+    x = torch.rand(1, 3, 32, 32)
+    full = VGGFeatures("vgg19", ["relu2_1"], seed=1)(x)["relu2_1"]
+    amp = VGGFeatures("vgg19", ["relu2_1"], seed=1, amp=True)(x)["relu2_1"]
+    assert amp.dtype == torch.float32
+    assert not torch.equal(full, amp)
+    assert torch.allclose(full, amp, rtol=0.05, atol=0.05 * full.abs().max().item())
