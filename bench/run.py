@@ -67,6 +67,13 @@ def ours_net(config, sd, device, amp=False):
     return net.optimised_for(device)
 
 
+def bench_spec(config: str, wname: str, size: int, iters: int, **kw) -> JobSpec:
+    cl, sl = CONFIGS[config]
+    return JobSpec(
+        weights=wname, content_layers=cl, style_layers=sl, size=size, iterations=iters, **kw
+    )
+
+
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -109,15 +116,7 @@ def per_iteration(config, size, iters, device, batch):
     run_baseline(feats, c, s, cl, sl, iters, device=device)
     sync(device)
     base = (time.perf_counter() - t) / iters
-    spec = JobSpec(
-        weights=wname,
-        content_layers=cl,
-        style_layers=sl,
-        size=size,
-        iterations=iters,
-        optimizer="adam",
-        log_every=10**6,
-    )
+    spec = bench_spec(config, wname, size, iters, optimizer="adam", log_every=10**6)
     warm = JobSpec.from_dict({**spec.to_dict(), "iterations": 2})
     out = {
         "baseline_s": base,
@@ -228,16 +227,7 @@ def time_to_quality(size, iters, device):
     }
     for amp in (False, True):
         tag = "_amp" if amp else ""
-        spec = JobSpec(
-            weights=wname,
-            content_layers=cl,
-            style_layers=sl,
-            size=size,
-            iterations=iters,
-            optimizer="lbfgs",
-            log_every=1,
-            amp=amp,
-        )
+        spec = bench_spec(config, wname, size, iters, optimizer="lbfgs", log_every=1, amp=amp)
         out = stylize(spec, ours_net(config, sd, device, amp), contents[0], [styles[0]])
         points = [*out.trace, out.final]  # trace rows: each step's loss; final: the last image's
         reached = next((r["seconds"] for r in points if r["total"] <= base_final), None)

@@ -44,3 +44,16 @@ def table(rows: list[dict], **common) -> pa.Table:
     full = [{**TINY, **common, **r} for r in rows]
     keys = list(dict.fromkeys(k for r in full for k in r))
     return pa.Table.from_pylist([{k: r.get(k) for k in keys} for r in full])
+
+
+def run_manifest(tmp_path: Path, rows: list[dict], *args: str, **common):
+    """Write ``rows`` as a manifest and `nst run` it into tmp_path/o; returns (result, out)."""
+    import pyarrow.parquet as pq
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    pq.write_table(table(rows, **common), tmp_path / "m.parquet")
+    out = tmp_path / "o"
+    cmd = ["run", str(tmp_path / "m.parquet"), "--out", str(out), "--no-progress", *args]
+    return CliRunner().invoke(app, cmd, catch_exceptions=False), out

@@ -13,7 +13,7 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 import torch
-from helpers import png_bytes, table, write_images
+from helpers import png_bytes, run_manifest, table, write_images
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -213,30 +213,14 @@ def test_bad_input_catalogue_fails_each_job_alone_with_a_clear_message(ray_cpu, 
 
 def test_an_unreadable_bucket_fails_the_job_not_the_run(ray_cpu, s3_endpoint, tmp_path):
     good = write_images(tmp_path, 1, "g")[0]
-    pq.write_table(
-        table(
-            [
-                {"content_uri": "s3://no-such-bucket/x.png", "style_uri": good},
-                {"content_uri": good, "style_uri": good},
-            ],
-            optimizer="adam",
-        ),
-        tmp_path / "m.parquet",
-    )
-    res = runner.invoke(
-        app,
-        [
-            "run",
-            str(tmp_path / "m.parquet"),
-            "--out",
-            str(tmp_path / "o"),
-            "--no-progress",
-            "--storage-options",
-            json.dumps({"endpoint_url": s3_endpoint}),
-        ],
-    )
+    rows = [
+        {"content_uri": "s3://no-such-bucket/x.png", "style_uri": good},
+        {"content_uri": good, "style_uri": good},
+    ]
+    opts = json.dumps({"endpoint_url": s3_endpoint})
+    res, out = run_manifest(tmp_path, rows, "--storage-options", opts, optimizer="adam")
     assert res.exit_code == 0, res.output
-    rows = pq.read_table(tmp_path / "o" / "results.parquet").to_pylist()
+    rows = pq.read_table(out / "results.parquet").to_pylist()
     assert sorted(r["status"] for r in rows) == ["failed", "ok"]
     bad = next(r for r in rows if r["status"] == "failed")
     assert bad["error"].startswith("s3://no-such-bucket/x.png:")
@@ -244,25 +228,12 @@ def test_an_unreadable_bucket_fails_the_job_not_the_run(ray_cpu, s3_endpoint, tm
 
 def test_secrets_in_storage_options_never_reach_outputs(ray_cpu, s3_endpoint, tmp_path):
     good = write_images(tmp_path, 1, "g")[0]
-    pq.write_table(
-        table([{"content_uri": good, "style_uri": good}], optimizer="adam"), tmp_path / "m.parquet"
-    )
     secret = "SECRET-KEY-123"
     opts = json.dumps({"key": "testing", "secret": secret, "endpoint_url": s3_endpoint})
-    res = runner.invoke(
-        app,
-        [
-            "run",
-            str(tmp_path / "m.parquet"),
-            "--out",
-            str(tmp_path / "o"),
-            "--no-progress",
-            "--storage-options",
-            opts,
-        ],
-    )
+    rows = [{"content_uri": good, "style_uri": good}]
+    res, out = run_manifest(tmp_path, rows, "--storage-options", opts, optimizer="adam")
     assert res.exit_code == 0 and secret not in res.output
-    for path in (tmp_path / "o").rglob("*"):
+    for path in out.rglob("*"):
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
 
@@ -301,30 +272,18 @@ def test_500_tiny_jobs_all_accounted_for_with_flat_driver_memory(ray_cpu, tmp_pa
 
 def test_a_diverging_job_is_recorded_as_diverged_with_its_best_image(ray_cpu, tmp_path):
     c, s = write_images(tmp_path, 2, "d")
-    pq.write_table(
-        table(
-            [{"content_uri": c, "style_uri": s}],
-            optimizer="sgd",
-            lr=1e4,
-            init="content",
-            iterations=20,
-            style_weight=1e3,
-        ),
-        tmp_path / "m.parquet",
-    )
-    res = runner.invoke(
-        app,
-        [
-            "run",
-            str(tmp_path / "m.parquet"),
-            "--out",
-            str(tmp_path / "o"),
-            "--no-progress",
-            "--strict",
-        ],
+    res, out = run_manifest(
+        tmp_path,
+        [{"content_uri": c, "style_uri": s}],
+        "--strict",
+        optimizer="sgd",
+        lr=1e4,
+        init="content",
+        iterations=20,
+        style_weight=1e3,
     )
     assert res.exit_code == 3  # --strict: a diverged job makes the run exit non-zero
-    (row,) = pq.read_table(tmp_path / "o" / "results.parquet").to_pylist()
+    (row,) = pq.read_table(out / "results.parquet").to_pylist()
     assert row["status"] == "diverged" and row["diverged_at"] >= 2 and "exceeds" in row["error"]
     assert os.path.exists(row["image_uri"].removeprefix("file://"))
     assert row["final_total"] < 1.0  # the kept image is the best one, before the blow-up
