@@ -35,6 +35,17 @@ def _key(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
+def _order(value: Any) -> tuple:
+    """Sort key for axis values: numbers by value, lists by length (layer sweeps), then text."""
+    if isinstance(value, bool) or value is None:
+        return (3, 0, _key(value))
+    if isinstance(value, (int, float)):
+        return (0, float(value), "")
+    if isinstance(value, list):
+        return (2, len(value), _key(value))
+    return (1, 0, str(value))
+
+
 def varying_axes(rows: Sequence[dict]) -> list[str]:
     """Parameters (and tags) whose value differs between jobs, most distinct values last."""
     keys = [k for k in AXIS_KEYS if k != "mode"]
@@ -119,8 +130,13 @@ def _tile(r: dict, shown: Sequence[str], thumbs: dict[str, str]) -> str:
 def _sheet(rows: list[dict], row_axis: str | None, col_axis: str | None, thumbs) -> str:
     """A table: one row per value of ``row_axis``, one column per value of ``col_axis``; each
     tile lists the parameters that vary within its row (beyond the two axes)."""
-    rvals = sorted({_key(r.get(row_axis)) for r in rows}) if row_axis else ["null"]
-    cvals = sorted({_key(r.get(col_axis)) for r in rows}) if col_axis else ["null"]
+
+    def values(axis: str | None) -> list[str]:
+        if not axis:
+            return ["null"]
+        return sorted({_key(r.get(axis)) for r in rows}, key=lambda k: _order(json.loads(k)))
+
+    rvals, cvals = values(row_axis), values(col_axis)
     head = (
         "".join(
             f"<th>{escape(col_axis)} = {escape(label(json.loads(c), col_axis))}</th>" for c in cvals
@@ -134,12 +150,8 @@ def _sheet(rows: list[dict], row_axis: str | None, col_axis: str | None, thumbs)
         shown = [a for a in varying_axes(group) if a not in (row_axis, col_axis)]
         cells = []
         for cv in cvals:
-            hits = [
-                r
-                for r in rows
-                if (not row_axis or _key(r.get(row_axis)) == rv)
-                and (not col_axis or _key(r.get(col_axis)) == cv)
-            ]
+            hits = [r for r in group if not col_axis or _key(r.get(col_axis)) == cv]
+            hits.sort(key=lambda r: tuple(_order(r.get(a)) for a in shown))
             cells.append("<td>" + "".join(_tile(r, shown, thumbs) for r in hits) + "</td>")
         name = f"{escape(row_axis)} = {escape(label(json.loads(rv), row_axis))}" if row_axis else ""
         body.append(f"<tr><th>{name}</th>{''.join(cells)}</tr>")

@@ -239,7 +239,8 @@ def test_secrets_in_storage_options_never_reach_outputs(ray_cpu, s3_endpoint, tm
 
 
 @pytest.mark.slow
-def test_500_tiny_jobs_all_accounted_for_with_flat_driver_memory(ray_cpu, tmp_path):
+@pytest.mark.parametrize("batch_size", [1, 8])
+def test_500_tiny_jobs_all_accounted_for_with_flat_driver_memory(ray_cpu, tmp_path, batch_size):
     c, s = write_images(tmp_path, 2, "l")
     t = table(
         [{"content_uri": c, "style_uri": s, "seed": list(range(500))}],
@@ -255,6 +256,7 @@ def test_500_tiny_jobs_all_accounted_for_with_flat_driver_memory(ray_cpu, tmp_pa
     summary = run_jobs(
         jobs,
         RunOptions(out=str(tmp_path / "out")),
+        Resources(batch_size=batch_size),
         progress=False,
         on_result=lambda r: rss.append(me.memory_info().rss),
     )
@@ -264,7 +266,8 @@ def test_500_tiny_jobs_all_accounted_for_with_flat_driver_memory(ray_cpu, tmp_pa
     assert all(r["status"] == "ok" and r["committed"] for r in summary.rows)
     growth = (max(rss[250:]) - rss[100]) / 2**20
     print(
-        f"\nload: 500 jobs in {seconds:.1f}s = {500 / seconds:.1f} jobs/s; driver peak RSS "
+        f"\nload: 500 jobs ({500 // batch_size} tasks) in {seconds:.1f}s = {500 / seconds:.1f} "
+        f"jobs/s; driver peak RSS "
         f"{max(rss) / 2**20:.0f} MiB, growth jobs 100->500 {growth:.1f} MiB"
     )
     assert growth < 64

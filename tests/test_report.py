@@ -130,3 +130,11 @@ def test_report_loads_in_headless_chromium_with_every_image_and_no_console_error
     assert all(done and width > 0 for done, width in images)
     assert job_rows == 6
     assert (ARTIFACTS / "report.png").stat().st_size > 10_000
+
+
+def test_tiles_order_numbers_by_value_and_layer_lists_by_length():
+    from pipeline.report import _order
+
+    assert sorted([1e8, 1e5, 1e6, 2], key=_order) == [2, 1e5, 1e6, 1e8]
+    sweep = [["conv1_1", "conv2_1", "conv3_1"], ["conv1_1"], ["conv1_1", "conv2_1"]]
+    assert [len(v) for v in sorted(sweep, key=_order)] == [1, 2, 3]
