@@ -290,3 +290,37 @@ def test_a_diverging_job_is_recorded_as_diverged_with_its_best_image(ray_cpu, tm
     assert row["status"] == "diverged" and row["diverged_at"] >= 2 and "exceeds" in row["error"]
     assert os.path.exists(row["image_uri"].removeprefix("file://"))
     assert row["final_total"] < 1.0  # the kept image is the best one, before the blow-up
+
+
+def test_ctrl_c_stops_cleanly_keeping_completed_jobs(tmp_path):
+    contents = write_images(tmp_path / "c", 6, "c")
+    (style,) = write_images(tmp_path / "s", 1, "s")
+    rows = [{"content_uri": c, "style_uri": style} for c in contents]
+    pq.write_table(table(rows, optimizer="lbfgs", size=32, iterations=150), tmp_path / "m.parquet")
+    out = tmp_path / "out"
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline.cli",
+        "run",
+        str(tmp_path / "m.parquet"),
+        "--out",
+        str(out),
+        "--num-cpus",
+        "1",
+        "--no-progress",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while len(list(out.glob("jobs/*/_COMMIT"))) < 1 and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "run again to resume" in err
+    committed = {p.parent.name for p in out.glob("jobs/*/_COMMIT")}
+    rows = pq.read_table(out / "results.parquet").to_pylist()
+    assert len(rows) == 6 and {r["job_id"] for r in rows if r["status"] == "ok"} == committed
+    assert 1 <= len(committed) < 6
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and f"({len(committed)} already done)" in again.stdout

@@ -85,3 +85,39 @@ def test_shipped_partial_imagenet_weights_load_up_to_relu3_1_and_not_beyond():
     VGGFeatures("vgg19", ["relu3_1"], state_dict=sd)
     with pytest.raises(WeightsError, match="lack layer conv3_2"):
         VGGFeatures("vgg19", ["relu3_2"], state_dict=sd)
+
+
+def test_imagenet_weights_come_from_torchvisions_weights_api(monkeypatch):
+    import torchvision.models._api as api
+
+    from pipeline.weights import imagenet_state_dict
+
+    asked = []
+
+    def fake_load(url, *args, **kwargs):
+        asked.append((url, kwargs))
+        return tv_state_dict()
+
+    monkeypatch.setattr(api, "load_state_dict_from_url", fake_load)
+    sd = imagenet_state_dict("vgg19")
+    assert asked[0][0].endswith("/vgg19-dcbb9e9d.pth") and asked[0][1]["check_hash"] is True
+    assert "features.0.weight" in sd
+
+
+def test_imagenet_weights_offline_give_a_clear_error_with_the_staging_hint(monkeypatch):
+    import urllib.error
+
+    import torchvision.models._api as api
+
+    from pipeline.weights import imagenet_state_dict
+
+    def offline(url, *args, **kwargs):
+        raise urllib.error.URLError("no route to host")
+
+    monkeypatch.setattr(api, "load_state_dict_from_url", offline)
+    with pytest.raises(
+        WeightsError,
+        match="could not fetch torchvision's vgg16 ImageNet weights.*"
+        "stage the file and pass its path or URL",
+    ):
+        imagenet_state_dict("vgg16")
