@@ -186,8 +186,10 @@ def list_images(pattern: str, storage_options: dict | None = None) -> list[str]:
         found = fs.glob(path)
     else:
         found = [path] if fs.exists(path) else []
-    local = "file" in fs.protocol
-    return sorted(p if local else fs.unstrip_protocol(p) for p in found)
+    if "file" not in fs.protocol:
+        return sorted(fs.unstrip_protocol(p) for p in found)
+    # keep the user's form: a relative pattern gives relative paths (rebased onto the manifest)
+    return sorted(p if os.path.isabs(pattern) else os.path.relpath(p) for p in found)
 
 
 def build_manifest(

@@ -209,3 +209,18 @@ def test_gpu_scheduling_pins_tasks_to_gpus_with_fractions(tmp_path):
         assert all(r["device"] == "cpu" for r in rows)  # no CUDA here: falls back honestly
     finally:
         start_ray(0)
+
+
+def test_make_manifest_keeps_relative_paths_portable(tmp_path, monkeypatch):
+    write_images(tmp_path / "imgs" / "c", 1, "c")
+    write_images(tmp_path / "imgs" / "s", 1, "s")
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path)
+    res = nst("make-manifest", "sub/m.parquet", "--content", "imgs/c", "--style", "imgs/s")
+    assert res.exit_code == 0, res.output
+    stored = pq.read_table(tmp_path / "sub" / "m.parquet").to_pylist()[0]
+    assert stored["content_uri"] == "../imgs/c/c0.png"  # relative to the manifest's folder
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    monkeypatch.chdir(moved)
+    assert nst("validate", str(tmp_path / "sub" / "m.parquet")).exit_code == 0

@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from pipeline.manifest import rebase_paths, write_manifest
+from pipeline.manifest import write_manifest
 
 HERE = Path(__file__).resolve().parent
-IMAGES = HERE.parent / "images"
 IMAGENET = "--imagenet" in sys.argv
 
 if IMAGENET:
@@ -27,16 +26,17 @@ if IMAGENET:
     more = ["conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv4_1", "conv5_1"]
     fewer = ["conv1_1", "conv2_1", "conv3_1"]
 else:  # the shipped file covers conv1_1..conv3_1 only; there are no VGG16 weights offline
-    weights = str(HERE.parent / "weights" / "vgg19_tv_features_conv1_1-conv3_1.pth")
+    weights = "../weights/vgg19_tv_features_conv1_1-conv3_1.pth"
     vgg16_weights = "random:0"
     content_layers = ["relu3_1"]
     default = ["relu1_1", "relu2_1", "relu3_1"]
     more = ["relu1_1", "relu1_2", "pool1", "relu2_1", "relu2_2", "relu3_1"]
     fewer = ["relu1_1"]
 
-content = str(IMAGES / "content" / "tubingen.jpg")
-starry = str(IMAGES / "style" / "starry_night.jpg")
-wave = str(IMAGES / "style" / "great_wave.jpg")
+# Paths relative to this folder: a manifest's relative paths resolve against its own location.
+content = "../images/content/tubingen.jpg"
+starry = "../images/style/starry_night.jpg"
+wave = "../images/style/great_wave.jpg"
 
 BASE = {
     "content_uri": content,
@@ -105,5 +105,5 @@ rows = [
 keys = list(dict.fromkeys(k for r in rows for k in r))
 table = pa.Table.from_pylist([{k: r.get(k, BASE.get(k)) for k in keys} for r in rows])
 dest = HERE / "manifest.parquet"
-write_manifest(rebase_paths(table, str(dest)), str(dest))
+write_manifest(table, str(dest))
 print(f"wrote {dest.relative_to(Path.cwd()) if dest.is_relative_to(Path.cwd()) else dest}")
