@@ -168,9 +168,11 @@ def run_jobs(
                     **{k: counts.get(k, 0) for k in ("ok", "failed", "diverged")},
                 )
         except KeyboardInterrupt:
+            # Stop the workers first, then write results from the markers, so no job commits
+            # after results.parquet. Not ray.cancel(force=True): cancelling a task that is
+            # completing at that instant aborts Ray's core worker (seen with Ray 2.60).
             interrupted = True
-            for ref in in_flight:
-                ray.cancel(ref, force=True)
+            ray.shutdown()
     rows = write_results(store, jobs, fresh)
     return Summary(len(jobs), len(jobs) - len(todo), counts, rows, interrupted)
 
