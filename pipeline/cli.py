@@ -177,7 +177,10 @@ def plan(
     max_jobs: MaxJobsOpt = DEFAULT_MAX_JOBS,
     storage_options: StorageOpt = None,
 ) -> None:
-    """Show how many jobs a manifest expands to and the grid axes that vary. No compute."""
+    """Show how many jobs a manifest expands to and the grid axes that vary. No compute.
+
+    Example: nst plan manifests/demo.parquet
+    """
     jobs = _load_jobs(manifest_uri, _storage(storage_options), max_jobs)
     records = [j.to_record() for j in jobs]
     table = Table(title=f"{len(jobs)} jobs from {manifest_uri}")
@@ -203,7 +206,10 @@ def validate(
     ] = images.DEFAULT_MAX_PIXELS,
     storage_options: StorageOpt = None,
 ) -> None:
-    """Check the schema, every row, and that every input exists and decodes (cheaply)."""
+    """Check the schema, every row, and that every input exists and decodes (cheaply).
+
+    Example: nst validate s3://bucket/manifest.parquet --storage-options '{"anon": false}'
+    """
     so = _storage(storage_options)
     jobs = _load_jobs(manifest_uri, so, max_jobs)
     rows_of: dict[str, set[int]] = {}
@@ -291,7 +297,10 @@ def run(
 def status(
     out: Annotated[str, typer.Argument(metavar="OUT")], storage_options: StorageOpt = None
 ) -> None:
-    """Counts by status for an output root, and every failure with its error."""
+    """Counts by status for an output root, and every failure with its error.
+
+    Example: nst status results/demo
+    """
     rows, total = results.collect(storage.Store(out, _storage(storage_options)))
     counts = Counter(r["status"] for r in rows)
     counts["pending"] = max(0, total - len(rows))
@@ -369,7 +378,10 @@ def report(
     ] = None,
     storage_options: StorageOpt = None,
 ) -> None:
-    """Write OUT/report.html: contact sheet by grid axes, loss curves, summary table."""
+    """Write OUT/report.html: contact sheet by grid axes, loss curves, summary table.
+
+    Example: nst report results/seed_study --rows tag_experiment --cols none
+    """
     from .report import write_report
 
     url = write_report(out, _storage(storage_options), rows=rows, cols=cols, console=out_console)
