@@ -221,6 +221,12 @@ BATCH_FIELDS = (
 )
 
 
+def batchable(spec: JobSpec) -> bool:
+    """Adam/SGD at one resolution: L-BFGS couples its parameters, and in a multi-resolution
+    schedule one diverging image would stop its batch-mates at a lower level."""
+    return spec.optimizer != "lbfgs" and spec.multires == 1
+
+
 def batch_key(spec: JobSpec) -> tuple:
     """Jobs with equal keys (and equal output sizes) can share one forward/backward."""
     return tuple(getattr(spec, f) for f in BATCH_FIELDS)
@@ -239,6 +245,8 @@ def stylize_batch(
     spec = specs[0]
     if any(batch_key(s) != batch_key(spec) for s in specs):
         raise ValueError(f"jobs in one batch must agree on {', '.join(BATCH_FIELDS)}")
+    if len(specs) > 1 and spec.multires > 1:
+        raise ValueError("multi-resolution jobs run one image at a time")
     for s, c, st in zip(specs, contents, styles, strict=True):
         if s.uses_content and c is None:
             raise ValueError(f"mode {s.mode!r} needs a content image")

@@ -18,7 +18,7 @@ import ray
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from nst_ops.transfer import batch_key
+from nst_ops.transfer import batch_key, batchable
 
 from . import storage
 from .jobs import Job
@@ -68,11 +68,11 @@ def _task(jobs: list[Job], opts: RunOptions, batch_size: int) -> list[dict[str, 
 
 def group_jobs(jobs: Sequence[Job], batch_size: int) -> list[list[Job]]:
     """Tasks of up to ``batch_size`` jobs that can share a batch (same batch key, and inputs
-    likely of one size: same content); L-BFGS jobs run one per task."""
+    likely of one size: same content); unbatchable jobs (L-BFGS, multires) run one per task."""
     groups: dict[tuple, list[Job]] = {}
     for j in jobs:
-        batchable = j.spec.optimizer != "lbfgs" and batch_size > 1
-        key = (batch_key(j.spec), j.content_uri) if batchable else (j.id,)
+        together = batchable(j.spec) and batch_size > 1
+        key = (batch_key(j.spec), j.content_uri) if together else (j.id,)
         groups.setdefault(key, []).append(j)
     return [g[i : i + batch_size] for g in groups.values() for i in range(0, len(g), batch_size)]
 

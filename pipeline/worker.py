@@ -20,7 +20,7 @@ import pyarrow as pa
 import torch
 
 from nst_ops.optim import Outcome
-from nst_ops.transfer import batch_key, output_hw, stylize_batch
+from nst_ops.transfer import batch_key, batchable, output_hw, stylize_batch
 from nst_ops.vgg import VGGFeatures, deepest
 
 from . import images, storage, weights
@@ -173,13 +173,13 @@ def run_group(
 
 
 def _batches(ready, batch_size: int):
-    """Groups sharing a batch key and output size (L-BFGS: always alone), in input order."""
+    """Groups sharing a batch key and output size (unbatchable jobs alone), in input order."""
     groups: dict[tuple, list] = {}
     for item in ready:
         job, content, styles = item
         spec = job.spec
         key = (batch_key(spec), output_hw(spec, content, styles))
-        if spec.optimizer == "lbfgs" or batch_size <= 1:
+        if not batchable(spec) or batch_size <= 1:
             key = (*key, job.id)
         groups.setdefault(key, []).append(item)
     for items in groups.values():
