@@ -66,17 +66,13 @@ def test_a_worker_killed_mid_job_is_retried_and_the_job_completes(ray_cpu, tmp_p
     print(f"\nworker pid {killed[0]} SIGKILLed mid-job; job retried and completed")
 
 
-def test_a_killed_driver_resumes_with_only_the_missing_jobs(tmp_path):
+def six_job_run(tmp_path, optimizer: str) -> tuple[list[str], object]:
+    """A 6-job manifest (one task each) and the `nst run` command line for it, one CPU."""
     contents = write_images(tmp_path / "c", 6, "c")
     (style,) = write_images(tmp_path / "s", 1, "s")
+    rows = [{"content_uri": c, "style_uri": style} for c in contents]
     pq.write_table(
-        table(
-            [{"content_uri": c, "style_uri": style} for c in contents],
-            optimizer="adam",
-            size=32,
-            iterations=150,
-        ),
-        tmp_path / "m.parquet",
+        table(rows, optimizer=optimizer, size=32, iterations=150), tmp_path / "m.parquet"
     )
     out = tmp_path / "out"
     cmd = [
@@ -91,12 +87,21 @@ def test_a_killed_driver_resumes_with_only_the_missing_jobs(tmp_path):
         "1",
         "--no-progress",
     ]
+    return cmd, out
+
+
+def wait_for_commits(out, n: int, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while len(list(out.glob("jobs/*/_COMMIT"))) < n and time.time() < deadline:
+        time.sleep(0.2)
+
+
+def test_a_killed_driver_resumes_with_only_the_missing_jobs(tmp_path):
+    cmd, out = six_job_run(tmp_path, "adam")
     proc = subprocess.Popen(
         cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    deadline = time.time() + 240
-    while len(list(out.glob("jobs/*/_COMMIT"))) < 2 and time.time() < deadline:
-        time.sleep(0.2)
+    wait_for_commits(out, 2)
     family = psutil.Process(proc.pid).children(recursive=True)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and its embedded Ray, mid-run
     for child in family:  # Ray's own daemons and workers too: a crash of the whole node
@@ -293,27 +298,9 @@ def test_a_diverging_job_is_recorded_as_diverged_with_its_best_image(ray_cpu, tm
 
 
 def test_ctrl_c_stops_cleanly_keeping_completed_jobs(tmp_path):
-    contents = write_images(tmp_path / "c", 6, "c")
-    (style,) = write_images(tmp_path / "s", 1, "s")
-    rows = [{"content_uri": c, "style_uri": style} for c in contents]
-    pq.write_table(table(rows, optimizer="lbfgs", size=32, iterations=150), tmp_path / "m.parquet")
-    out = tmp_path / "out"
-    cmd = [
-        sys.executable,
-        "-m",
-        "pipeline.cli",
-        "run",
-        str(tmp_path / "m.parquet"),
-        "--out",
-        str(out),
-        "--num-cpus",
-        "1",
-        "--no-progress",
-    ]
+    cmd, out = six_job_run(tmp_path, "lbfgs")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 240
-    while len(list(out.glob("jobs/*/_COMMIT"))) < 1 and time.time() < deadline:
-        time.sleep(0.2)
+    wait_for_commits(out, 1)
     proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
