@@ -177,18 +177,17 @@ def run_jobs(
     return Summary(len(jobs), len(jobs) - len(todo), counts, rows, interrupted)
 
 
-def _collect(ref: ray.ObjectRef, job: Job) -> dict[str, Any]:
-    """A task's row, or a failed row when Ray itself gave up (worker died past its retries)."""
+def _collect(ref: ray.ObjectRef, jobs: list[Job]) -> list[dict[str, Any]]:
+    """A task's rows, or failed rows (uncommitted, so a rerun tries again) when Ray itself gave
+    up on the task: its worker died more often than ``max_retries`` allows."""
     try:
         return ray.get(ref)
     except ray.exceptions.RayError as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        return {
-            **job.to_record(),
-            "status": "failed",
-            "committed": False,
-            "error": f"{type(e).__name__}: {msg}",
-        }
+        error = f"{type(e).__name__}: {msg}"
+        return [
+            {**j.to_record(), "status": "failed", "committed": False, "error": error} for j in jobs
+        ]
 
 
 def write_results(store: storage.Store, jobs: Sequence[Job], fresh: dict[str, dict]) -> list[dict]:

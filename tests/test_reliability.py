@@ -311,3 +311,25 @@ def test_ctrl_c_stops_cleanly_keeping_completed_jobs(tmp_path):
     assert 1 <= len(committed) < 6
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and f"({len(committed)} already done)" in again.stdout
+
+
+def test_a_job_whose_worker_keeps_dying_is_recorded_failed_and_the_run_goes_on(ray_cpu, tmp_path):
+    (c1, c2), (s,) = write_images(tmp_path / "c", 2, "c"), write_images(tmp_path / "s", 1, "s")
+    rows = [{"content_uri": c, "style_uri": s} for c in (c1, c2)]
+    jobs = expand(table(rows, optimizer="adam", size=48, iterations=400, log_every=100))
+    killed, stop = [], threading.Event()
+    killer = threading.Thread(target=kill_first_running_task, args=(killed, stop))
+    killer.start()
+    try:
+        summary = run_jobs(
+            jobs, RunOptions(out=str(tmp_path / "out")), Resources(max_retries=0), progress=False
+        )
+    finally:
+        stop.set()
+        killer.join()
+    assert killed, "no running task was found to kill"
+    by_status = {r["status"]: r for r in summary.rows}
+    assert sorted(r["status"] for r in summary.rows) == ["failed", "ok"]
+    dead = by_status["failed"]
+    assert dead["committed"] is False and "Error" in dead["error"]  # Ray's error type, named
+    assert pq.read_table(tmp_path / "out" / "results.parquet").num_rows == 2
