@@ -35,16 +35,15 @@ def _coerce(name: str, value: Any, where: str) -> Any:
         if not math.isfinite(value) or value != int(value):
             raise ManifestError(f"{where}: {name} must be an integer, got {value!r}")
         return int(value)
-    if p.kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
     if p.is_seq and isinstance(value, str):
         return tuple(v.strip() for v in value.split(",") if v.strip())
     if p.is_seq and isinstance(value, list):
         return tuple(_coerce_scalar(p.kind, v) for v in value)
-    return value
+    return _coerce_scalar(p.kind, value)
 
 
 def _coerce_scalar(kind: type, v: Any) -> Any:
+    """Ints given for float parameters become floats (so 1 and 1.0 give one job id)."""
     if kind is float and isinstance(v, int) and not isinstance(v, bool):
         return float(v)
     return v

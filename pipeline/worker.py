@@ -7,6 +7,7 @@ process itself escapes, which is what Ray's ``max_retries`` is for.
 
 from __future__ import annotations
 
+import functools
 import platform
 import time
 import traceback
@@ -62,7 +63,9 @@ def extractor_for(job: Job, device: torch.device) -> VGGFeatures:
     return _EXTRACTORS[key]
 
 
+@functools.cache
 def _versions() -> dict[str, str]:
+    """Library versions for job.json (fixed for the life of the process)."""
     out = {"python": platform.python_version()}
     for dist in ("nst-pipeline", "torch", "torchvision", "ray", "fsspec", "pyarrow"):
         try:
@@ -132,6 +135,7 @@ def run_group(
     """
     device = device or pick_device()
     started = time.time()
+    store = storage.Store(opts.out, opts.storage_options, opts.storage_attempts)
     extra = {"device": str(device), "host": platform.node(), **(placement or {})}
     rows: dict[str, dict[str, Any]] = {}
     ready: list[tuple[Job, torch.Tensor | None, list[torch.Tensor]]] = []
@@ -148,7 +152,7 @@ def run_group(
             styles = [image(u) for u in job.style_uris]
             ready.append((job, content, styles))
         except Exception as e:  # noqa: BLE001  (recorded on the job, never fatal to the run)
-            rows[job.id] = _finish(job, None, {**extra, **_fail(e)}, started, opts)
+            rows[job.id] = _finish(job, None, {**extra, **_fail(e)}, started, store)
     for batch in _batches(ready, batch_size):
         t0 = time.time()
         try:
@@ -164,11 +168,11 @@ def run_group(
             )
         except Exception as e:  # noqa: BLE001
             for job, _, _ in batch:
-                rows[job.id] = _finish(job, None, {**extra, **_fail(e)}, t0, opts)
+                rows[job.id] = _finish(job, None, {**extra, **_fail(e)}, t0, store)
             continue
         for (job, _, _), outcome in zip(batch, outcomes, strict=True):
             info = {**extra, "batch_size": len(batch)}
-            rows[job.id] = _finish(job, outcome, info, t0, opts)
+            rows[job.id] = _finish(job, outcome, info, t0, store)
     return [rows[j.id] for j in jobs]
 
 
@@ -192,10 +196,9 @@ def _finish(
     outcome: Outcome | None,
     info: dict[str, Any],
     started: float,
-    opts: RunOptions,
+    store: storage.Store,
 ) -> dict[str, Any]:
     """Write a job's image, trace, job.json and finally its commit marker; return its row."""
-    store = storage.Store(opts.out, opts.storage_options, opts.storage_attempts)
     base = storage.job_dir("", job.id).lstrip("/")
     row: dict[str, Any] = {**job.to_record(), "status": "failed", "error": None, **info}
     if outcome is not None:
