@@ -84,21 +84,16 @@ rows = [
     row("alpha_beta", style_weight=[1e5, 1e6, 1e7, 1e8]),
     # style reconstruction layer sweep from white noise, two paintings (strong-Wolfe line search:
     # plain L-BFGS can overshoot once the loss is nearly zero)
-    row(
-        "layer_sweep",
-        content_uri=None,
-        style_uri=starry,
-        mode="layer_sweep",
-        style_layers=[[layer.replace("relu", "conv") for layer in default]],
-        line_search=[True],
-    ),
-    row(
-        "layer_sweep",
-        content_uri=None,
-        style_uri=wave,
-        mode="layer_sweep",
-        style_layers=[[layer.replace("relu", "conv") for layer in default]],
-        line_search=[True],
+    *(
+        row(
+            "layer_sweep",
+            content_uri=None,
+            style_uri=painting,
+            mode="layer_sweep",
+            style_layers=[[layer.replace("relu", "conv") for layer in default]],
+            line_search=[True],
+        )
+        for painting in (starry, wave)
     ),
 ]
 
