@@ -39,6 +39,22 @@ def kill_first_running_task(killed: list, stop: threading.Event) -> None:
         time.sleep(0.05)
 
 
+def run_killing_one_worker(jobs, out, max_retries: int):
+    """run_jobs while the first running task's worker is SIGKILLed; returns (summary, killed)."""
+    killed, stop = [], threading.Event()
+    killer = threading.Thread(target=kill_first_running_task, args=(killed, stop))
+    killer.start()
+    try:
+        summary = run_jobs(
+            jobs, RunOptions(out=str(out)), Resources(max_retries=max_retries), progress=False
+        )
+    finally:
+        stop.set()
+        killer.join()
+    assert killed, "no running task was found to kill"
+    return summary, killed
+
+
 def test_a_worker_killed_mid_job_is_retried_and_the_job_completes(ray_cpu, tmp_path):
     c, s = write_images(tmp_path, 2, "k")
     jobs = expand(
@@ -50,17 +66,7 @@ def test_a_worker_killed_mid_job_is_retried_and_the_job_completes(ray_cpu, tmp_p
             log_every=100,
         )
     )
-    killed, stop = [], threading.Event()
-    killer = threading.Thread(target=kill_first_running_task, args=(killed, stop))
-    killer.start()
-    try:
-        summary = run_jobs(
-            jobs, RunOptions(out=str(tmp_path / "out")), Resources(max_retries=2), progress=False
-        )
-    finally:
-        stop.set()
-        killer.join()
-    assert killed, "no running task was found to kill"
+    summary, killed = run_killing_one_worker(jobs, tmp_path / "out", max_retries=2)
     (row,) = summary.rows
     assert row["status"] == "ok" and row["committed"] and row["iterations_run"] == 400
     print(f"\nworker pid {killed[0]} SIGKILLed mid-job; job retried and completed")
@@ -317,17 +323,7 @@ def test_a_job_whose_worker_keeps_dying_is_recorded_failed_and_the_run_goes_on(r
     (c1, c2), (s,) = write_images(tmp_path / "c", 2, "c"), write_images(tmp_path / "s", 1, "s")
     rows = [{"content_uri": c, "style_uri": s} for c in (c1, c2)]
     jobs = expand(table(rows, optimizer="adam", size=48, iterations=400, log_every=100))
-    killed, stop = [], threading.Event()
-    killer = threading.Thread(target=kill_first_running_task, args=(killed, stop))
-    killer.start()
-    try:
-        summary = run_jobs(
-            jobs, RunOptions(out=str(tmp_path / "out")), Resources(max_retries=0), progress=False
-        )
-    finally:
-        stop.set()
-        killer.join()
-    assert killed, "no running task was found to kill"
+    summary, _ = run_killing_one_worker(jobs, tmp_path / "out", max_retries=0)
     by_status = {r["status"]: r for r in summary.rows}
     assert sorted(r["status"] for r in summary.rows) == ["failed", "ok"]
     dead = by_status["failed"]
