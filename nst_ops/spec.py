@@ -6,6 +6,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from .presets import PresetError, apply_preset
 from .vgg import BACKBONE_CFG, check_layers
 
 MODES = ("transfer", "style", "content")
@@ -15,6 +16,51 @@ STYLE_SCALES = ("content", "own")
 DEFAULT_LR = {"lbfgs": 1.0, "adam": 0.02, "sgd": 0.1}
 GATYS_STYLE_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
 MIN_SIZE, MAX_SIZE = 16, 4096
+
+
+POOLINGS = ("max", "avg")
+
+# One line per parameter, shown by `nst params` (a test checks every field has one).
+PARAM_HELP: dict[str, str] = {
+    "mode": "transfer (content + style), style or content reconstruction",
+    "backbone": "the network: vgg16 or vgg19",
+    "pooling": "max, or avg (the study's choice: smoother gradients)",
+    "weights": "imagenet (torchvision), random:<seed>, or a state-dict path/URL",
+    "content_layers": "layers whose features the content loss matches",
+    "style_layers": "layers whose Gram matrices the style loss matches",
+    "style_layer_weights": "w_l per style layer (default equal, summing to 1)",
+    "content_weight": "alpha, the content loss weight",
+    "style_weight": "beta, the style loss weight",
+    "tv_weight": "total-variation smoothing weight (0 = off)",
+    "optimizer": "lbfgs, adam or sgd",
+    "lr": "learning rate (default per optimizer: lbfgs 1, adam 0.02, sgd 0.1)",
+    "momentum": "SGD momentum",
+    "line_search": "L-BFGS strong-Wolfe line search",
+    "iterations": "optimizer steps (per resolution level with multires)",
+    "size": "longer side of the output in pixels",
+    "init": "start image: noise (seeded), content (recognisable results fastest) or style",
+    "seed": "seed of the noise init",
+    "style_scale": "content: style resized to the content's size (the study); own: kept",
+    "style_blend": "weights blending several style images",
+    "preserve_color": "luminance-only transfer, keeping the content's colours",
+    "multires": "coarse-to-fine levels (each halves the size)",
+    "log_every": "trace a row every N iterations",
+    "divergence_factor": "a loss above this x best counts as a spike",
+    "divergence_patience": "iterations a spike may last before the job counts as diverged",
+    "amp": "bf16 convolutions on CUDA / CPUs with bf16 units (losses stay fp32)",
+}
+
+
+def choices(name: str) -> tuple[str, ...] | None:
+    """The allowed values of a parameter that is a choice (None for free values)."""
+    return {
+        "mode": MODES,
+        "backbone": tuple(BACKBONE_CFG),
+        "pooling": POOLINGS,
+        "optimizer": OPTIMIZERS,
+        "init": INITS,
+        "style_scale": STYLE_SCALES,
+    }.get(name)
 
 
 class SpecError(ValueError):
@@ -60,6 +106,7 @@ class JobSpec:
     multires: int = 1
     log_every: int = 10
     divergence_factor: float = 100.0
+    divergence_patience: int = 50
     amp: bool = False
 
     def __post_init__(self) -> None:
@@ -77,12 +124,8 @@ class JobSpec:
             if v not in options:
                 raise SpecError(f"unknown {name} {v!r}; choose one of {', '.join(options)}")
 
-        choice("mode", MODES)
-        choice("backbone", tuple(BACKBONE_CFG))
-        choice("pooling", ("max", "avg"))
-        choice("optimizer", OPTIMIZERS)
-        choice("init", INITS)
-        choice("style_scale", STYLE_SCALES)
+        for name in ("mode", "backbone", "pooling", "optimizer", "init", "style_scale"):
+            choice(name, choices(name) or ())
         if not isinstance(self.weights, str) or not self.weights:
             raise SpecError("weights must be 'imagenet', 'random:<seed>', a path or a URL")
         if self.weights.startswith("random:") and not self.weights[7:].isdigit():
@@ -116,7 +159,12 @@ class JobSpec:
             _finite_nonneg("lr", self.lr)
             if self.lr == 0:
                 raise SpecError("lr must be > 0")
-        for name, lo in (("iterations", 1), ("log_every", 1), ("multires", 1)):
+        for name, lo in (
+            ("iterations", 1),
+            ("log_every", 1),
+            ("multires", 1),
+            ("divergence_patience", 1),
+        ):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < lo:
                 raise SpecError(f"{name} must be an integer >= {lo}, got {v!r}")
@@ -175,8 +223,12 @@ class JobSpec:
         return tuple(f.name for f in fields(cls))
 
     @classmethod
-    def from_dict(cls, params: dict[str, Any]) -> JobSpec:
+    def from_dict(cls, params: dict[str, Any], preset: str | None = None) -> JobSpec:
+        """A spec from plain values; ``preset`` fills in every parameter not given."""
         unknown = set(params) - set(cls.field_names())
         if unknown:
             raise SpecError(f"unknown parameter(s): {', '.join(sorted(unknown))}")
-        return cls(**params)
+        try:
+            return cls(**apply_preset(preset, params))
+        except PresetError as e:
+            raise SpecError(str(e)) from None

@@ -18,7 +18,7 @@ from torch import Tensor
 from . import losses
 from .optim import LOOP_FIELDS, Outcome, Terms, optimize
 from .spec import JobSpec
-from .vgg import VGGFeatures
+from .vgg import VGGFeatures, feature_hw
 
 
 def _fit(h: int, w: int, size: int) -> tuple[int, int]:
@@ -96,8 +96,10 @@ def compute_targets(
 
     ``cache`` with ``keys`` (an id for the content and for each style image, e.g. their URIs)
     reuses features and Grams across jobs that share an image, size and network. With
-    ``style_scale='own'`` a style's Gram is rescaled by M_x/M_a so E_l compares like with like;
-    with the default (style resized to the content's size) the factor is exactly 1.
+    ``style_scale='own'`` a style's Gram sums over the style's M_a positions at each layer, the
+    output's over M_x: it is rescaled by M_x/M_a *at that layer* (pooling floors odd sizes, so the
+    image-level ratio is wrong after a pooling); with the default (style resized to the content's
+    size) the factor is exactly 1.
     """
     net_id = (id(extractor.features), spec.preserve_color)
     c_key, s_keys = keys if keys is not None else (None, [None] * len(styles))
@@ -117,7 +119,6 @@ def compute_targets(
             if len(blend) != len(styles):
                 raise ValueError(f"style_blend has {len(blend)} weights for {len(styles)} styles")
             total = sum(blend)
-            m_x = out_hw[0] * out_hw[1]
             for w, s, sk in zip(blend, styles, s_keys, strict=True):
                 hw = tuple(s.shape[-2:])
                 for name in spec.style_layers:
@@ -125,9 +126,17 @@ def compute_targets(
                     g = _cached(
                         cache, k, lambda n=name, s=s: losses.gram(extractor.features_at(s, [n])[n])
                     )
-                    a = g * (w / total) * (m_x / (hw[0] * hw[1]))
+                    a = g * (w / total) * _positions_ratio(spec.backbone, name, out_hw, hw)
                     style_t[name] = style_t[name] + a if name in style_t else a
     return Targets(content_t, style_t)
+
+
+def _positions_ratio(backbone: str, layer: str, out_hw: tuple, style_hw: tuple) -> float:
+    """M_x / M_a at ``layer``: output positions over style positions (1 for equal sizes)."""
+    (xh, xw), (ah, aw) = feature_hw(backbone, layer, out_hw), feature_hw(backbone, layer, style_hw)
+    if ah * aw == 0:
+        raise ValueError(f"style image of {style_hw[1]}x{style_hw[0]} px is too small for {layer}")
+    return (xh * xw) / (ah * aw)
 
 
 def stack_targets(targets: Sequence[Targets]) -> Targets:
@@ -239,6 +248,7 @@ def stylize_batch(
     styles: Sequence[Sequence[Tensor]],
     cache: TargetCache | None = None,
     keys: Sequence[tuple[Hashable, Sequence[Hashable]]] | None = None,
+    on_step: Callable[[int, float], None] | None = None,
 ) -> list[Outcome]:
     """Run several jobs as one batch (one forward/backward per step); exact per image for Adam
     and SGD. L-BFGS batches must have one image. ``cache``/``keys``: see compute_targets."""
@@ -278,7 +288,7 @@ def stylize_batch(
         else:
             x0 = resize(x, hw).to(device)
         objective = make_objective(extractor, specs, targets)
-        results = optimize(objective, x0, specs, max(done), t0)
+        results = optimize(objective, x0, specs, max(done), t0, on_step)
         for i, r in enumerate(results):
             traces[i] += [{**row, "level": level} for row in r.trace]
             done[i] += r.iterations
@@ -301,9 +311,12 @@ def stylize(
     styles: Sequence[Tensor],
     cache: TargetCache | None = None,
     keys: tuple[Hashable, Sequence[Hashable]] | None = None,
+    on_step: Callable[[int, float], None] | None = None,
 ) -> Outcome:
-    """Run one job in its mode; multi-resolution and colour preservation included."""
-    (out,) = stylize_batch([spec], extractor, [content], [styles], cache, [keys] if keys else None)
+    """Run one job in its mode; multi-resolution and colour preservation included. ``on_step``
+    (iteration, loss) is called after every step, e.g. for a progress display."""
+    ks = [keys] if keys else None
+    (out,) = stylize_batch([spec], extractor, [content], [styles], cache, ks, on_step)
     return out
 
 

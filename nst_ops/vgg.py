@@ -48,6 +48,14 @@ def check_layers(backbone: str, layers: Iterable[str]) -> None:
         )
 
 
+def feature_hw(backbone: str, layer: str, hw: tuple[int, int]) -> tuple[int, int]:
+    """A layer's feature-map size for an input of size ``hw``: 3x3 convolutions keep it, each
+    2x2 pooling before (or at) the layer floors it by half."""
+    names = layer_names(backbone)
+    pools = sum(n.startswith("pool") for n in names[: names.index(layer) + 1])
+    return hw[0] >> pools, hw[1] >> pools
+
+
 def deepest(backbone: str, layers: Iterable[str]) -> str:
     names = layer_names(backbone)
     return max(layers, key=names.index)
@@ -159,6 +167,11 @@ def load_features(
     A partial dict is fine as long as it covers every conv the truncated network keeps.
     """
     sd = {k.removeprefix("features."): v for k, v in state_dict.items()}
+    if not any(k.split(".")[0].isdigit() for k in sd):
+        found = ", ".join(sorted(state_dict)[:4]) or "no keys"
+        raise WeightsError(
+            f"not a VGG16/VGG19 state dict (expected keys like features.0.weight; found {found})"
+        )
     with torch.no_grad():
         for i, (name, m) in enumerate(zip(names, features, strict=True)):
             if not isinstance(m, nn.Conv2d):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 import functools
 import json
+import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -13,22 +15,36 @@ from typing import Annotated, Any
 import typer
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from nst_ops.spec import JobSpec, SpecError
+from nst_ops.presets import PRESETS
+from nst_ops.spec import PARAM_HELP, JobSpec, SpecError, choices
 from nst_ops.vgg import WeightsError
 
-from . import images, manifest, results, storage
+from . import images, lease, manifest, results, storage
 from .errors import NstError
 from .grid import DEFAULT_MAX_JOBS, expand
+from .plan import Plan, make_plan
+
+QUICK_START = (
+    "nst make-manifest m.parquet --content manifests/images/content "
+    "--style manifests/images/style "
+    "--set weights=manifests/weights/vgg19_tv_features_conv1_1-conv3_1.pth "
+    "--set content_layers=relu3_1 --set style_layers=relu1_1,relu2_1,relu3_1 "
+    "--set init=content --set size=128 --set iterations=100 "
+    "&& nst run m.parquet --out results/quick"
+)
 
 app = typer.Typer(
     help="Batch Gatys-style neural style transfer and style reconstruction on Ray.\n\n"
-    "Quick start:  nst make-manifest m.parquet --content photos/ --style paintings/ "
-    "--set optimizer=adam,lbfgs  &&  nst run m.parquet --out results/",
+    f"Quick start (offline, from a clone of the repository; the shipped real VGG19 weights):\n\n"
+    f"{QUICK_START}\n\n"
+    "Every job parameter, its default and allowed values: nst params",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,  # help is plain text: brackets such as [values] must survive
 )
 console = Console(stderr=True, soft_wrap=True)
 out_console = Console(soft_wrap=True)
@@ -48,9 +64,25 @@ MaxPixelsOpt = Annotated[int, typer.Option(help="Refuse input images with more p
 ListOpt = Annotated[list[str] | None, typer.Option(help="Folder, glob or file; repeatable.")]
 SetOpt = Annotated[
     list[str] | None,
-    typer.Option("--set", help="NAME=V1,V2 (several values make a grid axis)."),
+    typer.Option(
+        "--set", help="NAME=V1,V2 (several values make a grid axis); `nst params` lists names."
+    ),
 ]
 OutArg = Annotated[str, typer.Argument(metavar="OUT", help="Output root of a run.")]
+PresetOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Fill every parameter not given with a preset's values: 'study' (the seed study's "
+        "settings; see README)."
+    ),
+]
+
+
+def _preset(name: str | None) -> str | None:
+    """Refuse an unknown preset before anything is written."""
+    if name is not None and name not in PRESETS:
+        raise NstError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return name
 
 
 def cli_errors(fn: Callable) -> Callable:
@@ -63,8 +95,8 @@ def cli_errors(fn: Callable) -> Callable:
         except (NstError, SpecError, WeightsError, ValueError, OSError) as e:
             if _DEBUG["on"]:
                 raise
-            console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
+            console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(getattr(e, "exit_code", 1)) from None
 
     return wrapper
 
@@ -110,10 +142,16 @@ def parse_value(name: str, text: str) -> Any:
     """`--set` values: scalars split on ',' into a grid; list parameters split values on '|'
     and items on ',' (e.g. style_layers=relu1_1,relu2_1|relu1_1)."""
     if name not in manifest.PARAMS:
-        raise NstError(f"--set: unknown parameter {name!r}")
+        close = difflib.get_close_matches(name, manifest.PARAMS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else " (see `nst params`)"
+        raise NstError(f"--set: unknown parameter {name!r}{hint}")
+    if not text:
+        raise NstError(f"--set {name}=: empty value (leave the option out for the default)")
     if manifest.PARAMS[name].is_seq:
         values = [[_scalar(v) for v in part.split(",") if v] for part in text.split("|")]
     else:
+        if any(not v.strip() for v in text.split(",")):
+            raise NstError(f"--set {name}={text}: empty value in the list")
         values = [_scalar(v) for v in text.split(",")]
     return values[0] if len(values) == 1 else values
 
@@ -130,16 +168,20 @@ def _params(sets: list[str], grid: Path | None) -> dict[str, Any]:
             raise NstError(f"--set {item!r}: expected NAME=VALUE[,VALUE...]")
         name, text = item.split("=", 1)
         params[name.strip()] = parse_value(name.strip(), text.strip())
-    unknown = [k for k in params if k not in manifest.PARAMS]
-    if unknown:
-        raise NstError(f"unknown parameter(s): {', '.join(unknown)}")
+    for k in params:
+        if k not in manifest.PARAMS:
+            close = difflib.get_close_matches(k, manifest.PARAMS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else " (see `nst params`)"
+            raise NstError(f"unknown parameter {k!r}{hint}")
     return params
 
 
 @app.command("make-manifest")
 @cli_errors
 def make_manifest(
-    dest: Annotated[str, typer.Argument(help="Manifest to write (.parquet, path or URL).")],
+    dest: Annotated[
+        str, typer.Argument(metavar="DEST", help="Manifest to write (.parquet, path or URL).")
+    ],
     content: ListOpt = None,
     style: ListOpt = None,
     mode: Annotated[
@@ -150,6 +192,7 @@ def make_manifest(
         Path | None, typer.Option(help="YAML/JSON file of NAME: value or [values].")
     ] = None,
     blend: Annotated[bool, typer.Option(help="One row blending all style images.")] = False,
+    preset: PresetOpt = None,
     storage_options: StorageOpt = None,
 ) -> None:
     """Build a manifest from folders or globs of images and grid values.
@@ -160,28 +203,75 @@ def make_manifest(
     so = _storage(storage_options)
     contents = [u for pattern in content or [] for u in manifest.list_images(pattern, so)]
     styles = [u for pattern in style or [] for u in manifest.list_images(pattern, so)]
-    table = manifest.build_manifest(contents, styles, mode, _params(set_ or [], grid), blend)
+    params = _params(set_ or [], grid)
+    table = manifest.build_manifest(contents, styles, mode, params, blend, _preset(preset))
+    jobs = expand(table)  # validate every row before anything is written
     manifest.write_manifest(manifest.rebase_paths(table, dest), dest, so)
-    jobs = expand(table)
     out_console.print(f"wrote {dest}: {table.num_rows} rows, {len(jobs)} jobs")
 
 
-def _load_jobs(path: str, so: dict | None, max_jobs: int):
-    return expand(manifest.read_manifest(path, so), max_jobs)
+def _warn(message: str) -> None:
+    console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)
+
+
+def _load_jobs(path: str, so: dict | None, max_jobs: int) -> list:
+    return expand(manifest.read_manifest(path, so), max_jobs, warn=_warn)
+
+
+@app.command()
+def params() -> None:
+    """Every job parameter: type, default, allowed values and meaning. Each is grid-able: a list
+    of values (a list of lists for list parameters) in a manifest column or `--set a,b`.
+
+    Example: nst params
+    """
+    t = Table(title="job parameters (columns of a manifest, names for --set)")
+    for col in ("name", "type", "default", "allowed", "meaning"):
+        t.add_column(col, overflow="fold")
+    defaults = JobSpec()
+    for name in JobSpec.field_names():
+        kind = manifest.PARAMS[name] if name in manifest.PARAMS else None
+        typ = "str" if kind is None else kind.kind.__name__
+        typ = f"list of {typ}" if kind is not None and kind.is_seq else typ
+        default = getattr(defaults, name)
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else f"{default}"
+        shown = f"{default:g}" if isinstance(default, float) else shown
+        allowed = ", ".join(choices(name) or ())
+        t.add_row(name, typ, shown, allowed, PARAM_HELP[name])
+    t.add_row("preset", "str", "None", ", ".join(PRESETS), "fill the parameters not given")
+    out_console.print(t)
+    out_console.print(
+        "A recognisable result quickly: init=content (starts from the photo), iterations≈100, "
+        "size=128. With the shipped weights use layers up to relu3_1/conv3_1."
+    )
 
 
 @app.command()
 @cli_errors
 def plan(
     manifest_uri: Annotated[str, typer.Argument(metavar="MANIFEST")],
+    out: Annotated[
+        str | None, typer.Option("--out", "-o", help="A run root: also say what would run, why.")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="As `nst run --force`.")] = False,
+    retry_failed: Annotated[bool, typer.Option(help="As `nst run --retry-failed`.")] = False,
     max_jobs: MaxJobsOpt = DEFAULT_MAX_JOBS,
     storage_options: StorageOpt = None,
 ) -> None:
     """Show how many jobs a manifest expands to and the grid axes that vary. No compute.
 
-    Example: nst plan manifests/demo.parquet
+    With --out: how many jobs `nst run` would run there, and why (new, failed, input changed,
+    output missing).
+
+    Example: nst plan manifests/demo.parquet --out results/demo
     """
-    jobs = _load_jobs(manifest_uri, _storage(storage_options), max_jobs)
+    so = _storage(storage_options)
+    jobs = _load_jobs(manifest_uri, so, max_jobs)
+    if out is not None:
+        p = make_plan(jobs, storage.Store(out, so), force, retry_failed, so)
+        out_console.print(f"{out}: {_plan_line(p, len(jobs))}", highlight=False)
+        if p.not_retried:
+            out_console.print(f"{p.not_retried} failed or diverged kept (--retry-failed redoes)")
     records = [j.to_record() for j in jobs]
     table = Table(title=f"{len(jobs)} jobs from {manifest_uri}")
     table.add_column("parameter")
@@ -233,11 +323,34 @@ def validate(
             for u, msg in zip(rows_of, pool.map(check, rows_of), strict=True)
             if msg
         ]
+    problems += _weights_problems(jobs)
     for p in problems:
         console.print(f"[red]✗[/] {p}", highlight=False, soft_wrap=True)
     if problems:
         raise NstError(f"{len(problems)} of {len(rows_of)} inputs failed validation")
-    out_console.print(f"ok: {len(jobs)} jobs, {len(rows_of)} inputs readable")
+    n_weights = len({(j.spec.weights, j.spec.backbone) for j in jobs})
+    out_console.print(
+        f"ok: {len(jobs)} jobs, {len(rows_of)} inputs readable, {n_weights} weights source(s) fit"
+    )
+
+
+def _weights_problems(jobs: list) -> list[str]:
+    """Each distinct weights source loaded once, checked against the deepest layer asked of it."""
+    from .weights import check_covers
+
+    layers: dict[tuple[str, str], set[str]] = {}
+    rows: dict[tuple[str, str], set[int]] = {}
+    for j in jobs:
+        key = (j.spec.weights, j.spec.backbone)
+        layers.setdefault(key, set()).update(j.spec.active_layers)
+        rows.setdefault(key, set()).add(j.row)
+    problems = []
+    for (w, backbone), names in layers.items():
+        try:
+            check_covers(w, backbone, sorted(names))
+        except (WeightsError, ValueError) as e:
+            problems.append(f"rows {sorted(rows[(w, backbone)])}: weights {w} ({backbone}): {e}")
+    return problems
 
 
 @app.command()
@@ -264,32 +377,91 @@ def run(
     storage_options: StorageOpt = None,
     progress: Annotated[bool, typer.Option(help="Live progress bar.")] = True,
     strict: Annotated[bool, typer.Option(help="Exit 3 if any job failed or diverged.")] = False,
+    summary_json: Annotated[
+        str | None,
+        typer.Option(help="Write a machine-readable summary (counts, reasons, failed ids) here."),
+    ] = None,
 ) -> None:
     """Run every job of a manifest on Ray, writing images and loss traces under --out.
 
-    Jobs already committed under --out are skipped (resume); Ctrl-C stops cleanly.
+    Jobs already committed under --out are skipped (resume) unless their inputs changed or their
+    outputs are gone; Ctrl-C stops cleanly. Exit codes: 0 done, 1 error, 3 a job failed or
+    diverged (with --strict), 4 another live run holds --out, 130 interrupted.
+
     Example: nst run manifests/demo.parquet --out results/demo
     """
     from .execute import Resources, init_ray, run_jobs
     from .worker import RunOptions
 
+    started = time.time()
     so = _storage(storage_options)
     jobs = _load_jobs(manifest_uri, so, max_jobs)
-    init_ray(address, num_cpus)
-    opts = RunOptions(out=out, max_pixels=max_pixels, storage_options=so)
-    res = Resources(gpus_per_job, cpus_per_job, max_retries, batch_size=batch_size)
-    summary = run_jobs(jobs, opts, res, force=force, retry_failed=retry_failed, progress=progress)
+    store = _run_root(out, so)
+    with lease.held(store):
+        plan = make_plan(jobs, store, force, retry_failed, so)
+        console.print(f"plan: {_plan_line(plan, len(jobs))}", highlight=False)
+        if plan.todo:
+            init_ray(address, num_cpus, quiet=not _DEBUG["on"])
+        opts = RunOptions(out=out, max_pixels=max_pixels, storage_options=so)
+        res = Resources(gpus_per_job, cpus_per_job, max_retries, batch_size=batch_size)
+        summary = run_jobs(jobs, opts, res, progress=progress, plan=plan)
     counts = Counter(r["status"] for r in summary.rows)
     out_console.print(
         f"{summary.total} jobs ({summary.skipped} already done): "
         + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
         + f" · results: {storage.join(out, 'results.parquet')}"
     )
+    if plan.not_retried:
+        console.print(
+            f"{plan.not_retried} failed or diverged job(s) kept as they are: add --retry-failed "
+            "to run them again (`nst status` shows their errors)",
+            highlight=False,
+        )
+    code = 0
     if summary.interrupted:
         console.print("[yellow]interrupted:[/] completed jobs are kept; run again to resume")
-        raise typer.Exit(130)
-    if strict and (counts.get("failed") or counts.get("diverged")):
-        raise typer.Exit(3)
+        code = 130
+    elif strict and (counts.get("failed") or counts.get("diverged")):
+        code = 3
+    if summary_json:
+        _write_summary(summary_json, so, summary, counts, time.time() - started, code)
+    if code:
+        raise typer.Exit(code)
+
+
+def _run_root(out: str, so: dict | None) -> storage.Store:
+    store = storage.Store(out, so)
+    if store.fs.isfile(store.root):
+        raise NstError(f"--out {out} is a file; give a folder or URL prefix for the run")
+    return store
+
+
+def _plan_line(plan: Plan, total: int) -> str:
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(plan.counts().items()))
+    kept = total - len(plan.todo)
+    return f"{len(plan.todo)} to run ({reasons or 'nothing to do'}), {kept} already done"
+
+
+def _write_summary(
+    dest: str, so: dict | None, summary: Any, counts: Counter, seconds: float, code: int
+) -> None:
+    """For schedulers: what ran, why, and what failed, so a cron job can alert on it."""
+    plan = summary.plan
+    doc = {
+        "total": summary.total,
+        "already_done": summary.skipped,
+        "ran": {k: v for k, v in sorted(plan.counts().items())},
+        "status": dict(sorted(counts.items())),
+        "failed_jobs": sorted(r["job_id"] for r in summary.rows if r["status"] == "failed"),
+        "diverged_jobs": sorted(r["job_id"] for r in summary.rows if r["status"] == "diverged"),
+        "not_retried": plan.not_retried,
+        "outputs_missing": plan.missing_outputs,
+        "interrupted": summary.interrupted,
+        "seconds": round(seconds, 3),
+        "exit_code": code,
+    }
+    fs, path = storage.filesystem(dest, so)
+    fs.pipe_file(path, json.dumps(doc, indent=1).encode())
 
 
 @app.command()
@@ -301,17 +473,24 @@ def status(
 
     Example: nst status results/demo
     """
-    rows, total = results.collect(storage.Store(out, _storage(storage_options)))
+    store = storage.Store(out, _storage(storage_options))
+    if not results.is_run(store):
+        raise NstError(f"not a run: {out} (no jobs.parquet, results.parquet or jobs/ under it)")
+    rows, total = results.collect(store)
     counts = Counter(r["status"] for r in rows)
     counts["pending"] = max(0, total - len(rows))
+    counts["outputs missing"] = sum(bool(r.get("outputs_missing")) for r in rows)
     out_console.print(", ".join(f"{k}: {v}" for k, v in sorted(counts.items()) if v) or "no jobs")
-    bad = [r for r in rows if r["status"] in ("failed", "diverged")]
+    bad = [r for r in rows if r["status"] in ("failed", "diverged") or r.get("outputs_missing")]
     if bad:
-        t = Table(title="failed and diverged jobs")
+        t = Table(title="failed, diverged and incomplete jobs")
         for col in ("job_id", "row", "status", "error"):
             t.add_column(col, overflow="fold")
         for r in bad:
-            t.add_row(r["job_id"], str(r.get("row")), r["status"], str(r.get("error")))
+            error = (
+                "image or trace missing: `nst run` redoes it" if r.get("outputs_missing") else ""
+            )
+            t.add_row(r["job_id"], str(r.get("row")), r["status"], str(r.get("error") or error))
         out_console.print(t)
 
 
@@ -323,6 +502,7 @@ def transfer(
     dest: Annotated[Path, typer.Argument(help="Output PNG; the trace goes beside it.")],
     mode: Annotated[str, typer.Option(help="transfer, style or content.")] = "transfer",
     set_: SetOpt = None,
+    preset: PresetOpt = None,
     device: Annotated[
         str | None, typer.Option(help="cpu or cuda (default: cuda if present).")
     ] = None,
@@ -335,6 +515,13 @@ def transfer(
     import pyarrow as pa
     import pyarrow.parquet as pq
     import torch
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     from nst_ops.transfer import stylize
 
@@ -344,28 +531,49 @@ def transfer(
     params = _params(set_ or [], None)
     if any(isinstance(v, list) and not manifest.PARAMS[k].is_seq for k, v in params.items()):
         raise NstError("transfer runs one job: give one value per parameter")
-    spec = JobSpec.from_dict({**params, "mode": mode})
+    spec = JobSpec.from_dict({**params, "mode": mode}, _preset(preset))
     cont = None if content in (None, "-") else content
     job = Job(spec, cont, (style,), 0)
     dev = torch.device(device) if device else pick_device()
     opts = RunOptions(out=str(dest.parent), storage_options=_storage(storage_options))
-    outcome = stylize(
-        spec,
-        extractor_for(job, dev),
-        read_image(cont, opts) if spec.uses_content else None,
-        [read_image(style, opts)] if spec.uses_style or spec.init == "style" else [],
-    )
+    content_img = read_image(cont, opts) if spec.uses_content else None
+    style_imgs = [read_image(style, opts)] if spec.uses_style or spec.init == "style" else []
+    total = spec.iterations * spec.multires
+    with Progress(
+        TextColumn("[bold]nst transfer"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("transfer", total=total, loss="—")
+        outcome = stylize(
+            spec,
+            extractor_for(job, dev),
+            content_img,
+            style_imgs,
+            on_step=lambda i, loss: bar.update(task, completed=i, loss=f"{loss:.4g}"),
+        )
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_bytes(images.encode_png(outcome.image))
-    pq.write_table(pa.Table.from_pylist(outcome.trace), dest.with_suffix(".trace.parquet"))
-    final = {k: f"{v:.4g}" for k, v in outcome.final.items() if k != "iteration"}
-    out_console.print(
-        f"{job.id}: {outcome.status} after {outcome.iterations} iterations on {dev}, "
-        f"{outcome.seconds:.1f}s; {final} -> {dest}"
-    )
+    trace_path = dest.with_suffix(".trace.parquet")
+    pq.write_table(pa.Table.from_pylist(outcome.trace), trace_path)
+    out_console.print(_transfer_summary(job.id, outcome, dev, dest, trace_path), highlight=False)
     if outcome.status != "ok":
-        console.print(f"[yellow]{outcome.reason}[/]")
+        console.print(f"[yellow]{escape(outcome.reason or '')}[/]")
         raise typer.Exit(2)
+
+
+def _transfer_summary(job_id: str, outcome: Any, dev: Any, dest: Path, trace: Path) -> str:
+    f = outcome.final
+    terms = ", ".join(f"{k} {f[k]:.4g}" for k in ("content", "style", "tv") if f.get(k))
+    return (
+        f"{outcome.status} after {outcome.iterations} iterations, {outcome.seconds:.1f}s on "
+        f"{dev}: total loss {f.get('total', float('nan')):.4g} ({terms})\n"
+        f"image: {dest}\ntrace: {trace}\njob id: {job_id}"
+    )
 
 
 @app.command()

@@ -8,20 +8,25 @@ completion order with ``ray.wait``.
 
 from __future__ import annotations
 
+import logging
+import sys
 import time
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 import ray
 import torch
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from nst_ops.transfer import batch_key, batchable
 
 from . import storage
 from .jobs import Job
+from .plan import Plan, make_plan
 from .results import JOBS, RESULTS
 from .worker import RunOptions, run_group
 
@@ -44,16 +49,30 @@ class Summary:
     counts: dict[str, int]
     rows: list[dict[str, Any]]
     interrupted: bool = False
+    plan: Plan | None = None
 
 
-def init_ray(address: str | None, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
-    """Embedded Ray by default; ``address`` ('auto', 'ray://host:10001') joins a cluster."""
+def init_ray(
+    address: str | None,
+    num_cpus: int | None = None,
+    num_gpus: int | None = None,
+    quiet: bool = True,
+) -> None:
+    """Embedded Ray by default; ``address`` ('auto', 'ray://host:10001') joins a cluster.
+    ``quiet`` keeps Ray's own start-up banners (token auth, dashboard) off the terminal."""
     if ray.is_initialized():
         return
+    level = logging.ERROR if quiet else logging.INFO
     if address:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=False, logging_level=level)
     else:
-        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False)
+        ray.init(
+            num_cpus=num_cpus,
+            num_gpus=num_gpus,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=level,
+        )
 
 
 @ray.remote(max_calls=0)  # keep the worker (its VGG and target cache) alive between tasks
@@ -98,13 +117,51 @@ def normalise(rows: Sequence[dict[str, Any]]) -> pa.Table:
     return pa.Table.from_pylist([{k: r.get(k) for k in keys} for r in rows])
 
 
-def pending_jobs(
-    jobs: Sequence[Job], done: dict[str, dict], force: bool, retry_failed: bool
-) -> list[Job]:
-    if force:
-        return list(jobs)
-    redo = {"failed", "diverged"} if retry_failed else set()
-    return [j for j in jobs if j.id not in done or done[j.id].get("status") in redo]
+class RunProgress:
+    """A live bar on a terminal; elsewhere (cron, CI, `| tee`) a plain line every ``every``
+    seconds and at the end: done/failed/diverged/running, jobs per minute, ETA."""
+
+    def __init__(self, total: int, enabled: bool, every: float = 10.0):
+        self.total, self.enabled, self.every = total, enabled, every
+        self.started = self.last_line = time.time()
+        self.counts: Counter[str] = Counter()
+        self.running = 0
+        self.tty = enabled and sys.stderr.isatty()
+        self.bar = Progress(
+            TextColumn("[bold]nst run"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[line]}"),
+            TimeRemainingColumn(),
+            disable=not self.tty,
+            console=Console(stderr=True),
+        )
+        self.task = self.bar.add_task("run", total=total, line="")
+        self.bar.start()
+
+    def line(self) -> str:
+        done = sum(self.counts.values())
+        minutes = max(time.time() - self.started, 1e-6) / 60
+        rate = done / minutes
+        eta = f"{(self.total - done) / rate:.1f} min" if rate > 0 else "?"
+        parts = [f"{k} {self.counts.get(k, 0)}" for k in ("ok", "failed", "diverged")]
+        return (
+            f"{done}/{self.total} · {' · '.join(parts)} · running {self.running} · "
+            f"{rate:.1f} jobs/min · ETA {eta}"
+        )
+
+    def update(self, new_rows: Sequence[dict[str, Any]], running: int) -> None:
+        self.counts.update(r["status"] for r in new_rows)
+        self.running = running
+        self.bar.update(self.task, completed=sum(self.counts.values()), line=self.line())
+        if self.enabled and not self.tty and time.time() - self.last_line >= self.every:
+            self.last_line = time.time()
+            print(f"nst run: {self.line()}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        self.bar.stop()
+        if self.enabled and not self.tty:
+            print(f"nst run: {self.line()}", file=sys.stderr, flush=True)
 
 
 def run_jobs(
@@ -115,66 +172,58 @@ def run_jobs(
     retry_failed: bool = False,
     progress: bool = True,
     on_result: Callable[[dict[str, Any]], None] | None = None,
+    plan: Plan | None = None,
 ) -> Summary:
-    """Run every job not already committed under ``opts.out``; write jobs and results tables."""
+    """Run every job the plan says to (new, failed with ``retry_failed``, input changed, output
+    missing, all with ``force``); write the jobs and results tables."""
     store = storage.Store(opts.out, opts.storage_options, opts.storage_attempts)
+    plan = plan or make_plan(jobs, store, force, retry_failed, opts.storage_options)
     store.put_table(JOBS, normalise([j.to_record() for j in jobs]))
-    done = store.committed()
-    todo = pending_jobs(jobs, done, force, retry_failed)
-    for j in todo:
-        if j.id in done:
-            store.delete_marker(j.id)
+    store.delete_markers([j.id for j in plan.todo if j.id in plan.done])
+    bar = RunProgress(len(plan.todo), progress)
+    fresh: dict[str, dict] = {}
+    interrupted = False
+    try:
+        for row in _submit_and_collect(plan.todo, opts, res, bar):
+            fresh[row["job_id"]] = row
+            if on_result:
+                on_result(row)
+    except KeyboardInterrupt:
+        # Stop the workers first, then write results from the markers, so no job commits
+        # after results.parquet. Not ray.cancel(force=True): cancelling a task that is
+        # completing at that instant aborts Ray's core worker (seen with Ray 2.60).
+        interrupted = True
+        ray.shutdown()
+    finally:
+        bar.close()
+    done = store.committed() if interrupted else _kept(plan)
+    rows = write_results(store, jobs, fresh, done)
+    return Summary(len(jobs), len(jobs) - len(plan.todo), dict(bar.counts), rows, interrupted, plan)
+
+
+def _kept(plan: Plan) -> dict[str, dict]:
+    """Committed rows that this run did not redo (no second listing needed)."""
+    return {k: v for k, v in plan.done.items() if k not in plan.reasons}
+
+
+def _submit_and_collect(
+    todo: Sequence[Job], opts: RunOptions, res: Resources, bar: RunProgress
+) -> Iterator[dict[str, Any]]:
+    """Keep a bounded window of tasks in flight; yield rows in completion order."""
+    if not todo:
+        return
     remote = _task.options(**task_options(res))
     window = res.max_in_flight or max(4, 2 * int(ray.cluster_resources().get("CPU", 1)))
-    fresh: dict[str, dict] = {}
     queue = list(reversed(group_jobs(todo, res.batch_size)))
     in_flight: dict[ray.ObjectRef, list[Job]] = {}
-    counts = {"ok": 0, "failed": 0, "diverged": 0}
-    started = time.time()
-    interrupted = False
-    bar = Progress(
-        TextColumn("[bold]nst run"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn(
-            "ok {task.fields[ok]} · failed {task.fields[failed]} · "
-            "diverged {task.fields[diverged]} · running {task.fields[running]} · "
-            "{task.fields[rate]:.1f} jobs/min"
-        ),
-        TimeRemainingColumn(),
-        disable=not progress,
-        transient=False,
-    )
-    with bar:
-        t = bar.add_task("run", total=len(todo), ok=0, failed=0, diverged=0, running=0, rate=0.0)
-        try:
-            while queue or in_flight:
-                while queue and len(in_flight) < window:
-                    group = queue.pop()
-                    in_flight[remote.remote(group, opts, res.batch_size)] = group
-                ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
-                for ref in ready:
-                    for row in _collect(ref, in_flight.pop(ref)):
-                        fresh[row["job_id"]] = row
-                        counts[row["status"]] = counts.get(row["status"], 0) + 1
-                        if on_result:
-                            on_result(row)
-                        bar.advance(t)
-                minutes = max(time.time() - started, 1e-6) / 60
-                bar.update(
-                    t,
-                    running=len(in_flight),
-                    rate=sum(counts.values()) / minutes,
-                    **{k: counts.get(k, 0) for k in ("ok", "failed", "diverged")},
-                )
-        except KeyboardInterrupt:
-            # Stop the workers first, then write results from the markers, so no job commits
-            # after results.parquet. Not ray.cancel(force=True): cancelling a task that is
-            # completing at that instant aborts Ray's core worker (seen with Ray 2.60).
-            interrupted = True
-            ray.shutdown()
-    rows = write_results(store, jobs, fresh)
-    return Summary(len(jobs), len(jobs) - len(todo), counts, rows, interrupted)
+    while queue or in_flight:
+        while queue and len(in_flight) < window:
+            group = queue.pop()
+            in_flight[remote.remote(group, opts, res.batch_size)] = group
+        ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
+        new_rows = [row for ref in ready for row in _collect(ref, in_flight.pop(ref))]
+        bar.update(new_rows, len(in_flight))
+        yield from new_rows
 
 
 def _collect(ref: ray.ObjectRef, jobs: list[Job]) -> list[dict[str, Any]]:
@@ -190,15 +239,16 @@ def _collect(ref: ray.ObjectRef, jobs: list[Job]) -> list[dict[str, Any]]:
         ]
 
 
-def write_results(store: storage.Store, jobs: Sequence[Job], fresh: dict[str, dict]) -> list[dict]:
-    """results.parquet from the committed markers, plus this run's uncommitted failures."""
-    committed = store.committed()
+def write_results(
+    store: storage.Store, jobs: Sequence[Job], fresh: dict[str, dict], done: dict[str, dict]
+) -> list[dict]:
+    """results.parquet: this run's rows, the committed rows it kept, the rest pending."""
     rows = []
     for j in jobs:
-        if j.id in committed:
-            rows.append({**committed[j.id], "committed": True})
-        elif j.id in fresh:
+        if j.id in fresh:
             rows.append(fresh[j.id])
+        elif j.id in done:
+            rows.append({**done[j.id], "committed": True})
         else:
             rows.append({**j.to_record(), "status": "pending", "committed": False})
     store.put_table(RESULTS, normalise(rows))

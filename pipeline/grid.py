@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -77,32 +77,37 @@ def expand_row(i: int, row: dict[str, Any]) -> Iterator[Job]:
             raise ManifestError(f"{where}: grid axis {k!r} is empty")
         fixed.pop(k)
     tags = tuple(sorted((k, v) for k, v in row.items() if k.startswith(TAG_PREFIX)))
-    name = row.get("job_name")
+    name, preset = row.get("job_name"), row.get("preset")
     for combo in itertools.product(*axes.values()):
         params = {**fixed, **dict(zip(axes, combo, strict=True))}
         params = {k: _coerce(k, v, where) for k, v in params.items()}
         if mode != "layer_sweep":
-            yield Job(_spec(where, {**params, "mode": mode}), content, styles, i, name, tags)
+            spec = _spec(where, {**params, "mode": mode}, preset)
+            yield Job(spec, content, styles, i, name, tags, preset=preset)
             continue
-        base = _spec(where, {**params, "mode": "style"})
+        base = _spec(where, {**params, "mode": "style"}, preset)
         sweep = job_id(base, None, styles)
         for layers in sweep_layer_sets(base.style_layers):
             sub = replace(base, style_layers=layers, style_layer_weights=None)
-            yield Job(sub, None, styles, i, name, tags, sweep_of=sweep)
+            yield Job(sub, None, styles, i, name, tags, sweep_of=sweep, preset=preset)
 
 
-def _spec(where: str, params: dict[str, Any]) -> JobSpec:
+def _spec(where: str, params: dict[str, Any], preset: str | None) -> JobSpec:
     try:
-        return JobSpec.from_dict(params)
+        return JobSpec.from_dict(params, preset)
     except (SpecError, TypeError) as e:
         raise ManifestError(f"{where}: {e}") from None
 
 
-def expand(table: pa.Table, max_jobs: int = DEFAULT_MAX_JOBS) -> list[Job]:
-    """All jobs of a manifest, duplicates (same id) collapsed to their first row."""
+def expand(
+    table: pa.Table, max_jobs: int = DEFAULT_MAX_JOBS, warn: Callable[[str], None] | None = None
+) -> list[Job]:
+    """All jobs of a manifest. Rows that give the same job (same id) run it once; their names and
+    tags are all kept (a tag that differs becomes a list of its values), with a warning."""
     if table.num_rows == 0:
         raise ManifestError("manifest has no rows")
     jobs: dict[str, Job] = {}
+    merged: dict[str, list[int]] = {}
     count = 0
     for i, row in enumerate(table.to_pylist()):
         for job in expand_row(i, row):
@@ -112,7 +117,10 @@ def expand(table: pa.Table, max_jobs: int = DEFAULT_MAX_JOBS) -> list[Job]:
                     f"manifest expands to more than {max_jobs} jobs (limit reached at row {i}); "
                     f"raise --max-jobs if this is intended"
                 )
-            jobs.setdefault(job.id, job)
+            first = jobs.setdefault(job.id, job)
+            if first is not job and (first.job_name, first.tags) != (job.job_name, job.tags):
+                jobs[job.id] = _merge(first, job)
+                merged.setdefault(job.id, [first.row]).append(job.row)
     for job in jobs.values():
         blend = job.spec.style_blend
         if blend is not None and len(blend) != len(job.style_uris):
@@ -120,4 +128,33 @@ def expand(table: pa.Table, max_jobs: int = DEFAULT_MAX_JOBS) -> list[Job]:
                 f"row {job.row}: style_blend has {len(blend)} weights for "
                 f"{len(job.style_uris)} style images"
             )
-    return list(jobs.values())
+    if merged and warn:
+        some = ", ".join(f"{k[:8]} (rows {sorted(set(v))})" for k, v in list(merged.items())[:3])
+        warn(
+            f"{len(merged)} job(s) come from several rows that differ only in job_name or tags: "
+            f"each runs once, keeping every name and tag: {some}"
+        )
+    return _tags_as_lists(list(jobs.values()))
+
+
+def _merge(a: Job, b: Job) -> Job:
+    names = [n for n in dict.fromkeys((*(a.job_name or "").split(" | "), b.job_name)) if n]
+    tags = dict(a.tags)
+    for k, v in b.tags:
+        have = tags.get(k)
+        values = have if isinstance(have, list) else [have]
+        tags[k] = values if v in values else [*values, v]
+    return replace(a, job_name=" | ".join(names) or None, tags=tuple(sorted(tags.items())))
+
+
+def _tags_as_lists(jobs: list[Job]) -> list[Job]:
+    """One type per tag column: where any job holds a list of values, all hold lists."""
+    listed = {k for j in jobs for k, v in j.tags if isinstance(v, list)}
+    if not listed:
+        return jobs
+
+    def fix(j: Job) -> Job:
+        tags = tuple((k, v if k not in listed or isinstance(v, list) else [v]) for k, v in j.tags)
+        return replace(j, tags=tags)
+
+    return [fix(j) for j in jobs]

@@ -33,6 +33,7 @@ class Job:
     tags: tuple[tuple[str, Any], ...] = ()
     id: str = field(default="", compare=False)
     sweep_of: str | None = None  # set on jobs a layer_sweep row expanded into
+    preset: str | None = None  # the preset that filled the parameters the row left out
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -47,6 +48,7 @@ class Job:
             "content_uri": self.content_uri,
             "style_uris": list(self.style_uris),
             "sweep_of": self.sweep_of,
+            "preset": self.preset,
         }
         rec.update(self.spec.to_dict())
         rec.update({k: v for k, v in self.tags})
@@ -64,4 +66,5 @@ class Job:
             rec.get("job_name"),
             tags,
             sweep_of=rec.get("sweep_of"),
+            preset=rec.get("preset"),
         )

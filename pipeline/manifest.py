@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import io
+import json
 import os
 import types
 import typing
@@ -18,6 +19,7 @@ from typing import Any
 
 import fsspec
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from nst_ops.spec import JobSpec
@@ -27,7 +29,7 @@ from .errors import ManifestError
 MODES = ("transfer", "style", "content", "layer_sweep")
 URI_COLUMNS = ("content_uri", "style_uri")
 REQUIRED = URI_COLUMNS
-META_COLUMNS = ("mode", "job_name")
+META_COLUMNS = ("mode", "job_name", "preset")
 TAG_PREFIX = "tag_"
 
 
@@ -96,7 +98,7 @@ def check_schema(schema: pa.Schema) -> None:
     for name in names:
         t = schema.field(name).type
         depth, leaf = _list_depth(t)
-        if name in ("content_uri", "mode", "job_name"):
+        if name in ("content_uri", *META_COLUMNS):
             ok, want = depth == 0 and _arrow_ok(str, leaf), "string"
         elif name == "style_uri":
             ok, want = depth <= 1 and _arrow_ok(str, leaf), "string or list of strings"
@@ -115,16 +117,89 @@ def check_schema(schema: pa.Schema) -> None:
             raise ManifestError(f"column {name!r} has type {t}, expected {want}")
 
 
+TEXT_FORMATS = (".csv", ".jsonl", ".ndjson")
+
+
 def read_manifest(uri: str, storage_options: dict | None = None) -> pa.Table:
+    """Parquet, or CSV / JSON lines by suffix (same columns, same checks)."""
     try:
         with fsspec.open(uri, "rb", **(storage_options or {})) as f:
-            table = pq.read_table(f)
+            data = f.read()
     except FileNotFoundError:
         raise ManifestError(f"manifest not found: {uri}") from None
-    except (pa.ArrowInvalid, OSError) as e:
-        raise ManifestError(f"manifest {uri} is not a readable Parquet file: {e}") from None
+    except OSError as e:
+        raise ManifestError(f"manifest {uri} could not be read: {e}") from None
+    suffix = os.path.splitext(uri.lower())[1]
+    try:
+        if suffix == ".csv":
+            table = _from_rows(_csv_rows(data))
+        elif suffix in (".jsonl", ".ndjson"):
+            table = _from_rows([json.loads(line) for line in data.splitlines() if line.strip()])
+        else:
+            table = pq.read_table(io.BytesIO(data))
+    except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError, OSError) as e:
+        kind = {".csv": "CSV", ".jsonl": "JSON lines", ".ndjson": "JSON lines"}.get(suffix)
+        hint = (
+            ""
+            if kind
+            else "; manifests are Parquet, or CSV / JSON lines named .csv / .jsonl (see README)"
+        )
+        msg = f"manifest {uri} is not a readable {kind or 'Parquet'} file: {e}{hint}"
+        raise ManifestError(msg) from None
     check_schema(table.schema)
     return resolve_paths(table, uri)
+
+
+def _csv_rows(data: bytes) -> list[dict[str, Any]]:
+    """CSV cells: JSON arrays ('[1e6, 1e7]') or 'a|b' are lists (grid axes); for list
+    parameters 'relu1_1,relu2_1|relu1_1' is two layer lists."""
+    opts = pacsv.ConvertOptions(strings_can_be_null=True)
+    rows = pacsv.read_csv(io.BytesIO(data), convert_options=opts).to_pylist()
+    return [{k: _csv_cell(k, v) for k, v in r.items()} for r in rows]
+
+
+def _csv_cell(name: str, v: Any) -> Any:
+    if not isinstance(v, str):
+        return v
+    text = v.strip()
+    if text.startswith("["):
+        return json.loads(text)
+    p = PARAMS.get(name)
+    if p is None:
+        return [s.strip() for s in text.split("|")] if "|" in text and name == "style_uri" else v
+    if p.is_seq:
+        parts = text.split("|")
+        return [[x.strip() for x in part.split(",") if x.strip()] for part in parts]
+    values = [_typed(p.kind, x.strip()) for x in text.split("|")]
+    return values if len(values) > 1 else values[0]
+
+
+def _typed(kind: type, text: str) -> Any:
+    if kind in (int, float):
+        number = float(text)
+        return int(number) if kind is int and number == int(number) else number
+    if kind is bool:
+        return {"true": True, "false": False}.get(text.lower(), text)
+    return text
+
+
+def _depth(v: Any) -> int:
+    return 1 + _depth(v[0]) if isinstance(v, list) and v else 0
+
+
+def _from_rows(rows: list[dict[str, Any]]) -> pa.Table:
+    """One type per column: where some row gives a list (a grid axis), the others' single values
+    become one-element lists, as a Parquet manifest would spell them."""
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    for k in keys:
+        p = PARAMS.get(k)
+        depth = 2 if p is not None and p.is_seq else 1
+        if p is not None and any(_depth(r.get(k)) >= depth for r in rows):
+            for r in rows:
+                v = r.get(k)
+                if v is not None and _depth(v) < depth:
+                    r[k] = [v]
+    return pa.Table.from_pylist([{k: r.get(k) for k in keys} for r in rows])
 
 
 def _is_relative_path(value: str) -> bool:
@@ -169,9 +244,13 @@ def write_manifest(table: pa.Table, uri: str, storage_options: dict | None = Non
     buf = io.BytesIO()
     pq.write_table(table, buf)
     fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
-    if "file" in fs.protocol:
-        fs.makedirs(fs._parent(path), exist_ok=True)
-    fs.pipe_file(path, buf.getvalue())
+    if "file" not in fs.protocol:
+        fs.pipe_file(path, buf.getvalue())  # one PUT: an object store replaces it whole
+        return
+    fs.makedirs(fs._parent(path), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    fs.pipe_file(tmp, buf.getvalue())
+    os.replace(tmp, path)  # atomic: readers see the old manifest or the new one, never half
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -193,7 +272,12 @@ def list_images(pattern: str, storage_options: dict | None = None) -> list[str]:
 
 
 def build_manifest(
-    contents: list[str], styles: list[str], mode: str, params: dict, blend: bool = False
+    contents: list[str],
+    styles: list[str],
+    mode: str,
+    params: dict,
+    blend: bool = False,
+    preset: str | None = None,
 ) -> pa.Table:
     """Every content x style pair (or each style/content alone for reconstructions) as a row,
     with the same parameter (grid) columns on each row."""
@@ -208,7 +292,8 @@ def build_manifest(
         pairs = [(c, s) for c in contents for s in style_values]
     if not pairs:
         raise ManifestError("no inputs: give content and/or style images that exist")
-    rows = [{"content_uri": c, "style_uri": s, "mode": mode, **params} for c, s in pairs]
+    meta = {"mode": mode, **({"preset": preset} if preset else {})}
+    rows = [{"content_uri": c, "style_uri": s, **meta, **params} for c, s in pairs]
     table = pa.Table.from_pylist(rows)
     check_schema(table.schema)
     return table

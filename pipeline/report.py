@@ -72,16 +72,23 @@ def _data_uri(data: bytes, mime: str) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode()}"
 
 
-def thumbnail(uri: str, so: dict | None, px: int = 160) -> str:
-    img = Image.open(io.BytesIO(storage.read_bytes(uri, so))).convert("RGB")
+def thumbnail(uri: str, so: dict | None, px: int = 160) -> str | None:
+    """A JPEG data URI, or None when the image is gone or unreadable (the tile says so)."""
+    try:
+        img = Image.open(io.BytesIO(storage.read_bytes(uri, so))).convert("RGB")
+    except (OSError, ValueError):
+        return None
     img.thumbnail((px, px))
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=85)
     return _data_uri(buf.getvalue(), "image/jpeg")
 
 
-def loss_curve(uri: str, so: dict | None, title: str) -> str:
-    trace = pq.read_table(io.BytesIO(storage.read_bytes(uri, so))).to_pydict()
+def loss_curve(uri: str, so: dict | None, title: str) -> str | None:
+    try:
+        trace = pq.read_table(io.BytesIO(storage.read_bytes(uri, so))).to_pydict()
+    except (OSError, ValueError):
+        return None
     fig = Figure(figsize=(3.6, 2.4), dpi=80)
     ax = fig.subplots()
     for name, style in (("total", "-"), ("content", "--"), ("style", ":")):
@@ -114,10 +121,11 @@ def _tile(r: dict, shown: Sequence[str], thumbs: dict[str, str]) -> str:
         for k in ("total", "content", "style")
         if r.get(f"final_{k}") is not None
     )
+    missing = '<div class="noimg">output missing</div>' if r.get("image_uri") else ""
     img = (
         f'<img src="{thumbs[r["job_id"]]}" alt="{escape(r["job_id"])}">'
-        if r["job_id"] in thumbs
-        else '<div class="noimg">no image</div>'
+        if thumbs.get(r["job_id"])
+        else missing or '<div class="noimg">no image</div>'
     )
     err = f'<div class="err">{escape(str(r.get("error")))}</div>' if r.get("error") else ""
     return (
@@ -134,7 +142,8 @@ def _sheet(rows: list[dict], row_axis: str | None, col_axis: str | None, thumbs)
     def values(axis: str | None) -> list[str]:
         if not axis:
             return ["null"]
-        return sorted({_key(r.get(axis)) for r in rows}, key=lambda k: _order(json.loads(k)))
+        found = {_key(v) for r in rows for v in _members(r, axis)}
+        return sorted(found, key=lambda k: _order(json.loads(k)))
 
     rvals, cvals = values(row_axis), values(col_axis)
     head = (
@@ -146,16 +155,22 @@ def _sheet(rows: list[dict], row_axis: str | None, col_axis: str | None, thumbs)
     )
     body = []
     for rv in rvals:
-        group = [r for r in rows if not row_axis or _key(r.get(row_axis)) == rv]
+        group = [r for r in rows if not row_axis or rv in map(_key, _members(r, row_axis))]
         shown = [a for a in varying_axes(group) if a not in (row_axis, col_axis)]
         cells = []
         for cv in cvals:
-            hits = [r for r in group if not col_axis or _key(r.get(col_axis)) == cv]
+            hits = [r for r in group if not col_axis or cv in map(_key, _members(r, col_axis))]
             hits.sort(key=lambda r: tuple(_order(r.get(a)) for a in shown))
             cells.append("<td>" + "".join(_tile(r, shown, thumbs) for r in hits) + "</td>")
         name = f"{escape(row_axis)} = {escape(label(json.loads(rv), row_axis))}" if row_axis else ""
         body.append(f"<tr><th>{name}</th>{''.join(cells)}</tr>")
     return f'<table class="sheet"><tr><th></th>{head}</tr>{"".join(body)}</table>'
+
+
+def _members(r: dict, axis: str) -> list[Any]:
+    """A tag shared by several manifest rows holds a list: the job belongs under each value."""
+    v = r.get(axis)
+    return list(v) if axis.startswith("tag_") and isinstance(v, list) and v else [v]
 
 
 CSS = """
@@ -190,7 +205,9 @@ def write_report(
                 f"{name} {chosen!r} is not a result column; axes that vary: "
                 f"{', '.join(axes) or 'none'}"
             )
+    # the grid axes the user varied first, then the inputs
     free = [a for a in reversed(axes) if a not in (rows, cols)]
+    free.sort(key=lambda a: a in ("content_uri", "style_uris"))
     row_axis = rows or (free.pop(0) if free else None)
     col_axis = cols or (free.pop(0) if free else None)
     row_axis, col_axis = (None if a == "none" else a for a in (row_axis, col_axis))
@@ -211,16 +228,24 @@ def write_report(
         if secs
         else ""
     )
+    grid_cols = [a for a in reversed(axes) if a not in ("content_uri", "style_uris")]
     job_rows = "".join(
         f'<tr class="{escape(r["status"])}" id="job-{escape(r["job_id"])}">'
         f"<td>{escape(r['job_id'])}</td><td>{_fmt(r.get('job_name'))}</td><td>{r.get('row')}</td>"
-        f"<td>{escape(r['status'])}</td><td>{_fmt(r.get('seconds'))}</td>"
+        f"<td>{_fmt(r.get('content_uri'), 'content_uri')}</td>"
+        f"<td>{_fmt(r.get('style_uris'), 'style_uris')}</td>"
+        + "".join(f"<td>{_fmt(r.get(a), a)}</td>" for a in grid_cols)
+        + f"<td>{escape(r['status'])}{' (output missing)' if r.get('outputs_missing') else ''}"
+        f"</td><td>{_fmt(r.get('seconds'))}</td>"
         f"<td>{_fmt(r.get('final_total'))}</td><td>{_fmt(r.get('diverged_at'))}</td>"
         f'<td class="err">{escape(str(r.get("error") or ""))}</td></tr>'
         for r in results
     )
+    grid_head = "".join(f"<th>{escape(a)}</th>" for a in grid_cols)
     curve_html = "".join(
-        f'<figure><img src="{u}" alt="loss curve {escape(j)}"></figure>' for j, u in curves.items()
+        f'<figure><img src="{u}" alt="loss curve {escape(j)}"></figure>'
+        for j, u in curves.items()
+        if u
     )
     page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <title>nst report: {escape(out)}</title><style>{CSS}</style></head><body>
@@ -228,7 +253,8 @@ def write_report(
 <h2>Contact sheet</h2><p>rows: {escape(row_axis or "—")} · columns: {escape(col_axis or "—")}
 · also varying: {escape(", ".join(shown) or "nothing")}</p>
 {_sheet(results, row_axis, col_axis, thumbs)}
-<h2>Jobs</h2><table id="jobs"><thead><tr><th>job</th><th>name</th><th>row</th><th>status</th>
+<h2>Jobs</h2><table id="jobs"><thead><tr><th>job</th><th>name</th><th>row</th><th>content</th>
+<th>style</th>{grid_head}<th>status</th>
 <th>seconds</th><th>final total</th><th>diverged at</th><th>error</th></tr></thead>
 <tbody>{job_rows}</tbody></table>
 <h2>Loss curves (log scale)</h2><div class="curves">{curve_html}</div>

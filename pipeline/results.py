@@ -4,15 +4,32 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import storage
+from . import layout, storage
 
-RESULTS = "results.parquet"
-JOBS = "jobs.parquet"
+RESULTS = layout.RESULTS_TABLE
+JOBS = layout.JOBS_TABLE
+
+
+def is_run(store: storage.Store) -> bool:
+    """Whether ``store`` holds a run (a missing path or an unrelated folder does not)."""
+    return any(store.exists(p) for p in (JOBS, RESULTS, layout.JOBS_DIR))
 
 
 def collect(store: storage.Store) -> tuple[list[dict[str, Any]], int]:
-    """(rows, total jobs): every committed job plus uncommitted failures from the last run."""
-    rows = list(store.committed().values())
+    """(rows, total jobs): every committed job plus uncommitted failures from the last run.
+
+    Stored paths are relative to the run root and resolved here, so a moved or copied run reads
+    its own files. A committed job whose image or trace is gone is flagged ``outputs_missing``.
+    """
+    files = store.job_files()
+    rows = list(store.committed(files).values())
+    for r in rows:
+        names = files.get(r["job_id"], {})
+        if r.get("image_uri") and any(names.get(n, 0) == 0 for n in layout.OUTPUTS):
+            r["outputs_missing"] = True
+        for key in ("image_uri", "trace_uri"):
+            if r.get(key):
+                r[key] = store.resolve(r[key])
     total = len(rows)
     if store.exists(RESULTS):
         known = {r["job_id"] for r in rows}

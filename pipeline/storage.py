@@ -1,16 +1,9 @@
-"""Output layout and fsspec I/O: whole-object writes with retries, commit marker written last.
-
-Layout under ``OUT`` (any fsspec URL)::
-
-    jobs.parquet                 the expanded jobs table
-    results.parquet              one row per job (parameters, status, losses, URIs)
-    jobs/<job_id>/image.png      the result (best image; for diverged jobs the best before it)
-    jobs/<job_id>/trace.parquet  the loss trace
-    jobs/<job_id>/job.json       parameters, status, timings, device, versions, error
-    jobs/<job_id>/_COMMIT        the result row as JSON, written last: a job is done iff it exists
+"""fsspec I/O for a run: whole-object writes with retries, the commit marker written last.
 
 Every object is written whole with ``pipe`` (one PUT), never through a buffered file that would
-upload a partial object on ``close()`` after an exception.
+upload a partial object on ``close()`` after an exception. Reading a run back costs one recursive
+listing of ``jobs/`` (one LIST request per 1,000 keys on S3) plus one batched read of the markers.
+The layout itself lives in :mod:`pipeline.layout`.
 """
 
 from __future__ import annotations
@@ -27,8 +20,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
+from . import layout
+
 T = TypeVar("T")
-MARKER = "_COMMIT"
+MARKER = layout.MARKER
 NOT_TRANSIENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 
 
@@ -40,12 +35,6 @@ def filesystem(
 
 def join(root: str, *parts: str) -> str:
     return "/".join([root.rstrip("/"), *parts])
-
-
-def job_dir(out: str, job_id: str) -> str:
-    if not job_id.isalnum():  # ids are hex digests; anything else never becomes a path
-        raise ValueError(f"invalid job id {job_id!r}")
-    return join(out, "jobs", job_id)
 
 
 def with_retries(fn: Callable[[], T], what: str, attempts: int = 4, base_delay: float = 0.2) -> T:
@@ -96,10 +85,32 @@ class Store:
     def get_table(self, path: str) -> pa.Table:
         return pq.read_table(io.BytesIO(self.get(path)))
 
-    def committed(self) -> dict[str, dict]:
+    def resolve(self, path: str) -> str:
+        """A stored relative path as a full URL under this root (absolute ones unchanged)."""
+        return self.url(path) if layout.is_relative(path) else path
+
+    def job_files(self) -> dict[str, dict[str, int]]:
+        """job id -> {file name: size} for everything under jobs/, from one recursive listing."""
+        base = join(self.root, layout.JOBS_DIR)
+        try:
+            found = self.fs.find(base, detail=True)
+        except FileNotFoundError:
+            return {}
+        out: dict[str, dict[str, int]] = {}
+        for path, info in found.items():
+            parts = layout.split_job_path(f"{layout.JOBS_DIR}/{path[len(base) :].lstrip('/')}")
+            if parts:
+                out.setdefault(parts[0], {})[parts[1]] = int(info.get("size") or 0)
+        return out
+
+    def committed(self, files: dict[str, dict[str, int]] | None = None) -> dict[str, dict]:
         """Result rows of every job whose commit marker exists (one listing, one batched read)."""
-        pattern = join(self.root, "jobs", "*", MARKER)
-        paths = self.fs.glob(pattern)
+        files = self.job_files() if files is None else files
+        paths = [
+            join(self.root, layout.job_path(job_id, MARKER))
+            for job_id, names in files.items()
+            if MARKER in names
+        ]
         if not paths:
             return {}
         blobs = self.fs.cat(paths, on_error="omit")
@@ -112,10 +123,32 @@ class Store:
             rows[row["job_id"]] = row
         return rows
 
-    def delete_marker(self, job_id: str) -> None:
-        path = join(job_dir(self.root, job_id), MARKER)
-        if self.fs.exists(path):
-            self.fs.rm(path)
+    def delete_markers(self, job_ids: list[str]) -> None:
+        """Un-commit jobs in one batched delete (S3: one request per 1,000 keys)."""
+        paths = [join(self.root, layout.job_path(j, MARKER)) for j in job_ids]
+        if paths:
+            try:
+                self.fs.rm(paths)
+            except FileNotFoundError:
+                pass
+
+
+def fingerprint(info: dict[str, Any]) -> str:
+    """An ETag where the store has one (S3, GCS md5), else size and modification time."""
+    for key in ("ETag", "etag", "md5Hash"):
+        if info.get(key):
+            return f"etag:{str(info[key]).strip(chr(34))}"
+    mtime = info.get("mtime", info.get("LastModified", info.get("updated", "")))
+    return f"size:{info.get('size')};mtime:{mtime}"
+
+
+def fingerprint_of(uri: str, storage_options: dict | None = None) -> str | None:
+    """One input's fingerprint now (None if it cannot be stat'ed: reading it will say why)."""
+    fs, path = filesystem(uri, storage_options)
+    try:
+        return fingerprint(fs.info(path))
+    except OSError:
+        return None
 
 
 def read_bytes(uri: str, storage_options: dict | None = None, attempts: int = 4) -> bytes:

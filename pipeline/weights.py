@@ -40,6 +40,11 @@ def load_state_dict(uri: str, storage_options: dict | None = None) -> dict[str, 
             f"weights file {uri} is not a plain tensor state dict (refused by weights_only "
             f"loading): {first}"
         ) from None
+    except Exception as e:  # noqa: BLE001  torch.load fails on non-checkpoints in many ways
+        raise WeightsError(
+            f"weights file {uri} is not a PyTorch state dict file ({type(e).__name__}: {e}); "
+            f"expected a torchvision VGG16/VGG19 state dict saved with torch.save"
+        ) from None
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):
@@ -70,3 +75,13 @@ def cached_state_dict(weights: str, backbone: str) -> dict[str, Tensor] | None:
     if kind == "imagenet":
         return imagenet_state_dict(backbone)
     return load_state_dict(weights)
+
+
+def check_covers(weights: str, backbone: str, layers: list[str]) -> None:
+    """Load ``weights`` once and build the truncated network: raises WeightsError naming what is
+    missing or wrong (the check `nst validate` runs before any compute)."""
+    from nst_ops.vgg import VGGFeatures, deepest
+
+    sd = cached_state_dict(weights, backbone)
+    if sd is not None:
+        VGGFeatures(backbone, [deepest(backbone, layers)], state_dict=sd)

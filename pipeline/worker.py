@@ -24,7 +24,7 @@ from nst_ops.optim import Outcome
 from nst_ops.transfer import batch_key, batchable, output_hw, stylize_batch
 from nst_ops.vgg import VGGFeatures, deepest
 
-from . import images, storage, weights
+from . import images, layout, storage, weights
 from .errors import NstError
 from .jobs import Job
 
@@ -140,11 +140,21 @@ def run_group(
     rows: dict[str, dict[str, Any]] = {}
     ready: list[tuple[Job, torch.Tensor | None, list[torch.Tensor]]] = []
     decoded: dict[str, torch.Tensor] = {}
+    prints: dict[str, str | None] = {}
 
     def image(uri: str) -> torch.Tensor:
         if uri not in decoded:
+            prints[uri] = storage.fingerprint_of(uri, opts.storage_options)  # before reading
             decoded[uri] = read_image(uri, opts)
         return decoded[uri]
+
+    def inputs(job: Job) -> dict[str, Any]:
+        uris = [u for u in (job.content_uri, *job.style_uris) if u and prints.get(u)]
+        return {"inputs": [{"uri": u, "fingerprint": prints[u]} for u in uris]}
+
+    def cache_key(uri: str | None) -> tuple[str, str] | None:
+        fp = prints.get(uri) if uri else None
+        return (uri, fp) if uri and fp else None
 
     for job in jobs:
         try:
@@ -152,12 +162,17 @@ def run_group(
             styles = [image(u) for u in job.style_uris]
             ready.append((job, content, styles))
         except Exception as e:  # noqa: BLE001  (recorded on the job, never fatal to the run)
-            rows[job.id] = _finish(job, None, {**extra, **_fail(e)}, started, store)
+            info = {**extra, **inputs(job), **_fail(e)}
+            rows[job.id] = _finish(job, None, info, started, store)
     for batch in _batches(ready, batch_size):
         t0 = time.time()
         try:
             net = extractor_for(batch[0][0], device)
-            keys = [(j.content_uri, list(j.style_uris)) for j, _, _ in batch]
+            # cache targets by URI *and* fingerprint: replaced bytes at a URI are new targets
+            keys = [
+                (cache_key(j.content_uri), [cache_key(u) for u in j.style_uris])
+                for j, _, _ in batch
+            ]
             outcomes = stylize_batch(
                 [j.spec for j, _, _ in batch],
                 net,
@@ -168,10 +183,10 @@ def run_group(
             )
         except Exception as e:  # noqa: BLE001
             for job, _, _ in batch:
-                rows[job.id] = _finish(job, None, {**extra, **_fail(e)}, t0, store)
+                rows[job.id] = _finish(job, None, {**extra, **inputs(job), **_fail(e)}, t0, store)
             continue
         for (job, _, _), outcome in zip(batch, outcomes, strict=True):
-            info = {**extra, "batch_size": len(batch)}
+            info = {**extra, **inputs(job), "batch_size": len(batch)}
             rows[job.id] = _finish(job, outcome, info, t0, store)
     return [rows[j.id] for j in jobs]
 
@@ -199,7 +214,6 @@ def _finish(
     store: storage.Store,
 ) -> dict[str, Any]:
     """Write a job's image, trace, job.json and finally its commit marker; return its row."""
-    base = storage.job_dir("", job.id).lstrip("/")
     row: dict[str, Any] = {**job.to_record(), "status": "failed", "error": None, **info}
     if outcome is not None:
         row.update(
@@ -212,10 +226,11 @@ def _finish(
     row["seconds"] = round(time.time() - started, 3)
     try:
         if outcome is not None:
-            store.put(f"{base}/image.png", images.encode_png(outcome.image))
-            store.put_table(f"{base}/trace.parquet", _trace_table(outcome.trace))
-            row["image_uri"] = store.url(f"{base}/image.png")
-            row["trace_uri"] = store.url(f"{base}/trace.parquet")
+            store.put(layout.job_path(job.id, layout.IMAGE), images.encode_png(outcome.image))
+            store.put_table(layout.job_path(job.id, layout.TRACE), _trace_table(outcome.trace))
+            # relative to the run root, so a moved or copied run still reads back
+            row["image_uri"] = layout.job_path(job.id, layout.IMAGE)
+            row["trace_uri"] = layout.job_path(job.id, layout.TRACE)
         record = {
             **row,
             "params": job.spec.to_dict(),
@@ -223,8 +238,8 @@ def _finish(
             "started_at": started,
             "finished_at": time.time(),
         }
-        store.put_json(f"{base}/job.json", record)
-        store.put_json(f"{base}/{storage.MARKER}", row)  # last: the job now counts as done
+        store.put_json(layout.job_path(job.id, layout.RECORD), record)
+        store.put_json(layout.job_path(job.id, layout.MARKER), row)  # last: now it counts as done
         row["committed"] = True
     except OSError as e:
         row.update(status="failed", error=f"could not write outputs: {e}", committed=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,7 @@ def write_images(folder: Path, n: int, prefix: str) -> list[str]:
     paths = []
     for i in range(n):
         p = folder / f"{prefix}{i}.png"
-        p.write_bytes(png_bytes(seed=hash(prefix) % 1000 + i))
+        p.write_bytes(png_bytes(seed=zlib.crc32(prefix.encode()) % 1000 + i))  # not hash(): salted
         paths.append(str(p))
     return paths
 

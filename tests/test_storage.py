@@ -8,7 +8,7 @@ from fsspec.implementations.memory import MemoryFileSystem
 from helpers import TINY, png_bytes
 
 from nst_ops.spec import JobSpec
-from pipeline import storage
+from pipeline import layout, storage
 from pipeline.jobs import Job
 from pipeline.worker import RunOptions, run_job
 
@@ -95,4 +95,4 @@ def test_bad_input_becomes_a_failed_record_naming_the_uri(inputs):
 
 def test_job_ids_that_are_not_plain_hex_never_become_paths():
     with pytest.raises(ValueError, match="invalid job id"):
-        storage.job_dir("out", "../../etc")
+        layout.job_dir("../../etc")

@@ -1,0 +1,71 @@
+"""Named bundles of parameters: a preset fills in every parameter the user did not give.
+
+Each value carries its source, so ``nst params``-style listings and the README can say which
+values a study states (with the seed line) and which are ours.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+SEED = "../shared/seed/000_2e17f2b64bd973bd.txt"
+
+
+@dataclass(frozen=True)
+class Setting:
+    value: Any
+    source: str  # "seed l.N: quote" where the study states it, "ours: why" where it does not
+
+
+GATYS_STYLE = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
+
+STUDY: dict[str, Setting] = {
+    "backbone": Setting(
+        "vgg16", "seed l.34: 'the 13 convolutional and 5 pooling layers of the 16 layer VGG'"
+    ),
+    "weights": Setting("imagenet", "seed l.34 and ref. [3]: the ImageNet-trained VGG-Network"),
+    "pooling": Setting("avg", "seed l.34: average pooling 'improves the gradient flow'"),
+    "optimizer": Setting("sgd", "seed l.34: 'We used SGD optimizer, instead of Adam.'"),
+    "init": Setting("noise", "seed l.32/l.44: the optimisation starts from 'a white noise image'"),
+    "iterations": Setting(1000, "seed l.94-103 and l.119-128: the logged runs end at run [1000]"),
+    "style_scale": Setting(
+        "content", "seed l.150: 'we always resized the style image to the same size as the content'"
+    ),
+    "content_weight": Setting(1.0, "seed l.46 names alpha without a value; ours: alpha = 1"),
+    "style_layer_weights": Setting(
+        None, "seed l.68-70 names w_l without values; ours: equal, summing to 1"
+    ),
+    "content_layers": Setting(
+        ("conv4_2",), "not in the seed ('one layer', l.44); ours: Gatys et al. [1], its reference"
+    ),
+    "style_layers": Setting(
+        GATYS_STYLE,
+        "not in the seed ('a number of layers', l.44); ours: Gatys et al. [1]'s five, the base the "
+        "study adds 3 to and removes 2 from (l.88-89, l.113-114)",
+    ),
+    "style_weight": Setting(1e7, "not in the seed; ours: beta that stylises at 256 px"),
+    "lr": Setting(
+        3e-7,
+        "not in the seed; ours: the largest of 1e-8, 3e-8, ... 1e-5 with which SGD from noise did "
+        "not blow up (shipped VGG19 weights, conv1_1..conv3_1, 128 and 256 px)",
+    ),
+    "momentum": Setting(0.0, "not in the seed; ours: plain SGD"),
+    "size": Setting(256, "not in the seed; ours"),
+}
+
+PRESETS: dict[str, dict[str, Setting]] = {"study": STUDY}
+
+
+class PresetError(ValueError):
+    """An unknown preset name."""
+
+
+def apply_preset(name: str | None, params: Mapping[str, Any]) -> dict[str, Any]:
+    """``params`` over the preset's values (what the user gives always wins)."""
+    if name is None:
+        return dict(params)
+    if name not in PRESETS:
+        raise PresetError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return {**{k: s.value for k, s in PRESETS[name].items()}, **params}

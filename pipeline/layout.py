@@ -1,0 +1,49 @@
+"""The output layout of a run: every file name and path rule, relative to the run root.
+
+Rows and records store these relative paths, never absolute URLs, so a run can be moved, copied
+between buckets or downloaded and still read back (readers resolve them against the root).
+
+    jobs.parquet                 the expanded jobs table
+    results.parquet              one row per job (parameters, status, losses, relative paths)
+    report.html                  `nst report`
+    _LEASE                       the live run's lease (owner, host, heartbeat)
+    jobs/<job_id>/image.png      the result (best image; for diverged jobs the best before it)
+    jobs/<job_id>/trace.parquet  the loss trace
+    jobs/<job_id>/job.json       the job's record: parameters, status, timings, inputs, versions
+    jobs/<job_id>/_COMMIT        the result row as JSON, written last: a job is done iff it exists
+"""
+
+from __future__ import annotations
+
+JOBS_TABLE = "jobs.parquet"
+RESULTS_TABLE = "results.parquet"
+REPORT = "report.html"
+LEASE = "_LEASE"
+JOBS_DIR = "jobs"
+IMAGE = "image.png"
+TRACE = "trace.parquet"
+RECORD = "job.json"
+MARKER = "_COMMIT"
+OUTPUTS = (IMAGE, TRACE)  # what a job that optimised (ok or diverged) must still have
+
+
+def job_dir(job_id: str) -> str:
+    if not job_id.isalnum():  # ids are hex digests; anything else never becomes a path
+        raise ValueError(f"invalid job id {job_id!r}")
+    return f"{JOBS_DIR}/{job_id}"
+
+
+def job_path(job_id: str, name: str) -> str:
+    return f"{job_dir(job_id)}/{name}"
+
+
+def split_job_path(rel: str) -> tuple[str, str] | None:
+    """'jobs/<id>/<name>' -> (id, name); anything else (e.g. a nested file) -> None."""
+    parts = rel.split("/")
+    if len(parts) != 3 or parts[0] != JOBS_DIR:
+        return None
+    return parts[1], parts[2]
+
+
+def is_relative(path: str) -> bool:
+    return "://" not in path and not path.startswith("/")
