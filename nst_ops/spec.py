@@ -6,8 +6,8 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from .layers import BACKBONE_CFG, check_layers
 from .presets import PresetError, apply_preset
-from .vgg import BACKBONE_CFG, check_layers
 
 MODES = ("transfer", "style", "content")
 OPTIMIZERS = ("lbfgs", "adam", "sgd")

@@ -16,9 +16,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import losses
+from .layers import feature_hw, sweep_layer_sets  # noqa: F401  (sweep: re-exported)
 from .optim import LOOP_FIELDS, Outcome, Terms, optimize
 from .spec import JobSpec
-from .vgg import VGGFeatures, feature_hw
+from .vgg import VGGFeatures
 
 
 def _fit(h: int, w: int, size: int) -> tuple[int, int]:
@@ -318,11 +319,6 @@ def stylize(
     ks = [keys] if keys else None
     (out,) = stylize_batch([spec], extractor, [content], [styles], cache, ks, on_step)
     return out
-
-
-def sweep_layer_sets(style_layers: Sequence[str]) -> list[tuple[str, ...]]:
-    """The study's growing subsets: (l1,), (l1, l2), ..., all layers."""
-    return [tuple(style_layers[: k + 1]) for k in range(len(style_layers))]
 
 
 def layer_sweep(spec: JobSpec, extractor: VGGFeatures, style: Tensor) -> list[Outcome]:

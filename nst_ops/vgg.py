@@ -12,53 +12,20 @@ from contextlib import nullcontext
 
 import torch
 from torch import Tensor, nn
-from torchvision.models.vgg import cfgs, make_layers
+from torchvision.models.vgg import make_layers
 
-BACKBONE_CFG = {"vgg16": "D", "vgg19": "E"}
+from .layers import (  # noqa: F401  (re-exported: the network's names live with it)
+    BACKBONE_CFG,
+    CFGS,
+    WeightsError,
+    check_layers,
+    deepest,
+    feature_hw,
+    layer_names,
+)
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class WeightsError(ValueError):
-    """A state dict that does not fit the network it is loaded into."""
-
-
-def layer_names(backbone: str) -> list[str]:
-    """Names of every module in ``features`` in order: conv1_1, relu1_1, ..., pool5."""
-    if backbone not in BACKBONE_CFG:
-        raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(BACKBONE_CFG)}")
-    names, block, idx = [], 1, 1
-    for v in cfgs[BACKBONE_CFG[backbone]]:
-        if v == "M":
-            names.append(f"pool{block}")
-            block, idx = block + 1, 1
-        else:
-            names += [f"conv{block}_{idx}", f"relu{block}_{idx}"]
-            idx += 1
-    return names
-
-
-def check_layers(backbone: str, layers: Iterable[str]) -> None:
-    """Raise a ValueError listing the valid names when a layer is not in the backbone."""
-    valid = layer_names(backbone)
-    bad = [name for name in layers if name not in valid]
-    if bad:
-        raise ValueError(
-            f"layer(s) {', '.join(bad)} not in {backbone}; valid layers: {', '.join(valid)}"
-        )
-
-
-def feature_hw(backbone: str, layer: str, hw: tuple[int, int]) -> tuple[int, int]:
-    """A layer's feature-map size for an input of size ``hw``: 3x3 convolutions keep it, each
-    2x2 pooling before (or at) the layer floors it by half."""
-    names = layer_names(backbone)
-    pools = sum(n.startswith("pool") for n in names[: names.index(layer) + 1])
-    return hw[0] >> pools, hw[1] >> pools
-
-
-def deepest(backbone: str, layers: Iterable[str]) -> str:
-    names = layer_names(backbone)
-    return max(layers, key=names.index)
 
 
 class VGGFeatures(nn.Module):
@@ -88,7 +55,7 @@ class VGGFeatures(nn.Module):
         self.backbone, self.pooling, self.layers, self.amp = backbone, pooling, layers, amp
         names = layer_names(backbone)
         last = max(names.index(n) for n in layers)
-        full = make_layers(cfgs[BACKBONE_CFG[backbone]])
+        full = make_layers(CFGS[BACKBONE_CFG[backbone]])
         mods = list(full.children())[: last + 1]
         if pooling == "avg":
             mods = [

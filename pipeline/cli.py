@@ -18,9 +18,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from nst_ops.layers import WeightsError
 from nst_ops.presets import PRESETS
 from nst_ops.spec import PARAM_HELP, JobSpec, SpecError, choices
-from nst_ops.vgg import WeightsError
 
 from . import images, lease, manifest, results, storage
 from .errors import NstError
@@ -335,15 +335,18 @@ def validate(
 
 
 def _weights_problems(jobs: list) -> list[str]:
-    """Each distinct weights source loaded once, checked against the deepest layer asked of it."""
-    from .weights import check_covers
-
+    """Each distinct weights source loaded once, checked against the deepest layer asked of it
+    (seeded random weights always fit, and need no torch here)."""
     layers: dict[tuple[str, str], set[str]] = {}
     rows: dict[tuple[str, str], set[int]] = {}
-    for j in jobs:
+    for j in (j for j in jobs if not j.spec.weights.startswith("random:")):
         key = (j.spec.weights, j.spec.backbone)
         layers.setdefault(key, set()).update(j.spec.active_layers)
         rows.setdefault(key, set()).add(j.row)
+    if not layers:
+        return []
+    from .weights import check_covers
+
     problems = []
     for (w, backbone), names in layers.items():
         try:

@@ -8,6 +8,7 @@ completion order with ``ray.wait``.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -110,11 +111,25 @@ def task_options(res: Resources) -> dict[str, Any]:
 
 
 def normalise(rows: Sequence[dict[str, Any]]) -> pa.Table:
-    """Rows with differing keys (tags, per-layer losses) -> one table with the union of columns."""
+    """Rows with differing keys (tags, per-layer losses) -> one table with the union of columns.
+
+    A column must have one type: where some rows hold a list (a tag shared by several manifest
+    rows), single values become one-element lists; anything else that still will not convert
+    (e.g. a tag that was a number in an older run and text now) is stored as JSON text, so a
+    finished run never fails at its last step."""
     keys: dict[str, None] = {}
     for r in rows:
         keys.update(dict.fromkeys(r))
-    return pa.Table.from_pylist([{k: r.get(k) for k in keys} for r in rows])
+    columns = {}
+    for k in keys:
+        values = [r.get(k) for r in rows]
+        if any(isinstance(v, list) for v in values):
+            values = [v if v is None or isinstance(v, list) else [v] for v in values]
+        try:
+            columns[k] = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            columns[k] = pa.array([None if v is None else json.dumps(v) for v in values])
+    return pa.table(columns)
 
 
 class RunProgress:
@@ -247,8 +262,8 @@ def write_results(
     for j in jobs:
         if j.id in fresh:
             rows.append(fresh[j.id])
-        elif j.id in done:
-            rows.append({**done[j.id], "committed": True})
+        elif j.id in done:  # outcome from the marker; names and tags from today's manifest
+            rows.append({**done[j.id], **j.to_record(), "committed": True})
         else:
             rows.append({**j.to_record(), "status": "pending", "committed": False})
     store.put_table(RESULTS, normalise(rows))

@@ -10,8 +10,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from nst_ops.layers import sweep_layer_sets
 from nst_ops.spec import JobSpec, SpecError
-from nst_ops.transfer import sweep_layer_sets
 
 from .errors import ManifestError
 from .jobs import Job, job_id

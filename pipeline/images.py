@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import io
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
 
 from .errors import InputError
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_MAX_PIXELS = 50_000_000
 Image.MAX_IMAGE_PIXELS = None  # we enforce our own, configurable limit before decoding
@@ -63,6 +66,8 @@ def _open(data: bytes, name: str, max_pixels: int, draft: bool) -> Image.Image:
 
 def decode(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
     """Bytes -> (3,H,W) float tensor in [0,1]; ``name`` goes into every error message."""
+    import torch  # here, so commands that only probe images never load torch
+
     arr = _to_rgb(_open(data, name, max_pixels, draft=False))
     return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous()
 

@@ -9,14 +9,23 @@ from typing import Any
 
 from nst_ops.spec import JobSpec
 
+_ABSENT = object()
+# Parameters added after job ids were first published, with the default that reproduces the
+# old behaviour for every job the old code completed. divergence_patience: a job that finished
+# "ok" under the old rule (stop at the first spike) never spiked, so it runs identically now.
+ADDED_LATER: dict[str, object] = {"divergence_patience": 50}
+
 
 def job_id(spec: JobSpec, content_uri: str | None, style_uris: tuple[str, ...]) -> str:
     """Deterministic id: the same parameters and inputs always give the same id.
 
     Names and tags are not part of it, so they can never steer an output path.
     """
+    params = {
+        k: v for k, v in spec.to_dict().items() if ADDED_LATER.get(k, _ABSENT) != v
+    }  # a field added later, at its default, leaves the id (and every existing run) as it was
     canonical = json.dumps(
-        {"spec": spec.to_dict(), "content_uri": content_uri, "style_uris": list(style_uris)},
+        {"spec": params, "content_uri": content_uri, "style_uris": list(style_uris)},
         sort_keys=True,
         separators=(",", ":"),
     )

@@ -13,7 +13,7 @@ import fsspec
 import torch
 from torch import Tensor
 
-from nst_ops.vgg import WeightsError
+from nst_ops.layers import WeightsError
 
 
 def parse(weights: str) -> tuple[str, int | None]:

@@ -134,3 +134,11 @@ def test_integer_columns_stored_as_floats_are_accepted_when_integral():
     assert expand(t)[0].spec.iterations == 3
     with pytest.raises(ManifestError, match="iterations must be an integer"):
         expand(pa.table({"content_uri": ["/c"], "style_uri": ["/s"], "iterations": [2.5]}))
+
+
+def test_job_ids_published_by_earlier_versions_stay_the_same():
+    """Parameters added later (divergence_patience) must not re-key every finished run: these
+    are the ids the first release computed for this row."""
+    row = {"content_uri": "s3://b/c.png", "style_uri": "s3://b/s.png", "weights": "random:0"}
+    jobs = expand(pa.Table.from_pylist([{**row, "optimizer": ["adam", "lbfgs"]}]))
+    assert [j.id for j in jobs] == ["012aae45de26b6cd523d", "8992d1305064fc612cf3"]

@@ -96,3 +96,22 @@ def test_bad_input_becomes_a_failed_record_naming_the_uri(inputs):
 def test_job_ids_that_are_not_plain_hex_never_become_paths():
     with pytest.raises(ValueError, match="invalid job id"):
         layout.job_dir("../../etc")
+
+
+def test_results_tables_accept_rows_whose_tags_changed_type_between_runs():
+    """A finished run must never fail at its last step: a tag that became a list (rows merged)
+    or changed type since an earlier run still gives a results table."""
+    from pipeline.execute import normalise
+
+    rows = [
+        {"job_id": "a", "tag_experiment": "pooling", "tag_n": 3},
+        {"job_id": "b", "tag_experiment": ["pooling", "alpha_beta"], "tag_n": "three"},
+        {"job_id": "c"},
+    ]
+    t = normalise(rows)
+    assert t.column("tag_experiment").to_pylist() == [
+        ["pooling"],
+        ["pooling", "alpha_beta"],
+        None,
+    ]
+    assert t.column("tag_n").to_pylist() == ["3", '"three"', None]

@@ -366,3 +366,23 @@ def test_summary_json_tells_a_scheduler_what_ran_and_what_failed(ray_cpu, tmp_pa
     assert doc["ran"] == {"new": 2} and doc["status"] == {"failed": 1, "ok": 1}
     assert len(doc["failed_jobs"]) == 1 and doc["exit_code"] == 3
     storage.Store(str(tmp_path / "o")).job_files()  # the run is readable back
+
+
+def test_light_commands_never_import_torch_or_ray(tmp_path):
+    """`nst --help`, `plan`, `validate` (random weights), `status`: no torch, no Ray, so they
+    start in well under a second instead of importing 900 MB."""
+    c, s = write_images(tmp_path, 2, "l")
+    pq.write_table(table([{"content_uri": c, "style_uri": s}]), tmp_path / "m.parquet")
+    (tmp_path / "o" / "jobs").mkdir(parents=True)
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from pipeline.cli import app\n"
+        f"m, o = {str(tmp_path / 'm.parquet')!r}, {str(tmp_path / 'o')!r}\n"
+        "for args in (['--help'], ['plan', m], ['validate', m], ['status', o], ['params']):\n"
+        "    assert CliRunner().invoke(app, args).exit_code == 0, args\n"
+        "print(sorted(n for n in ('torch', 'torchvision', 'ray') if n in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -91,7 +91,8 @@ def test_channels_last_layout_gives_the_same_features():
     a = VGGFeatures("vgg19", ["relu3_1", "conv1_1"], seed=2)
     b = VGGFeatures("vgg19", ["relu3_1", "conv1_1"], seed=2).optimised_for("cpu")
     for name, fa in a(x).items():
-        assert torch.allclose(fa, b(x)[name], atol=1e-5)
+        # other kernels, other summation order: float32 rounding relative to the feature scale
+        torch.testing.assert_close(b(x)[name], fa, rtol=1e-4, atol=1e-5 * fa.abs().max().item())
 
 
 def test_amp_runs_the_convolutions_in_bf16_but_returns_fp32_features_close_to_fp32():
@@ -101,3 +102,12 @@ def test_amp_runs_the_convolutions_in_bf16_but_returns_fp32_features_close_to_fp
     assert amp.dtype == torch.float32
     assert not torch.equal(full, amp)
     assert torch.allclose(full, amp, rtol=0.05, atol=0.05 * full.abs().max().item())
+
+
+def test_the_torch_free_layer_table_is_torchvisions():
+    from torchvision.models.vgg import cfgs
+
+    from nst_ops.layers import BACKBONE_CFG, CFGS
+
+    for cfg in BACKBONE_CFG.values():
+        assert CFGS[cfg] == cfgs[cfg]

@@ -1,0 +1,63 @@
+"""VGG layer names and feature-map sizes, without torch (so light commands never import it).
+
+The configurations are torchvision's own ``cfgs`` (a test checks they are equal), so layer
+indices match torchvision state dicts (``features.N.weight``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+BACKBONE_CFG = {"vgg16": "D", "vgg19": "E"}
+CFGS: dict[str, list[int | str]] = {
+    "D": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+    "E": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512,
+          512, 512, "M"],
+}  # fmt: skip
+
+
+class WeightsError(ValueError):
+    """A state dict that does not fit the network it is loaded into."""
+
+
+def layer_names(backbone: str) -> list[str]:
+    """Names of every module in ``features`` in order: conv1_1, relu1_1, ..., pool5."""
+    if backbone not in BACKBONE_CFG:
+        raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(BACKBONE_CFG)}")
+    names, block, idx = [], 1, 1
+    for v in CFGS[BACKBONE_CFG[backbone]]:
+        if v == "M":
+            names.append(f"pool{block}")
+            block, idx = block + 1, 1
+        else:
+            names += [f"conv{block}_{idx}", f"relu{block}_{idx}"]
+            idx += 1
+    return names
+
+
+def check_layers(backbone: str, layers: Iterable[str]) -> None:
+    """Raise a ValueError listing the valid names when a layer is not in the backbone."""
+    valid = layer_names(backbone)
+    bad = [name for name in layers if name not in valid]
+    if bad:
+        raise ValueError(
+            f"layer(s) {', '.join(bad)} not in {backbone}; valid layers: {', '.join(valid)}"
+        )
+
+
+def deepest(backbone: str, layers: Iterable[str]) -> str:
+    names = layer_names(backbone)
+    return max(layers, key=names.index)
+
+
+def feature_hw(backbone: str, layer: str, hw: tuple[int, int]) -> tuple[int, int]:
+    """A layer's feature-map size for an input of size ``hw``: 3x3 convolutions keep it, each
+    2x2 pooling before (or at) the layer floors it by half."""
+    names = layer_names(backbone)
+    pools = sum(n.startswith("pool") for n in names[: names.index(layer) + 1])
+    return hw[0] >> pools, hw[1] >> pools
+
+
+def sweep_layer_sets(style_layers: Sequence[str]) -> list[tuple[str, ...]]:
+    """The study's growing subsets: (l1,), (l1, l2), ..., all layers."""
+    return [tuple(style_layers[: k + 1]) for k in range(len(style_layers))]
