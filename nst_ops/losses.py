@@ -53,7 +53,12 @@ def weighted_style(per_layer: Mapping[str, Tensor], weights: Sequence[float]) ->
 
 
 def total_loss(
-    content: Tensor, style: Tensor, tv: Tensor, alpha: float, beta: float, tv_weight: float
+    content: Tensor,
+    style: Tensor,
+    tv: Tensor,
+    alpha: Tensor | float,
+    beta: Tensor | float,
+    tv_weight: Tensor | float,
 ) -> Tensor:
     """L_total = alpha * L_content + beta * L_style (+ tv_weight * TV)."""
     return alpha * content + beta * style + tv_weight * tv

@@ -7,6 +7,7 @@ a time (``optimize`` refuses an L-BFGS batch).
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -122,19 +123,15 @@ class Divergence:
 
 
 def _row(terms: Terms, i: int, iteration: int, seconds: float) -> dict[str, float]:
-    terms = Terms(
-        *(t.detach() for t in (terms.total, terms.content, terms.style, terms.tv)),
-        {k: v.detach() for k, v in terms.style_layers.items()},
-    )
-    row = {
+    row: dict[str, float] = {
         "iteration": iteration,
-        "total": float(terms.total[i]),
-        "content": float(terms.content[i]),
-        "style": float(terms.style[i]),
-        "tv": float(terms.tv[i]),
+        "total": float(terms.total[i].detach()),
+        "content": float(terms.content[i].detach()),
+        "style": float(terms.style[i].detach()),
+        "tv": float(terms.tv[i].detach()),
         "seconds": seconds,
     }
-    row.update({f"style_{k}": float(v[i]) for k, v in terms.style_layers.items()})
+    row.update({f"style_{k}": float(v[i].detach()) for k, v in terms.style_layers.items()})
     return row
 
 
@@ -184,7 +181,7 @@ def optimize(
         if backward:
             mask = ok & alive
             loss = torch.where(mask.to(x.device), terms.total, torch.zeros_like(terms.total))
-            loss.sum().backward()
+            loss.sum().backward()  # type: ignore[no-untyped-call]
             for i in (~mask).nonzero().flatten().tolist():
                 xs[i].grad.zero_()  # a finished image takes no further gradient
         return terms
@@ -193,13 +190,13 @@ def optimize(
     for step in range(1, spec.iterations + 1):
         iteration = iteration_offset + step
 
-        def closure(iteration: int = iteration) -> Tensor:
+        def closure(iteration: int) -> float:
             opt.zero_grad(set_to_none=False)
             terms = evaluate(iteration, backward=True)
             last[:] = [terms]
-            return terms.total.detach().sum()
+            return float(terms.total.detach().sum())
 
-        opt.step(closure)
+        opt.step(functools.partial(closure, iteration))
         with torch.no_grad():
             for x in xs:
                 x.clamp_(0.0, 1.0)

@@ -207,6 +207,11 @@ class JobSpec:
         return self.mode in ("transfer", "style")
 
     @property
+    def needs_style_image(self) -> bool:
+        """Style loss, or a start from the style image."""
+        return self.uses_style or self.init == "style"
+
+    @property
     def active_layers(self) -> tuple[str, ...]:
         layers = (self.content_layers if self.uses_content else ()) + (
             self.style_layers if self.uses_style else ()

@@ -7,9 +7,11 @@ colour preservation, multi-resolution) happens here, on the extractor's device.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Hashable, MutableMapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,14 +24,25 @@ from .spec import JobSpec
 from .vgg import VGGFeatures
 
 
-def _fit(h: int, w: int, size: int) -> tuple[int, int]:
+def hw_of(img: Tensor) -> tuple[int, int]:
+    return int(img.shape[-2]), int(img.shape[-1])
+
+
+def _fit(hw: tuple[int, int], size: int) -> tuple[int, int]:
+    h, w = hw
     s = size / max(h, w)
     return max(1, round(h * s)), max(1, round(w * s))
 
 
+def _need(x: Tensor | None, what: str) -> Tensor:
+    if x is None:
+        raise ValueError(f"this job needs a {what} image")
+    return x
+
+
 def fit_longer_side(img: Tensor, size: int) -> Tensor:
     """(3,H,W) -> (1,3,h,w) with max(h,w) == size, aspect ratio kept (antialiased)."""
-    return resize(img, _fit(*img.shape[-2:], size))
+    return resize(img, _fit(hw_of(img), size))
 
 
 def resize(img: Tensor, hw: tuple[int, int]) -> Tensor:
@@ -73,10 +86,13 @@ class Targets:
     style: dict[str, Tensor]
 
 
-TargetCache = MutableMapping[tuple, Tensor]
+TargetCache = MutableMapping[tuple[Any, ...], Tensor]
+InputKeys = tuple[Hashable, Sequence[Hashable]]  # an id for the content and each style image
 
 
-def _cached(cache: TargetCache | None, key: tuple | None, make: Callable[[], Tensor]) -> Tensor:
+def _cached(
+    cache: TargetCache | None, key: tuple[Any, ...] | None, make: Callable[[], Tensor]
+) -> Tensor:
     if cache is None or key is None:
         return make()
     if key not in cache:
@@ -91,7 +107,7 @@ def compute_targets(
     styles: Sequence[Tensor],
     out_hw: tuple[int, int],
     cache: TargetCache | None = None,
-    keys: tuple[Hashable, Sequence[Hashable]] | None = None,
+    keys: InputKeys | None = None,
 ) -> Targets:
     """Targets for one image of size ``out_hw``; inputs are already (1,3,h,w) on the device.
 
@@ -105,15 +121,20 @@ def compute_targets(
     net_id = (id(extractor.features), spec.preserve_color)
     c_key, s_keys = keys if keys is not None else (None, [None] * len(styles))
 
+    def feature(x: Tensor, layer: str) -> Tensor:
+        return extractor.features_at(x, [layer])[layer]
+
+    def gram_of(x: Tensor, layer: str) -> Tensor:
+        return losses.gram(feature(x, layer))
+
     with torch.no_grad():
         content_t = {}
         if spec.uses_content:
-            hw = tuple(content.shape[-2:])
+            c = _need(content, "content")
+            hw = hw_of(c)
             for name in spec.content_layers:
                 k = None if c_key is None else ("content", c_key, hw, name, net_id)
-                content_t[name] = _cached(
-                    cache, k, lambda n=name: extractor.features_at(content, [n])[n]
-                )
+                content_t[name] = _cached(cache, k, functools.partial(feature, c, name))
         style_t: dict[str, Tensor] = {}
         if spec.uses_style:
             blend = spec.style_blend or tuple(1.0 for _ in styles)
@@ -121,18 +142,18 @@ def compute_targets(
                 raise ValueError(f"style_blend has {len(blend)} weights for {len(styles)} styles")
             total = sum(blend)
             for w, s, sk in zip(blend, styles, s_keys, strict=True):
-                hw = tuple(s.shape[-2:])
+                hw = hw_of(s)
                 for name in spec.style_layers:
                     k = None if sk is None else ("gram", sk, hw, name, net_id)
-                    g = _cached(
-                        cache, k, lambda n=name, s=s: losses.gram(extractor.features_at(s, [n])[n])
-                    )
+                    g = _cached(cache, k, functools.partial(gram_of, s, name))
                     a = g * (w / total) * _positions_ratio(spec.backbone, name, out_hw, hw)
                     style_t[name] = style_t[name] + a if name in style_t else a
     return Targets(content_t, style_t)
 
 
-def _positions_ratio(backbone: str, layer: str, out_hw: tuple, style_hw: tuple) -> float:
+def _positions_ratio(
+    backbone: str, layer: str, out_hw: tuple[int, int], style_hw: tuple[int, int]
+) -> float:
     """M_x / M_a at ``layer``: output positions over style positions (1 for equal sizes)."""
     (xh, xw), (ah, aw) = feature_hw(backbone, layer, out_hw), feature_hw(backbone, layer, style_hw)
     if ah * aw == 0:
@@ -147,18 +168,21 @@ def stack_targets(targets: Sequence[Targets]) -> Targets:
     )
 
 
-def make_objective(extractor: VGGFeatures, specs: Sequence[JobSpec], targets: Targets):
+def make_objective(
+    extractor: VGGFeatures, specs: Sequence[JobSpec], targets: Targets
+) -> Callable[[Tensor], Terms]:
     """x (B,3,H,W) -> per-image Terms; alpha, beta, TV and w_l may differ per image."""
     spec = specs[0]
     dev = extractor.mean.device
 
-    def per_image(values: Sequence[float]) -> Tensor:
+    def per_image(values: Sequence[Any]) -> Tensor:
         return torch.tensor(values, dtype=torch.float32, device=dev)
 
     alpha = per_image([s.content_weight if s.uses_content else 0.0 for s in specs])
     beta = per_image([s.style_weight if s.uses_style else 0.0 for s in specs])
     tv_w = per_image([s.tv_weight for s in specs])
-    layer_w = per_image([s.layer_weights for s in specs]).T if spec.uses_style else None
+    # (layers, B): one w_l per layer and image
+    layer_w = per_image([list(s.layer_weights) for s in specs]).T if spec.uses_style else None
     use_tv = bool(tv_w.any())
     layers = spec.active_layers
 
@@ -169,7 +193,9 @@ def make_objective(extractor: VGGFeatures, specs: Sequence[JobSpec], targets: Ta
         for name, p in targets.content.items():
             content = content + losses.content_loss(feats[name], p)
         per_layer = losses.style_losses(feats, targets.style)
-        style = losses.weighted_style(per_layer, list(layer_w)) if per_layer else zero
+        style = zero
+        if per_layer and layer_w is not None:
+            style = losses.weighted_style(per_layer, list(layer_w))
         tv = losses.tv_loss(x) if use_tv else zero
         total = losses.total_loss(content, style, tv, alpha, beta, tv_w)
         return Terms(total, content, style, tv, per_layer)
@@ -181,20 +207,29 @@ def _levels(spec: JobSpec) -> list[int]:
     return [spec.size >> (spec.multires - 1 - k) for k in range(spec.multires)]
 
 
-def _prepare(spec: JobSpec, size: int, content: Tensor | None, styles: Sequence[Tensor], device):
+Prepared = tuple[Tensor | None, list[Tensor], tuple[int, int]]
+
+
+def _prepare(
+    spec: JobSpec,
+    size: int,
+    content: Tensor | None,
+    styles: Sequence[Tensor],
+    device: torch.device,
+) -> Prepared:
     """Resize inputs for one resolution level; returns (content, styles, output hw)."""
+    c: Tensor | None = None
     if spec.uses_content:
-        c = fit_longer_side(content, size).to(device)
-        hw = tuple(c.shape[-2:])
+        c = fit_longer_side(_need(content, "content"), size).to(device)
+        hw = hw_of(c)
     else:
-        c = None
-        hw = tuple(fit_longer_side(styles[0], size).shape[-2:])
+        hw = hw_of(fit_longer_side(styles[0], size))
     s_list = []
-    for s in styles if spec.uses_style or spec.init == "style" else ():
+    for s in styles if spec.needs_style_image else ():
         s = resize(s, hw) if spec.style_scale == "content" else fit_longer_side(s, size)
         s_list.append(s.to(device))
     if spec.preserve_color:
-        c_y = luminance(c)
+        c_y = luminance(_need(c, "content"))
         s_list = [match_luminance(luminance(s), c_y) for s in s_list]
         c = c_y
     return c, s_list, hw
@@ -202,12 +237,19 @@ def _prepare(spec: JobSpec, size: int, content: Tensor | None, styles: Sequence[
 
 def output_hw(spec: JobSpec, content: Tensor | None, styles: Sequence[Tensor]) -> tuple[int, int]:
     """The output's (h, w): the content's shape (or the first style's) at ``spec.size``."""
-    return _fit(*(content if spec.uses_content else styles[0]).shape[-2:], spec.size)
+    source = _need(content, "content") if spec.uses_content else styles[0]
+    return _fit(hw_of(source), spec.size)
 
 
-def _init(spec: JobSpec, c: Tensor | None, s_list: list[Tensor], hw, device) -> Tensor:
+def _init(
+    spec: JobSpec,
+    c: Tensor | None,
+    s_list: list[Tensor],
+    hw: tuple[int, int],
+    device: torch.device,
+) -> Tensor:
     if spec.init == "content":
-        return c.clone()
+        return _need(c, "content").clone()
     if spec.init == "style":
         return resize(s_list[0], hw).clone()
     gen = torch.Generator().manual_seed(spec.seed)
@@ -237,22 +279,14 @@ def batchable(spec: JobSpec) -> bool:
     return spec.optimizer != "lbfgs" and spec.multires == 1
 
 
-def batch_key(spec: JobSpec) -> tuple:
+def batch_key(spec: JobSpec) -> tuple[Any, ...]:
     """Jobs with equal keys (and equal output sizes) can share one forward/backward."""
     return tuple(getattr(spec, f) for f in BATCH_FIELDS)
 
 
-def stylize_batch(
-    specs: Sequence[JobSpec],
-    extractor: VGGFeatures,
-    contents: Sequence[Tensor | None],
-    styles: Sequence[Sequence[Tensor]],
-    cache: TargetCache | None = None,
-    keys: Sequence[tuple[Hashable, Sequence[Hashable]]] | None = None,
-    on_step: Callable[[int, float], None] | None = None,
-) -> list[Outcome]:
-    """Run several jobs as one batch (one forward/backward per step); exact per image for Adam
-    and SGD. L-BFGS batches must have one image. ``cache``/``keys``: see compute_targets."""
+def _check_batch(
+    specs: Sequence[JobSpec], contents: Sequence[Tensor | None], styles: Sequence[Sequence[Tensor]]
+) -> None:
     spec = specs[0]
     if any(batch_key(s) != batch_key(spec) for s in specs):
         raise ValueError(f"jobs in one batch must agree on {', '.join(BATCH_FIELDS)}")
@@ -261,31 +295,62 @@ def stylize_batch(
     for s, c, st in zip(specs, contents, styles, strict=True):
         if s.uses_content and c is None:
             raise ValueError(f"mode {s.mode!r} needs a content image")
-        if (s.uses_style or s.init == "style") and not st:
+        if s.needs_style_image and not st:
             raise ValueError(f"mode {s.mode!r} with init {s.init!r} needs a style image")
-    device = extractor.mean.device
-    t0 = time.perf_counter()
-    keys = keys or [None] * len(specs)
-    x, results, traces, done = None, None, [[] for _ in specs], [0] * len(specs)
+
+
+def _batch_targets(
+    extractor: VGGFeatures,
+    specs: Sequence[JobSpec],
+    prepared: Sequence[Prepared],
+    cache: TargetCache | None,
+    keys: Sequence[InputKeys | None],
+) -> tuple[Targets, tuple[int, int]]:
+    hws = {hw for _, _, hw in prepared}
+    if len(hws) != 1:
+        raise ValueError(f"images in one batch must have one output size, got {sorted(hws)}")
+    (hw,) = hws
+    targets = [
+        compute_targets(extractor, s, c, sl, hw, cache, k)
+        for s, (c, sl, _), k in zip(specs, prepared, keys, strict=True)
+    ]
+    return stack_targets(targets), hw
+
+
+def _restore_colour(out: Outcome, spec: JobSpec, content: Tensor | None) -> None:
+    """Luminance-only transfer: put the content's YIQ chrominance back."""
+    yiq = rgb_to_yiq(fit_longer_side(_need(content, "content"), spec.size).to(out.image))
+    y_out = rgb_to_yiq(out.image.unsqueeze(0))[:, :1]
+    out.image = yiq_to_rgb(torch.cat([y_out, yiq[:, 1:]], 1)).clamp(0, 1)[0]
+
+
+def stylize_batch(
+    specs: Sequence[JobSpec],
+    extractor: VGGFeatures,
+    contents: Sequence[Tensor | None],
+    styles: Sequence[Sequence[Tensor]],
+    cache: TargetCache | None = None,
+    keys: Sequence[InputKeys | None] | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+) -> list[Outcome]:
+    """Run several jobs as one batch (one forward/backward per step); exact per image for Adam
+    and SGD. L-BFGS batches must have one image. ``cache``/``keys``: see compute_targets."""
+    _check_batch(specs, contents, styles)
+    spec, device, t0 = specs[0], extractor.mean.device, time.perf_counter()
+    input_keys: Sequence[InputKeys | None] = keys or [None] * len(specs)
+    x: Tensor | None = None
+    results: list[Outcome] = []
+    traces: list[list[dict[str, float]]] = [[] for _ in specs]
+    done = [0] * len(specs)
     for level, size in enumerate(_levels(spec)):
         prepared = [
             _prepare(s, size, c, st, device)
             for s, c, st in zip(specs, contents, styles, strict=True)
         ]
-        hws = {hw for _, _, hw in prepared}
-        if len(hws) != 1:
-            raise ValueError(f"images in one batch must have one output size, got {sorted(hws)}")
-        (hw,) = hws
-        targets = stack_targets(
-            [
-                compute_targets(extractor, s, c, sl, hw, cache, k)
-                for s, (c, sl, _), k in zip(specs, prepared, keys, strict=True)
-            ]
-        )
+        targets, hw = _batch_targets(extractor, specs, prepared, cache, input_keys)
         if x is None:
-            x0 = torch.cat(
-                [_init(s, c, sl, hw, device) for s, (c, sl, _) in zip(specs, prepared, strict=True)]
-            )
+            pairs = zip(specs, prepared, strict=True)
+            x0 = torch.cat([_init(s, c, sl, hw, device) for s, (c, sl, _) in pairs])
         else:
             x0 = resize(x, hw).to(device)
         objective = make_objective(extractor, specs, targets)
@@ -299,9 +364,7 @@ def stylize_batch(
     for r, trace, n, s, c in zip(results, traces, done, specs, contents, strict=True):
         r.trace, r.iterations = trace, n
         if s.preserve_color:
-            yiq = rgb_to_yiq(fit_longer_side(c, s.size).to(r.image))
-            y_out = rgb_to_yiq(r.image.unsqueeze(0))[:, :1]
-            r.image = yiq_to_rgb(torch.cat([y_out, yiq[:, 1:]], 1)).clamp(0, 1)[0]
+            _restore_colour(r, s, c)
     return results
 
 
@@ -311,7 +374,7 @@ def stylize(
     content: Tensor | None,
     styles: Sequence[Tensor],
     cache: TargetCache | None = None,
-    keys: tuple[Hashable, Sequence[Hashable]] | None = None,
+    keys: InputKeys | None = None,
     on_step: Callable[[int, float], None] | None = None,
 ) -> Outcome:
     """Run one job in its mode; multi-resolution and colour preservation included. ``on_step``

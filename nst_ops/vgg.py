@@ -36,6 +36,9 @@ class VGGFeatures(nn.Module):
     features are returned in fp32 so Gram matrices and losses stay fp32.
     """
 
+    mean: Tensor
+    std: Tensor
+
     def __init__(
         self,
         backbone: str,
@@ -123,7 +126,8 @@ def _random_init(features: nn.Sequential, seed: int) -> None:
             if isinstance(m, nn.Conv2d):
                 fan_out = m.out_channels * m.kernel_size[0] * m.kernel_size[1]
                 m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * (2.0 / fan_out) ** 0.5)
-                m.bias.zero_()
+                if m.bias is not None:
+                    m.bias.zero_()
 
 
 def load_features(
@@ -143,7 +147,8 @@ def load_features(
         for i, (name, m) in enumerate(zip(names, features, strict=True)):
             if not isinstance(m, nn.Conv2d):
                 continue
-            for part, param in (("weight", m.weight), ("bias", m.bias)):
+            parts = [("weight", m.weight)] + ([("bias", m.bias)] if m.bias is not None else [])
+            for part, param in parts:
                 key = f"{i}.{part}"
                 if key not in sd:
                     raise WeightsError(

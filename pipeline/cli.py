@@ -539,8 +539,10 @@ def transfer(
     job = Job(spec, cont, (style,), 0)
     dev = torch.device(device) if device else pick_device()
     opts = RunOptions(out=str(dest.parent), storage_options=_storage(storage_options))
-    content_img = read_image(cont, opts) if spec.uses_content else None
-    style_imgs = [read_image(style, opts)] if spec.uses_style or spec.init == "style" else []
+    if spec.uses_content and cont is None:
+        raise NstError(f"mode {mode!r} needs a content image (got '-')")
+    content_img = read_image(cont, opts) if cont is not None and spec.uses_content else None
+    style_imgs = [read_image(style, opts)] if spec.needs_style_image else []
     total = spec.iterations * spec.multires
     with Progress(
         TextColumn("[bold]nst transfer"),

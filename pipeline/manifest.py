@@ -283,7 +283,8 @@ def build_manifest(
     with the same parameter (grid) columns on each row."""
     if mode not in MODES:
         raise ManifestError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
-    style_values: list = [styles] if blend else list(styles)
+    style_values: list[Any] = [styles] if blend else list(styles)
+    pairs: list[tuple[str | None, Any]]
     if mode == "content":
         pairs = [(c, None) for c in contents]
     elif mode in ("style", "layer_sweep"):

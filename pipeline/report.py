@@ -113,7 +113,7 @@ def _fmt(v: Any, key: str | None = None) -> str:
     return f"{v:.4g}" if isinstance(v, float) else escape(label(v, key))
 
 
-def _tile(r: dict, shown: Sequence[str], thumbs: dict[str, str]) -> str:
+def _tile(r: dict[str, Any], shown: Sequence[str], thumbs: dict[str, str | None]) -> str:
     """One result: thumbnail (linking to its row in the jobs table), parameters, losses."""
     params = "".join(f"<div>{escape(k)}: {_fmt(r.get(k), k)}</div>" for k in shown)
     losses = "".join(
@@ -135,7 +135,12 @@ def _tile(r: dict, shown: Sequence[str], thumbs: dict[str, str]) -> str:
     )
 
 
-def _sheet(rows: list[dict], row_axis: str | None, col_axis: str | None, thumbs) -> str:
+def _sheet(
+    rows: list[dict[str, Any]],
+    row_axis: str | None,
+    col_axis: str | None,
+    thumbs: dict[str, str | None],
+) -> str:
     """A table: one row per value of ``row_axis``, one column per value of ``col_axis``; each
     tile lists the parameters that vary within its row (beyond the two axes)."""
 

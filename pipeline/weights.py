@@ -80,7 +80,8 @@ def cached_state_dict(weights: str, backbone: str) -> dict[str, Tensor] | None:
 def check_covers(weights: str, backbone: str, layers: list[str]) -> None:
     """Load ``weights`` once and build the truncated network: raises WeightsError naming what is
     missing or wrong (the check `nst validate` runs before any compute)."""
-    from nst_ops.vgg import VGGFeatures, deepest
+    from nst_ops.layers import deepest
+    from nst_ops.vgg import VGGFeatures
 
     sd = cached_state_dict(weights, backbone)
     if sd is not None:

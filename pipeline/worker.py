@@ -12,7 +12,7 @@ import platform
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
@@ -20,9 +20,10 @@ from typing import Any
 import pyarrow as pa
 import torch
 
+from nst_ops.layers import deepest
 from nst_ops.optim import Outcome
 from nst_ops.transfer import batch_key, batchable, output_hw, stylize_batch
-from nst_ops.vgg import VGGFeatures, deepest
+from nst_ops.vgg import VGGFeatures
 
 from . import images, layout, storage, weights
 from .errors import NstError
@@ -81,18 +82,18 @@ def _trace_table(trace: list[dict]) -> pa.Table:
     )
 
 
-class TargetLRU(OrderedDict):
+class TargetLRU(OrderedDict[tuple[Any, ...], torch.Tensor]):
     """Content features and style Grams kept per worker process, bounded by bytes."""
 
     def __init__(self, max_bytes: int):
         super().__init__()
         self.max_bytes, self.nbytes = max_bytes, 0
 
-    def __getitem__(self, key):
+    def __getitem__(self, key: tuple[Any, ...]) -> torch.Tensor:
         self.move_to_end(key)
         return super().__getitem__(key)
 
-    def __setitem__(self, key, value: torch.Tensor) -> None:
+    def __setitem__(self, key: tuple[Any, ...], value: torch.Tensor) -> None:
         super().__setitem__(key, value)
         self.nbytes += value.numel() * value.element_size()
         while self.nbytes > self.max_bytes and len(self) > 1:
@@ -158,7 +159,7 @@ def run_group(
 
     for job in jobs:
         try:
-            content = image(job.content_uri) if job.spec.uses_content else None
+            content = image(job.content_uri) if job.content_uri and job.spec.uses_content else None
             styles = [image(u) for u in job.style_uris]
             ready.append((job, content, styles))
         except Exception as e:  # noqa: BLE001  (recorded on the job, never fatal to the run)
@@ -191,13 +192,16 @@ def run_group(
     return [rows[j.id] for j in jobs]
 
 
-def _batches(ready, batch_size: int):
+Ready = tuple[Job, torch.Tensor | None, list[torch.Tensor]]
+
+
+def _batches(ready: list[Ready], batch_size: int) -> Iterator[list[Ready]]:
     """Groups sharing a batch key and output size (unbatchable jobs alone), in input order."""
-    groups: dict[tuple, list] = {}
+    groups: dict[tuple[Any, ...], list[Ready]] = {}
     for item in ready:
         job, content, styles = item
         spec = job.spec
-        key = (batch_key(spec), output_hw(spec, content, styles))
+        key: tuple[Any, ...] = (batch_key(spec), output_hw(spec, content, styles))
         if not batchable(spec) or batch_size <= 1:
             key = (*key, job.id)
         groups.setdefault(key, []).append(item)

@@ -39,15 +39,14 @@ def kill_first_running_task(killed: list, stop: threading.Event) -> None:
         time.sleep(0.05)
 
 
-def run_killing_one_worker(jobs, out, max_retries: int):
+def run_killing_one_worker(jobs, out, max_retries: int, cpus_per_job: float = 1.0):
     """run_jobs while the first running task's worker is SIGKILLed; returns (summary, killed)."""
     killed, stop = [], threading.Event()
     killer = threading.Thread(target=kill_first_running_task, args=(killed, stop))
     killer.start()
+    res = Resources(max_retries=max_retries, cpus_per_job=cpus_per_job)
     try:
-        summary = run_jobs(
-            jobs, RunOptions(out=str(out)), Resources(max_retries=max_retries), progress=False
-        )
+        summary = run_jobs(jobs, RunOptions(out=str(out)), res, progress=False)
     finally:
         stop.set()
         killer.join()
@@ -320,12 +319,16 @@ def test_ctrl_c_stops_cleanly_keeping_completed_jobs(tmp_path):
 
 
 def test_a_job_whose_worker_keeps_dying_is_recorded_failed_and_the_run_goes_on(ray_cpu, tmp_path):
+    """No race with the machine's speed: the first job cannot finish by itself (10^6
+    iterations), and each task takes both CPUs, so it is the only task running when the killer
+    looks; the second job starts only after the first is given up on."""
     (c1, c2), (s,) = write_images(tmp_path / "c", 2, "c"), write_images(tmp_path / "s", 1, "s")
-    rows = [{"content_uri": c, "style_uri": s} for c in (c1, c2)]
-    jobs = expand(table(rows, optimizer="adam", size=48, iterations=400, log_every=100))
-    summary, _ = run_killing_one_worker(jobs, tmp_path / "out", max_retries=0)
+    endless = {"content_uri": c1, "style_uri": s, "iterations": 10**6}
+    short = {"content_uri": c2, "style_uri": s, "iterations": 20}
+    jobs = expand(table([endless, short], optimizer="adam", size=16, log_every=100))
+    summary, _ = run_killing_one_worker(jobs, tmp_path / "out", max_retries=0, cpus_per_job=2)
     by_status = {r["status"]: r for r in summary.rows}
-    assert sorted(r["status"] for r in summary.rows) == ["failed", "ok"]
+    assert [r["status"] for r in summary.rows] == ["failed", "ok"]
     dead = by_status["failed"]
     assert dead["committed"] is False and "Error" in dead["error"]  # Ray's error type, named
     assert pq.read_table(tmp_path / "out" / "results.parquet").num_rows == 2
