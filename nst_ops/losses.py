@@ -6,10 +6,15 @@ gradient it would get alone. Everything here runs in fp32.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from .spec import JobSpec
 
 
 def content_loss(F: Tensor, P: Tensor) -> Tensor:
@@ -52,13 +57,59 @@ def weighted_style(per_layer: Mapping[str, Tensor], weights: Sequence[float]) ->
     return torch.stack(terms).sum(0)
 
 
-def total_loss(
-    content: Tensor,
-    style: Tensor,
-    tv: Tensor,
-    alpha: Tensor | float,
-    beta: Tensor | float,
-    tv_weight: Tensor | float,
-) -> Tensor:
-    """L_total = alpha * L_content + beta * L_style (+ tv_weight * TV)."""
-    return alpha * content + beta * style + tv_weight * tv
+def total_loss(values: Sequence[Tensor], weights: Sequence[Tensor | float]) -> Tensor:
+    """L_total = alpha * L_content + beta * L_style (+ tv_weight * TV): each term times its
+    weight, summed in registry order."""
+    total = weights[0] * values[0]
+    for w, v in zip(weights[1:], values[1:], strict=True):
+        total = total + w * v
+    return total
+
+
+@dataclass(frozen=True)
+class TermInputs:
+    """What a loss term may look at: the images, their features, the targets, w_l."""
+
+    x: Tensor  # (B,3,H,W) the images being optimised
+    feats: Mapping[str, Tensor]  # their features at the job's active layers
+    content: Mapping[str, Tensor]  # content targets P_l
+    style: Mapping[str, Tensor]  # style Gram targets A_l
+    layer_weights: Tensor | None  # (style layers, B): w_l per image
+
+
+@dataclass(frozen=True)
+class LossTerm:
+    """A named term of L_total. ``value`` gives its per-image value and named details for the
+    trace; ``weight`` gives a job's weight for it, or None where the term does not apply (then
+    it is not computed and traces as 0)."""
+
+    value: Callable[[TermInputs], tuple[Tensor, dict[str, Tensor]]]
+    weight: Callable[[JobSpec], float | None]
+
+
+def _content_term(i: TermInputs) -> tuple[Tensor, dict[str, Tensor]]:
+    total = i.x.new_zeros(i.x.shape[0])
+    for name, p in i.content.items():
+        total = total + content_loss(i.feats[name], p)
+    return total, {}
+
+
+def _style_term(i: TermInputs) -> tuple[Tensor, dict[str, Tensor]]:
+    per_layer = style_losses(i.feats, i.style)
+    if not per_layer or i.layer_weights is None:
+        return i.x.new_zeros(i.x.shape[0]), {}
+    value = weighted_style(per_layer, list(i.layer_weights))
+    return value, {f"style_{k}": v for k, v in per_layer.items()}
+
+
+def _tv_term(i: TermInputs) -> tuple[Tensor, dict[str, Tensor]]:
+    return tv_loss(i.x), {}
+
+
+# The terms of L_total, in the order they are summed and traced. Adding one is one entry (its
+# value and the job parameter that weighs it); traces, results and reports pick it up by name.
+TERMS: dict[str, LossTerm] = {
+    "content": LossTerm(_content_term, lambda s: s.content_weight if s.uses_content else None),
+    "style": LossTerm(_style_term, lambda s: s.style_weight if s.uses_style else None),
+    "tv": LossTerm(_tv_term, lambda s: s.tv_weight or None),
+}

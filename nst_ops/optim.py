@@ -16,18 +16,19 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from .optimizers import OPTIMIZERS
 from .spec import JobSpec
+from .vocab import Status
 
 
 @dataclass
 class Terms:
-    """Per-image loss terms at one evaluation (each tensor has shape (B,))."""
+    """Per-image losses at one evaluation (each tensor has shape (B,)): the total, every
+    registered term by name (``losses.TERMS``), and named details such as ``style_<layer>``."""
 
     total: Tensor
-    content: Tensor
-    style: Tensor
-    tv: Tensor
-    style_layers: dict[str, Tensor]
+    terms: dict[str, Tensor]
+    details: dict[str, Tensor] = field(default_factory=dict)
 
 
 Objective = Callable[[Tensor], Terms]
@@ -38,7 +39,7 @@ class Outcome:
     """What one image's optimisation produced. ``image`` is the best image seen, (3,H,W) on CPU."""
 
     image: Tensor
-    status: str  # "ok" or "diverged"
+    status: Status  # OK or DIVERGED
     iterations: int
     diverged_at: int | None = None
     reason: str | None = None
@@ -48,27 +49,8 @@ class Outcome:
 
 
 def make_optimizer(specs: Sequence[JobSpec], params: list[Tensor]) -> torch.optim.Optimizer:
-    """One parameter group per image, so each keeps its own lr/momentum (Adam/SGD are
-    elementwise: a batch then gives every image exactly the update it would get alone)."""
-    spec = specs[0]
-    if spec.optimizer == "lbfgs":
-        return torch.optim.LBFGS(
-            params,
-            lr=spec.learning_rate,
-            max_iter=1,
-            history_size=100,
-            line_search_fn="strong_wolfe" if spec.line_search else None,
-        )
-    if spec.optimizer == "adam":
-        groups = [
-            {"params": [p], "lr": s.learning_rate} for p, s in zip(params, specs, strict=True)
-        ]
-        return torch.optim.Adam(groups)
-    groups = [
-        {"params": [p], "lr": s.learning_rate, "momentum": s.momentum}
-        for p, s in zip(params, specs, strict=True)
-    ]
-    return torch.optim.SGD(groups)
+    """The spec's optimizer from the registry, one parameter group per image where batchable."""
+    return OPTIMIZERS[specs[0].optimizer].make(specs, params)
 
 
 LOOP_FIELDS = (
@@ -126,13 +108,91 @@ def _row(terms: Terms, i: int, iteration: int, seconds: float) -> dict[str, floa
     row: dict[str, float] = {
         "iteration": iteration,
         "total": float(terms.total[i].detach()),
-        "content": float(terms.content[i].detach()),
-        "style": float(terms.style[i].detach()),
-        "tv": float(terms.tv[i].detach()),
+        **{k: float(v[i].detach()) for k, v in terms.terms.items()},
         "seconds": seconds,
     }
-    row.update({f"style_{k}": float(v[i].detach()) for k, v in terms.style_layers.items()})
+    row.update({k: float(v[i].detach()) for k, v in terms.details.items()})
     return row
+
+
+class _Batch:
+    """The state of one optimisation over a batch: the images, each one's best so far, which are
+    still running, and their outcomes. ``optimize`` drives it; this keeps the bookkeeping."""
+
+    def __init__(self, objective: Objective, x0: Tensor, specs: list[JobSpec], t0: float):
+        b = x0.shape[0]
+        self.objective, self.specs, self.t0 = objective, specs, t0
+        self.xs = [x0[i : i + 1].detach().clone().requires_grad_(True) for i in range(b)]
+        self.best = torch.full((b,), math.inf)
+        self.best_img = x0.detach().clone()
+        self.best_terms: list[dict[str, float] | None] = [None] * b
+        self.alive = torch.ones(b, dtype=torch.bool)
+        self.outcomes = [Outcome(image=x0[i], status=Status.OK, iterations=0) for i in range(b)]
+        self.guards = [Divergence(s.divergence_factor, s.divergence_patience) for s in specs]
+
+    def evaluate(self, iteration: int, backward: bool) -> Terms:
+        """Losses at the current images; keep any image that beats its best; gradients only for
+        images still running."""
+        x = torch.cat(self.xs) if len(self.xs) > 1 else self.xs[0]
+        terms = self.objective(x)
+        total = terms.total.detach().cpu()
+        ok = torch.isfinite(total)
+        for i in (ok & self.alive & (total < self.best)).nonzero().flatten().tolist():
+            self.best[i] = total[i]
+            self.best_img[i] = self.xs[i].detach()[0]
+            self.best_terms[i] = _row(terms, i, iteration, time.perf_counter() - self.t0)
+        if backward:
+            mask = ok & self.alive
+            loss = torch.where(mask.to(x.device), terms.total, torch.zeros_like(terms.total))
+            loss.sum().backward()  # type: ignore[no-untyped-call]
+            for i in (~mask).nonzero().flatten().tolist():
+                grad = self.xs[i].grad
+                if grad is not None:
+                    grad.zero_()  # a finished image takes no further gradient
+        return terms
+
+    def after_step(self, terms: Terms, step: int, iteration: int) -> None:
+        """Trace rows and the divergence rule, per image still running."""
+        spec, total = self.specs[0], terms.total.detach().cpu()
+        now = time.perf_counter() - self.t0
+        for i, out in enumerate(self.outcomes):
+            if not self.alive[i]:
+                continue
+            out.iterations = step
+            reason = self.guards[i].check(iteration, float(total[i]), float(self.best[i]))
+            if reason is None and step == spec.iterations:
+                reason = self.guards[i].at_end(float(self.best[i]))
+            if step % spec.log_every == 0 or step == 1 or step == spec.iterations or reason:
+                out.trace.append(_row(terms, i, iteration, now))
+            if reason:
+                self.alive[i] = False
+                out.status, out.diverged_at, out.reason = (
+                    Status.DIVERGED,
+                    self.guards[i].since,
+                    reason,
+                )
+
+    def finish(self, iteration: int) -> list[Outcome]:
+        with torch.no_grad():
+            self.evaluate(iteration, backward=False)  # the last step's result is a candidate too
+        now = time.perf_counter() - self.t0
+        for i, out in enumerate(self.outcomes):
+            out.image = self.best_img[i].detach().clamp(0, 1).cpu()
+            out.final = self.best_terms[i] or {}
+            out.seconds = now
+        return self.outcomes
+
+
+def _check_specs(specs: list[JobSpec], b: int) -> None:
+    spec = specs[0]
+    if len(specs) != b or any(
+        getattr(s, f) != getattr(spec, f) for s in specs for f in LOOP_FIELDS
+    ):
+        raise ValueError(f"a batch needs one spec per image agreeing on {', '.join(LOOP_FIELDS)}")
+    if not OPTIMIZERS[spec.optimizer].batchable and b != 1:
+        raise ValueError(
+            f"{spec.optimizer} shares its state across parameters: run it one image at a time"
+        )
 
 
 def optimize(
@@ -148,85 +208,28 @@ def optimize(
     An image whose loss diverges (see :class:`Divergence`) stops with status ``diverged`` at the
     iteration the divergence began; its best image so far is what is returned.
     """
-    b = x0.shape[0]
-    specs = [specs] * b if isinstance(specs, JobSpec) else list(specs)
-    spec = specs[0]
-    if len(specs) != b or any(
-        getattr(s, f) != getattr(spec, f) for s in specs for f in LOOP_FIELDS
-    ):
-        raise ValueError(f"a batch needs one spec per image agreeing on {', '.join(LOOP_FIELDS)}")
-    if spec.optimizer == "lbfgs" and b != 1:
-        raise ValueError("L-BFGS shares its history across parameters: run it one image at a time")
+    specs = [specs] * x0.shape[0] if isinstance(specs, JobSpec) else list(specs)
+    _check_specs(specs, x0.shape[0])
     t0 = time.perf_counter() if clock_start is None else clock_start
-    xs = [x0[i : i + 1].detach().clone().requires_grad_(True) for i in range(b)]
-    opt = make_optimizer(specs, xs)
-    best = torch.full((b,), math.inf)
-    best_img = x0.detach().clone()
-    best_terms: list[dict[str, float] | None] = [None] * b
-    alive = torch.ones(b, dtype=torch.bool)
-    outcomes = [Outcome(image=x0[i], status="ok", iterations=0) for i in range(b)]
-    guards = [Divergence(s.divergence_factor, s.divergence_patience) for s in specs]
+    run = _Batch(objective, x0, specs, t0)
+    opt = make_optimizer(specs, run.xs)
     last: list[Terms] = []
 
-    def evaluate(iteration: int, backward: bool) -> Terms:
-        x = torch.cat(xs) if b > 1 else xs[0]
-        terms = objective(x)
-        total = terms.total.detach().cpu()
-        ok = torch.isfinite(total)
-        better = ok & alive & (total < best)
-        for i in better.nonzero().flatten().tolist():
-            best[i] = total[i]
-            best_img[i] = xs[i].detach()[0]
-            best_terms[i] = _row(terms, i, iteration, time.perf_counter() - t0)
-        if backward:
-            mask = ok & alive
-            loss = torch.where(mask.to(x.device), terms.total, torch.zeros_like(terms.total))
-            loss.sum().backward()  # type: ignore[no-untyped-call]
-            for i in (~mask).nonzero().flatten().tolist():
-                xs[i].grad.zero_()  # a finished image takes no further gradient
-        return terms
+    def closure(iteration: int) -> float:
+        opt.zero_grad(set_to_none=False)
+        last[:] = [run.evaluate(iteration, backward=True)]
+        return float(last[0].total.detach().sum())
 
     iteration = iteration_offset
-    for step in range(1, spec.iterations + 1):
+    for step in range(1, specs[0].iterations + 1):
         iteration = iteration_offset + step
-
-        def closure(iteration: int) -> float:
-            opt.zero_grad(set_to_none=False)
-            terms = evaluate(iteration, backward=True)
-            last[:] = [terms]
-            return float(terms.total.detach().sum())
-
         opt.step(functools.partial(closure, iteration))
         with torch.no_grad():
-            for x in xs:
+            for x in run.xs:
                 x.clamp_(0.0, 1.0)
-        terms = last[0]
-        total = terms.total.detach().cpu()
-        now = time.perf_counter() - t0
-        for i in range(b):
-            if not alive[i]:
-                continue
-            outcomes[i].iterations = step
-            reason = guards[i].check(iteration, float(total[i]), float(best[i]))
-            if reason is None and step == spec.iterations:
-                reason = guards[i].at_end(float(best[i]))
-            if step % spec.log_every == 0 or step == 1 or step == spec.iterations or reason:
-                outcomes[i].trace.append(_row(terms, i, iteration, now))
-            if reason:
-                alive[i] = False
-                outcomes[i].status = "diverged"
-                outcomes[i].diverged_at = guards[i].since
-                outcomes[i].reason = reason
+        run.after_step(last[0], step, iteration)
         if on_step is not None:
-            on_step(iteration, float(total.sum()))
-        if not alive.any():
+            on_step(iteration, float(last[0].total.detach().sum()))
+        if not run.alive.any():
             break
-
-    with torch.no_grad():
-        evaluate(iteration, backward=False)  # the last step's result is a candidate too
-    now = time.perf_counter() - t0
-    for i, out in enumerate(outcomes):
-        out.image = best_img[i].detach().clamp(0, 1).cpu()
-        out.final = best_terms[i] or {}
-        out.seconds = now
-    return outcomes
+    return run.finish(iteration)

@@ -7,13 +7,13 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from .layers import BACKBONE_CFG, check_layers
+from .optimizers import OPTIMIZERS
 from .presets import PresetError, apply_preset
+from .vocab import Mode
 
-MODES = ("transfer", "style", "content")
-OPTIMIZERS = ("lbfgs", "adam", "sgd")
+MODES = Mode.values()
 INITS = ("noise", "content", "style")
 STYLE_SCALES = ("content", "own")
-DEFAULT_LR = {"lbfgs": 1.0, "adam": 0.02, "sgd": 0.1}
 GATYS_STYLE_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
 MIN_SIZE, MAX_SIZE = 16, 4096
 
@@ -32,8 +32,10 @@ PARAM_HELP: dict[str, str] = {
     "content_weight": "alpha, the content loss weight",
     "style_weight": "beta, the style loss weight",
     "tv_weight": "total-variation smoothing weight (0 = off)",
-    "optimizer": "lbfgs, adam or sgd",
-    "lr": "learning rate (default per optimizer: lbfgs 1, adam 0.02, sgd 0.1)",
+    "optimizer": "how to step: " + ", ".join(OPTIMIZERS),
+    "lr": "learning rate (default per optimizer: "
+    + ", ".join(f"{k} {v.default_lr:g}" for k, v in OPTIMIZERS.items())
+    + ")",
     "momentum": "SGD momentum",
     "line_search": "L-BFGS strong-Wolfe line search",
     "iterations": "optimizer steps (per resolution level with multires)",
@@ -57,7 +59,7 @@ def choices(name: str) -> tuple[str, ...] | None:
         "mode": MODES,
         "backbone": tuple(BACKBONE_CFG),
         "pooling": POOLINGS,
-        "optimizer": OPTIMIZERS,
+        "optimizer": tuple(OPTIMIZERS),
         "init": INITS,
         "style_scale": STYLE_SCALES,
     }.get(name)
@@ -82,7 +84,7 @@ class JobSpec:
     w_l (default: equal, summing to 1). ``lr=None`` picks the optimizer's default.
     """
 
-    mode: str = "transfer"
+    mode: str = Mode.TRANSFER.value
     backbone: str = "vgg19"
     pooling: str = "max"
     weights: str = "imagenet"
@@ -130,9 +132,9 @@ class JobSpec:
             raise SpecError("weights must be 'imagenet', 'random:<seed>', a path or a URL")
         if self.weights.startswith("random:") and not self.weights[7:].isdigit():
             raise SpecError(f"weights {self.weights!r}: expected random:<integer seed>")
-        if self.mode in ("transfer", "content") and not self.content_layers:
+        if self.uses_content and not self.content_layers:
             raise SpecError(f"mode {self.mode!r} needs at least one content layer")
-        if self.mode in ("transfer", "style") and not self.style_layers:
+        if self.uses_style and not self.style_layers:
             raise SpecError(f"mode {self.mode!r} needs at least one style layer")
         try:
             check_layers(self.backbone, self.content_layers + self.style_layers)
@@ -181,7 +183,7 @@ class JobSpec:
         _finite_nonneg("divergence_factor", self.divergence_factor)
         if self.divergence_factor <= 1:
             raise SpecError("divergence_factor must be > 1")
-        if self.preserve_color and self.mode != "transfer":
+        if self.preserve_color and self.mode != Mode.TRANSFER:
             raise SpecError("preserve_color applies to style transfer only")
         if self.mode == "style" and self.init == "content":
             raise SpecError("style reconstruction has no content image to initialise from")
@@ -190,7 +192,7 @@ class JobSpec:
 
     @property
     def learning_rate(self) -> float:
-        return DEFAULT_LR[self.optimizer] if self.lr is None else self.lr
+        return OPTIMIZERS[self.optimizer].default_lr if self.lr is None else self.lr
 
     @property
     def layer_weights(self) -> tuple[float, ...]:
@@ -200,11 +202,11 @@ class JobSpec:
 
     @property
     def uses_content(self) -> bool:
-        return self.mode in ("transfer", "content")
+        return Mode(self.mode).uses_content
 
     @property
     def uses_style(self) -> bool:
-        return self.mode in ("transfer", "style")
+        return Mode(self.mode).uses_style
 
     @property
     def needs_style_image(self) -> bool:

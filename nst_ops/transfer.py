@@ -20,8 +20,10 @@ from torch import Tensor
 from . import losses
 from .layers import feature_hw, sweep_layer_sets  # noqa: F401  (sweep: re-exported)
 from .optim import LOOP_FIELDS, Outcome, Terms, optimize
+from .optimizers import OPTIMIZERS
 from .spec import JobSpec
 from .vgg import VGGFeatures
+from .vocab import Mode, Status
 
 
 def hw_of(img: Tensor) -> tuple[int, int]:
@@ -171,34 +173,31 @@ def stack_targets(targets: Sequence[Targets]) -> Targets:
 def make_objective(
     extractor: VGGFeatures, specs: Sequence[JobSpec], targets: Targets
 ) -> Callable[[Tensor], Terms]:
-    """x (B,3,H,W) -> per-image Terms; alpha, beta, TV and w_l may differ per image."""
-    spec = specs[0]
-    dev = extractor.mean.device
+    """x (B,3,H,W) -> per-image Terms from the registered loss terms; every weight (alpha,
+    beta, TV, w_l) may differ per image."""
+    spec, dev = specs[0], extractor.mean.device
 
     def per_image(values: Sequence[Any]) -> Tensor:
         return torch.tensor(values, dtype=torch.float32, device=dev)
 
-    alpha = per_image([s.content_weight if s.uses_content else 0.0 for s in specs])
-    beta = per_image([s.style_weight if s.uses_style else 0.0 for s in specs])
-    tv_w = per_image([s.tv_weight for s in specs])
-    # (layers, B): one w_l per layer and image
+    given = {n: [t.weight(s) for s in specs] for n, t in losses.TERMS.items()}
+    active = [n for n, ws in given.items() if any(w is not None for w in ws)]
+    weights = {n: per_image([0.0 if w is None else w for w in given[n]]) for n in active}
+    # (style layers, B): one w_l per layer and image
     layer_w = per_image([list(s.layer_weights) for s in specs]).T if spec.uses_style else None
-    use_tv = bool(tv_w.any())
     layers = spec.active_layers
 
     def objective(x: Tensor) -> Terms:
-        feats = extractor.features_at(x, layers)
+        inputs = losses.TermInputs(
+            x, extractor.features_at(x, layers), targets.content, targets.style, layer_w
+        )
         zero = x.new_zeros(x.shape[0])
-        content = zero
-        for name, p in targets.content.items():
-            content = content + losses.content_loss(feats[name], p)
-        per_layer = losses.style_losses(feats, targets.style)
-        style = zero
-        if per_layer and layer_w is not None:
-            style = losses.weighted_style(per_layer, list(layer_w))
-        tv = losses.tv_loss(x) if use_tv else zero
-        total = losses.total_loss(content, style, tv, alpha, beta, tv_w)
-        return Terms(total, content, style, tv, per_layer)
+        values, details = dict.fromkeys(losses.TERMS, zero), {}
+        for name in active:
+            values[name], parts = losses.TERMS[name].value(inputs)
+            details.update(parts)
+        total = losses.total_loss([values[n] for n in active], [weights[n] for n in active])
+        return Terms(total, values, details)
 
     return objective
 
@@ -276,7 +275,7 @@ BATCH_FIELDS = (
 def batchable(spec: JobSpec) -> bool:
     """Adam/SGD at one resolution: L-BFGS couples its parameters, and in a multi-resolution
     schedule one diverging image would stop its batch-mates at a lower level."""
-    return spec.optimizer != "lbfgs" and spec.multires == 1
+    return OPTIMIZERS[spec.optimizer].batchable and spec.multires == 1
 
 
 def batch_key(spec: JobSpec) -> tuple[Any, ...]:
@@ -359,7 +358,7 @@ def stylize_batch(
             traces[i] += [{**row, "level": level} for row in r.trace]
             done[i] += r.iterations
         x = torch.stack([r.image for r in results])
-        if any(r.status != "ok" for r in results):
+        if any(r.status != Status.OK for r in results):
             break  # a diverged image stops the schedule for its batch; the others keep their best
     for r, trace, n, s, c in zip(results, traces, done, specs, contents, strict=True):
         r.trace, r.iterations = trace, n
@@ -388,6 +387,8 @@ def layer_sweep(spec: JobSpec, extractor: VGGFeatures, style: Tensor) -> list[Ou
     """Style reconstructions from noise for each growing subset of ``spec.style_layers``."""
     out = []
     for layers in sweep_layer_sets(spec.style_layers):
-        sub = dataclasses.replace(spec, mode="style", style_layers=layers, style_layer_weights=None)
+        sub = dataclasses.replace(
+            spec, mode=Mode.STYLE.value, style_layers=layers, style_layer_weights=None
+        )
         out.append(stylize(sub, extractor, None, [style]))
     return out

@@ -21,6 +21,7 @@ from rich.table import Table
 from nst_ops.layers import WeightsError
 from nst_ops.presets import PRESETS
 from nst_ops.spec import PARAM_HELP, JobSpec, SpecError, choices
+from nst_ops.vocab import BAD_STATUSES, Mode, RowMode, Status
 
 from . import images, lease, manifest, results, storage
 from .errors import NstError
@@ -184,9 +185,7 @@ def make_manifest(
     ],
     content: ListOpt = None,
     style: ListOpt = None,
-    mode: Annotated[
-        str, typer.Option(help="transfer, style, content or layer_sweep.")
-    ] = "transfer",
+    mode: Annotated[RowMode, typer.Option(help="What each row asks for.")] = RowMode.TRANSFER,
     set_: SetOpt = None,
     grid: Annotated[
         Path | None, typer.Option(help="YAML/JSON file of NAME: value or [values].")
@@ -204,7 +203,7 @@ def make_manifest(
     contents = [u for pattern in content or [] for u in manifest.list_images(pattern, so)]
     styles = [u for pattern in style or [] for u in manifest.list_images(pattern, so)]
     params = _params(set_ or [], grid)
-    table = manifest.build_manifest(contents, styles, mode, params, blend, _preset(preset))
+    table = manifest.build_manifest(contents, styles, mode.value, params, blend, _preset(preset))
     jobs = expand(table)  # validate every row before anything is written
     manifest.write_manifest(manifest.rebase_paths(table, dest), dest, so)
     out_console.print(f"wrote {dest}: {table.num_rows} rows, {len(jobs)} jobs")
@@ -424,7 +423,7 @@ def run(
     if summary.interrupted:
         console.print("[yellow]interrupted:[/] completed jobs are kept; run again to resume")
         code = 130
-    elif strict and (counts.get("failed") or counts.get("diverged")):
+    elif strict and any(counts.get(s) for s in BAD_STATUSES):
         code = 3
     if summary_json:
         _write_summary(summary_json, so, summary, counts, time.time() - started, code)
@@ -455,8 +454,10 @@ def _write_summary(
         "already_done": summary.skipped,
         "ran": {k: v for k, v in sorted(plan.counts().items())},
         "status": dict(sorted(counts.items())),
-        "failed_jobs": sorted(r["job_id"] for r in summary.rows if r["status"] == "failed"),
-        "diverged_jobs": sorted(r["job_id"] for r in summary.rows if r["status"] == "diverged"),
+        "failed_jobs": sorted(r["job_id"] for r in summary.rows if r["status"] == Status.FAILED),
+        "diverged_jobs": sorted(
+            r["job_id"] for r in summary.rows if r["status"] == Status.DIVERGED
+        ),
         "not_retried": plan.not_retried,
         "outputs_missing": plan.missing_outputs,
         "interrupted": summary.interrupted,
@@ -481,10 +482,10 @@ def status(
         raise NstError(f"not a run: {out} (no jobs.parquet, results.parquet or jobs/ under it)")
     rows, total = results.collect(store)
     counts = Counter(r["status"] for r in rows)
-    counts["pending"] = max(0, total - len(rows))
+    counts[Status.PENDING.value] = max(0, total - len(rows))
     counts["outputs missing"] = sum(bool(r.get("outputs_missing")) for r in rows)
     out_console.print(", ".join(f"{k}: {v}" for k, v in sorted(counts.items()) if v) or "no jobs")
-    bad = [r for r in rows if r["status"] in ("failed", "diverged") or r.get("outputs_missing")]
+    bad = [r for r in rows if r["status"] in BAD_STATUSES or r.get("outputs_missing")]
     if bad:
         t = Table(title="failed, diverged and incomplete jobs")
         for col in ("job_id", "row", "status", "error"):
@@ -503,7 +504,7 @@ def transfer(
     content: Annotated[str | None, typer.Argument(help="Content image (path/URL); '-' for none.")],
     style: Annotated[str, typer.Argument(help="Style image (path/URL).")],
     dest: Annotated[Path, typer.Argument(help="Output PNG; the trace goes beside it.")],
-    mode: Annotated[str, typer.Option(help="transfer, style or content.")] = "transfer",
+    mode: Annotated[Mode, typer.Option(help="What to optimise.")] = Mode.TRANSFER,
     set_: SetOpt = None,
     preset: PresetOpt = None,
     device: Annotated[
@@ -534,7 +535,7 @@ def transfer(
     params = _params(set_ or [], None)
     if any(isinstance(v, list) and not manifest.PARAMS[k].is_seq for k, v in params.items()):
         raise NstError("transfer runs one job: give one value per parameter")
-    spec = JobSpec.from_dict({**params, "mode": mode}, _preset(preset))
+    spec = JobSpec.from_dict({**params, "mode": mode.value}, _preset(preset))
     cont = None if content in (None, "-") else content
     job = Job(spec, cont, (style,), 0)
     dev = torch.device(device) if device else pick_device()
@@ -566,7 +567,7 @@ def transfer(
     trace_path = dest.with_suffix(".trace.parquet")
     pq.write_table(pa.Table.from_pylist(outcome.trace), trace_path)
     out_console.print(_transfer_summary(job.id, outcome, dev, dest, trace_path), highlight=False)
-    if outcome.status != "ok":
+    if outcome.status != Status.OK:
         console.print(f"[yellow]{escape(outcome.reason or '')}[/]")
         raise typer.Exit(2)
 

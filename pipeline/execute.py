@@ -24,8 +24,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from nst_ops.transfer import batch_key, batchable
+from nst_ops.vocab import Status
 
-from . import storage
+from . import record, storage
 from .jobs import Job
 from .plan import Plan, make_plan
 from .results import JOBS, RESULTS
@@ -159,7 +160,8 @@ class RunProgress:
         minutes = max(time.time() - self.started, 1e-6) / 60
         rate = done / minutes
         eta = f"{(self.total - done) / rate:.1f} min" if rate > 0 else "?"
-        parts = [f"{k} {self.counts.get(k, 0)}" for k in ("ok", "failed", "diverged")]
+        shown = (Status.OK, Status.FAILED, Status.DIVERGED)
+        parts = [f"{k} {self.counts.get(k, 0)}" for k in shown]
         return (
             f"{done}/{self.total} · {' · '.join(parts)} · running {self.running} · "
             f"{rate:.1f} jobs/min · ETA {eta}"
@@ -249,9 +251,7 @@ def _collect(ref: ray.ObjectRef, jobs: list[Job]) -> list[dict[str, Any]]:
     except ray.exceptions.RayError as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         error = f"{type(e).__name__}: {msg}"
-        return [
-            {**j.to_record(), "status": "failed", "committed": False, "error": error} for j in jobs
-        ]
+        return [record.failed(j, error, committed=False) for j in jobs]
 
 
 def write_results(
@@ -265,6 +265,6 @@ def write_results(
         elif j.id in done:  # outcome from the marker; names and tags from today's manifest
             rows.append({**done[j.id], **j.to_record(), "committed": True})
         else:
-            rows.append({**j.to_record(), "status": "pending", "committed": False})
+            rows.append(record.pending(j))
     store.put_table(RESULTS, normalise(rows))
     return rows

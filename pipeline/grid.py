@@ -12,6 +12,7 @@ import pyarrow as pa
 
 from nst_ops.layers import sweep_layer_sets
 from nst_ops.spec import JobSpec, SpecError
+from nst_ops.vocab import RowMode
 
 from .errors import ManifestError
 from .jobs import Job, job_id
@@ -54,22 +55,25 @@ def row_axes(row: dict[str, Any]) -> dict[str, list]:
     return {k: v for k, v in row.items() if k in PARAMS and v is not None and _is_axis(k, v)}
 
 
-def expand_row(i: int, row: dict[str, Any]) -> Iterator[Job]:
-    where = f"row {i}"
-    mode = row.get("mode") or "transfer"
-    if mode not in MODES:
-        raise ManifestError(f"{where}: unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+def _row_inputs(where: str, row: dict[str, Any]) -> tuple[RowMode, str | None, tuple[str, ...]]:
+    """The row's mode and the inputs it uses (the others are dropped, not refused)."""
+    raw = row.get("mode") or RowMode.TRANSFER.value
+    if raw not in MODES:
+        raise ManifestError(f"{where}: unknown mode {raw!r}; choose one of {', '.join(MODES)}")
+    mode = RowMode(raw)
     content = row.get("content_uri")
     style = row.get("style_uri")
     styles = tuple(style) if isinstance(style, list) else ((style,) if style else ())
-    if mode in ("transfer", "content") and not content:
-        raise ManifestError(f"{where}: mode {mode!r} needs a content_uri")
-    if mode != "content" and not styles:
-        raise ManifestError(f"{where}: mode {mode!r} needs a style_uri")
-    if mode in ("style", "layer_sweep"):
-        content = None
-    if mode == "content":
-        styles = ()
+    if mode.needs_content and not content:
+        raise ManifestError(f"{where}: mode {mode.value!r} needs a content_uri")
+    if mode.needs_style and not styles:
+        raise ManifestError(f"{where}: mode {mode.value!r} needs a style_uri")
+    return mode, content if mode.needs_content else None, styles if mode.needs_style else ()
+
+
+def expand_row(i: int, row: dict[str, Any]) -> Iterator[Job]:
+    where = f"row {i}"
+    mode, content, styles = _row_inputs(where, row)
     fixed = {k: v for k, v in row.items() if k in PARAMS and v is not None}
     axes = row_axes(row)
     for k, v in axes.items():
@@ -81,11 +85,11 @@ def expand_row(i: int, row: dict[str, Any]) -> Iterator[Job]:
     for combo in itertools.product(*axes.values()):
         params = {**fixed, **dict(zip(axes, combo, strict=True))}
         params = {k: _coerce(k, v, where) for k, v in params.items()}
-        if mode != "layer_sweep":
-            spec = _spec(where, {**params, "mode": mode}, preset)
+        if mode is not RowMode.LAYER_SWEEP:
+            spec = _spec(where, {**params, "mode": mode.value}, preset)
             yield Job(spec, content, styles, i, name, tags, preset=preset)
             continue
-        base = _spec(where, {**params, "mode": "style"}, preset)
+        base = _spec(where, {**params, "mode": RowMode.STYLE.value}, preset)
         sweep = job_id(base, None, styles)
         for layers in sweep_layer_sets(base.style_layers):
             sub = replace(base, style_layers=layers, style_layer_weights=None)

@@ -62,18 +62,3 @@ class Job:
         rec.update(self.spec.to_dict())
         rec.update({k: v for k, v in self.tags})
         return rec
-
-    @classmethod
-    def from_record(cls, rec: dict[str, Any]) -> Job:
-        spec = JobSpec.from_dict({k: rec[k] for k in JobSpec.field_names()})
-        tags = tuple((k, v) for k, v in rec.items() if k.startswith("tag_"))
-        return cls(
-            spec,
-            rec["content_uri"],
-            tuple(rec["style_uris"]),
-            rec["row"],
-            rec.get("job_name"),
-            tags,
-            sweep_of=rec.get("sweep_of"),
-            preset=rec.get("preset"),
-        )

@@ -23,10 +23,11 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from nst_ops.spec import JobSpec
+from nst_ops.vocab import RowMode
 
 from .errors import ManifestError
 
-MODES = ("transfer", "style", "content", "layer_sweep")
+MODES = RowMode.values()
 URI_COLUMNS = ("content_uri", "style_uri")
 REQUIRED = URI_COLUMNS
 META_COLUMNS = ("mode", "job_name", "preset")
@@ -283,11 +284,12 @@ def build_manifest(
     with the same parameter (grid) columns on each row."""
     if mode not in MODES:
         raise ManifestError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    row_mode = RowMode(mode)
     style_values: list[Any] = [styles] if blend else list(styles)
     pairs: list[tuple[str | None, Any]]
-    if mode == "content":
+    if not row_mode.needs_style:
         pairs = [(c, None) for c in contents]
-    elif mode in ("style", "layer_sweep"):
+    elif not row_mode.needs_content:
         pairs = [(None, s) for s in style_values]
     else:
         pairs = [(c, s) for c in contents for s in style_values]

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from nst_ops.vocab import BAD_STATUSES
+
 from . import layout, storage
 from .jobs import Job
 
@@ -93,7 +95,7 @@ def make_plan(
             plan.missing_outputs.append(j.id)
         elif _inputs_changed(row, current):
             reason = Reason.INPUT_CHANGED
-        elif row.get("status") in ("failed", "diverged"):
+        elif row.get("status") in BAD_STATUSES:
             if retry_failed:
                 reason = Reason.FAILED
             else:

@@ -22,13 +22,14 @@ from rich.console import Console
 from rich.table import Table
 
 from nst_ops.spec import JobSpec
+from nst_ops.vocab import Status
 
 from . import storage
 from .errors import NstError
 from .results import collect
 
 AXIS_KEYS = ("content_uri", "style_uris", *JobSpec.field_names())
-STATUS_ORDER = ("ok", "diverged", "failed")
+STATUS_ORDER = Status.values()
 
 
 def _key(value: Any) -> str:
@@ -224,7 +225,7 @@ def write_report(
         if r.get("trace_uri")
     }
     counts = Counter(r["status"] for r in results)
-    counts["pending"] = total - len(results)
+    counts[Status.PENDING.value] = total - len(results)
     secs = [r["seconds"] for r in results if r.get("seconds") is not None]
     summary = ", ".join(f"{escape(k)}: {v}" for k, v in sorted(counts.items()) if v)
     timing = (

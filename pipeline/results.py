@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from nst_ops.vocab import Status
+
 from . import layout, storage
 
 RESULTS = layout.RESULTS_TABLE
@@ -36,7 +38,7 @@ def collect(store: storage.Store) -> tuple[list[dict[str, Any]], int]:
         rows += [
             r
             for r in store.get_table(RESULTS).to_pylist()
-            if r["job_id"] not in known and r.get("status") != "pending"
+            if r["job_id"] not in known and r.get("status") != Status.PENDING
         ]
     if store.exists(JOBS):
         total = store.get_table(JOBS).num_rows

@@ -7,14 +7,12 @@ process itself escapes, which is what Ray's ``max_retries`` is for.
 
 from __future__ import annotations
 
-import functools
 import platform
 import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from importlib import metadata
 from typing import Any
 
 import pyarrow as pa
@@ -24,8 +22,9 @@ from nst_ops.layers import deepest
 from nst_ops.optim import Outcome
 from nst_ops.transfer import batch_key, batchable, output_hw, stylize_batch
 from nst_ops.vgg import VGGFeatures
+from nst_ops.vocab import Status
 
-from . import images, layout, storage, weights
+from . import images, layout, record, storage, weights
 from .errors import NstError
 from .jobs import Job
 
@@ -62,18 +61,6 @@ def extractor_for(job: Job, device: torch.device) -> VGGFeatures:
             torch.backends.cuda.matmul.allow_tf32 = False
         _EXTRACTORS[key] = net.optimised_for(device)
     return _EXTRACTORS[key]
-
-
-@functools.cache
-def _versions() -> dict[str, str]:
-    """Library versions for job.json (fixed for the life of the process)."""
-    out = {"python": platform.python_version()}
-    for dist in ("nst-pipeline", "torch", "torchvision", "ray", "fsspec", "pyarrow"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = "absent"
-    return out
 
 
 def _trace_table(trace: list[dict]) -> pa.Table:
@@ -218,35 +205,22 @@ def _finish(
     store: storage.Store,
 ) -> dict[str, Any]:
     """Write a job's image, trace, job.json and finally its commit marker; return its row."""
-    row: dict[str, Any] = {**job.to_record(), "status": "failed", "error": None, **info}
+    row = record.row(job, Status.FAILED, **info)
     if outcome is not None:
-        row.update(
-            status=outcome.status,
-            error=outcome.reason,
-            iterations_run=outcome.iterations,
-            diverged_at=outcome.diverged_at,
-            **{f"final_{k}": v for k, v in outcome.final.items() if k != "iteration"},
-        )
+        row.update(record.outcome_fields(job, outcome))
     row["seconds"] = round(time.time() - started, 3)
     try:
         if outcome is not None:
-            store.put(layout.job_path(job.id, layout.IMAGE), images.encode_png(outcome.image))
-            store.put_table(layout.job_path(job.id, layout.TRACE), _trace_table(outcome.trace))
-            # relative to the run root, so a moved or copied run still reads back
-            row["image_uri"] = layout.job_path(job.id, layout.IMAGE)
-            row["trace_uri"] = layout.job_path(job.id, layout.TRACE)
-        record = {
-            **row,
-            "params": job.spec.to_dict(),
-            "versions": _versions(),
-            "started_at": started,
-            "finished_at": time.time(),
-        }
-        store.put_json(layout.job_path(job.id, layout.RECORD), record)
+            store.put(row["image_uri"], images.encode_png(outcome.image))
+            store.put_table(row["trace_uri"], _trace_table(outcome.trace))
+        store.put_json(layout.job_path(job.id, layout.RECORD), record.job_json(row, started))
         store.put_json(layout.job_path(job.id, layout.MARKER), row)  # last: now it counts as done
         row["committed"] = True
     except OSError as e:
-        row.update(status="failed", error=f"could not write outputs: {e}", committed=False)
+        row.update(
+            status=Status.FAILED.value, error=f"could not write outputs: {e}", committed=False
+        )
+        row.pop("image_uri", None), row.pop("trace_uri", None)  # nothing is there to point at
     return row
 
 

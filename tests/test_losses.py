@@ -41,7 +41,7 @@ def test_tv_loss_sums_squared_neighbour_differences():
 
 def test_total_loss_is_alpha_content_plus_beta_style_plus_tv():
     one = torch.ones(1)
-    assert losses.total_loss(2 * one, 3 * one, 5 * one, 10.0, 100.0, 0.5).tolist() == [322.5]
+    assert losses.total_loss([2 * one, 3 * one, 5 * one], [10.0, 100.0, 0.5]).tolist() == [322.5]
 
 
 def test_losses_are_per_image_so_a_batch_is_separable():
