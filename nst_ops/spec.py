@@ -65,6 +65,23 @@ def choices(name: str) -> tuple[str, ...] | None:
     }.get(name)
 
 
+CHOICE_FIELDS = ("mode", "backbone", "pooling", "optimizer", "init", "style_scale")
+NONNEGATIVE_FIELDS = (
+    "content_weight",
+    "style_weight",
+    "tv_weight",
+    "momentum",
+    "divergence_factor",
+)
+INTEGER_MINIMUMS = {
+    "iterations": 1,
+    "log_every": 1,
+    "multires": 1,
+    "divergence_patience": 1,
+    "seed": 0,
+}
+
+
 class SpecError(ValueError):
     """A parameter value that can never give a valid job."""
 
@@ -121,17 +138,29 @@ class JobSpec:
         self._validate()
 
     def _validate(self) -> None:
-        def choice(name: str, options: tuple[str, ...]) -> None:
-            v = getattr(self, name)
+        for check in (
+            self._check_choices,
+            self._check_weights_source,
+            self._check_layers,
+            self._check_numbers,
+            self._check_lists,
+            self._check_combinations,
+        ):
+            check()
+
+    def _check_choices(self) -> None:
+        for name in CHOICE_FIELDS:
+            v, options = getattr(self, name), choices(name) or ()
             if v not in options:
                 raise SpecError(f"unknown {name} {v!r}; choose one of {', '.join(options)}")
 
-        for name in ("mode", "backbone", "pooling", "optimizer", "init", "style_scale"):
-            choice(name, choices(name) or ())
+    def _check_weights_source(self) -> None:
         if not isinstance(self.weights, str) or not self.weights:
             raise SpecError("weights must be 'imagenet', 'random:<seed>', a path or a URL")
         if self.weights.startswith("random:") and not self.weights[7:].isdigit():
             raise SpecError(f"weights {self.weights!r}: expected random:<integer seed>")
+
+    def _check_layers(self) -> None:
         if self.uses_content and not self.content_layers:
             raise SpecError(f"mode {self.mode!r} needs at least one content layer")
         if self.uses_style and not self.style_layers:
@@ -140,8 +169,30 @@ class JobSpec:
             check_layers(self.backbone, self.content_layers + self.style_layers)
         except ValueError as e:
             raise SpecError(str(e)) from None
-        for name in ("content_weight", "style_weight", "tv_weight", "momentum"):
+
+    def _check_numbers(self) -> None:
+        for name in NONNEGATIVE_FIELDS:
             _finite_nonneg(name, getattr(self, name))
+        if self.lr is not None:
+            _finite_nonneg("lr", self.lr)
+            if self.lr == 0:
+                raise SpecError("lr must be > 0")
+        for name, lo in INTEGER_MINIMUMS.items():
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+                raise SpecError(f"{name} must be an integer >= {lo}, got {v!r}")
+        if not isinstance(self.size, int) or not MIN_SIZE <= self.size <= MAX_SIZE:
+            raise SpecError(
+                f"size must be an integer in [{MIN_SIZE}, {MAX_SIZE}], got {self.size!r}"
+            )
+        if self.size >> (self.multires - 1) < MIN_SIZE:
+            raise SpecError(
+                f"multires={self.multires} makes the first level smaller than {MIN_SIZE} px"
+            )
+        if self.divergence_factor <= 1:
+            raise SpecError("divergence_factor must be > 1")
+
+    def _check_lists(self) -> None:
         if self.style_layer_weights is not None:
             if len(self.style_layer_weights) != len(self.style_layers):
                 raise SpecError(
@@ -157,37 +208,13 @@ class JobSpec:
                 _finite_nonneg("style_blend", w)
             if sum(self.style_blend) <= 0:
                 raise SpecError("style_blend weights must not all be zero")
-        if self.lr is not None:
-            _finite_nonneg("lr", self.lr)
-            if self.lr == 0:
-                raise SpecError("lr must be > 0")
-        for name, lo in (
-            ("iterations", 1),
-            ("log_every", 1),
-            ("multires", 1),
-            ("divergence_patience", 1),
-        ):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < lo:
-                raise SpecError(f"{name} must be an integer >= {lo}, got {v!r}")
-        if not isinstance(self.size, int) or not MIN_SIZE <= self.size <= MAX_SIZE:
-            raise SpecError(
-                f"size must be an integer in [{MIN_SIZE}, {MAX_SIZE}], got {self.size!r}"
-            )
-        if self.size >> (self.multires - 1) < MIN_SIZE:
-            raise SpecError(
-                f"multires={self.multires} makes the first level smaller than {MIN_SIZE} px"
-            )
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise SpecError(f"seed must be an integer >= 0, got {self.seed!r}")
-        _finite_nonneg("divergence_factor", self.divergence_factor)
-        if self.divergence_factor <= 1:
-            raise SpecError("divergence_factor must be > 1")
+
+    def _check_combinations(self) -> None:
         if self.preserve_color and self.mode != Mode.TRANSFER:
             raise SpecError("preserve_color applies to style transfer only")
-        if self.mode == "style" and self.init == "content":
+        if self.mode == Mode.STYLE and self.init == "content":
             raise SpecError("style reconstruction has no content image to initialise from")
-        if self.mode == "content" and self.init == "style":
+        if self.mode == Mode.CONTENT and self.init == "style":
             raise SpecError("content reconstruction has no style image to initialise from")
 
     @property

@@ -10,7 +10,7 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 import yaml
@@ -27,6 +27,9 @@ from . import images, lease, manifest, results, storage
 from .errors import NstError
 from .grid import DEFAULT_MAX_JOBS, expand
 from .plan import Plan, make_plan
+
+if TYPE_CHECKING:
+    from .execute import Summary
 
 QUICK_START = (
     "nst make-manifest m.parquet --content manifests/images/content "
@@ -407,28 +410,31 @@ def run(
         opts = RunOptions(out=out, max_pixels=max_pixels, storage_options=so)
         res = Resources(gpus_per_job, cpus_per_job, max_retries, batch_size=batch_size)
         summary = run_jobs(jobs, opts, res, progress=progress, plan=plan)
+    code = _report_run(summary, out, strict)
+    if summary_json:
+        _write_summary(summary_json, so, summary, time.time() - started, code)
+    if code:
+        raise typer.Exit(code)
+
+
+def _report_run(summary: Summary, out: str, strict: bool) -> int:
+    """Print what the run did and return its exit code (see `nst run --help`)."""
     counts = Counter(r["status"] for r in summary.rows)
     out_console.print(
         f"{summary.total} jobs ({summary.skipped} already done): "
         + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
         + f" · results: {storage.join(out, 'results.parquet')}"
     )
-    if plan.not_retried:
+    if summary.plan is not None and summary.plan.not_retried:
         console.print(
-            f"{plan.not_retried} failed or diverged job(s) kept as they are: add --retry-failed "
-            "to run them again (`nst status` shows their errors)",
+            f"{summary.plan.not_retried} failed or diverged job(s) kept as they are: add "
+            "--retry-failed to run them again (`nst status` shows their errors)",
             highlight=False,
         )
-    code = 0
     if summary.interrupted:
         console.print("[yellow]interrupted:[/] completed jobs are kept; run again to resume")
-        code = 130
-    elif strict and any(counts.get(s) for s in BAD_STATUSES):
-        code = 3
-    if summary_json:
-        _write_summary(summary_json, so, summary, counts, time.time() - started, code)
-    if code:
-        raise typer.Exit(code)
+        return 130
+    return 3 if strict and any(counts.get(s) for s in BAD_STATUSES) else 0
 
 
 def _run_root(out: str, so: dict | None) -> storage.Store:
@@ -445,21 +451,19 @@ def _plan_line(plan: Plan, total: int) -> str:
 
 
 def _write_summary(
-    dest: str, so: dict | None, summary: Any, counts: Counter, seconds: float, code: int
+    dest: str, so: dict[str, Any] | None, summary: Summary, seconds: float, code: int
 ) -> None:
     """For schedulers: what ran, why, and what failed, so a cron job can alert on it."""
-    plan = summary.plan
+    plan, rows = summary.plan, summary.rows
     doc = {
         "total": summary.total,
         "already_done": summary.skipped,
-        "ran": {k: v for k, v in sorted(plan.counts().items())},
-        "status": dict(sorted(counts.items())),
-        "failed_jobs": sorted(r["job_id"] for r in summary.rows if r["status"] == Status.FAILED),
-        "diverged_jobs": sorted(
-            r["job_id"] for r in summary.rows if r["status"] == Status.DIVERGED
-        ),
-        "not_retried": plan.not_retried,
-        "outputs_missing": plan.missing_outputs,
+        "ran": dict(sorted(plan.counts().items())) if plan else {},
+        "status": dict(sorted(Counter(r["status"] for r in rows).items())),
+        "failed_jobs": sorted(r["job_id"] for r in rows if r["status"] == Status.FAILED),
+        "diverged_jobs": sorted(r["job_id"] for r in rows if r["status"] == Status.DIVERGED),
+        "not_retried": plan.not_retried if plan else 0,
+        "outputs_missing": plan.missing_outputs if plan else [],
         "interrupted": summary.interrupted,
         "seconds": round(seconds, 3),
         "exit_code": code,
@@ -519,6 +523,33 @@ def transfer(
     import pyarrow as pa
     import pyarrow.parquet as pq
     import torch
+
+    from .jobs import Job
+    from .worker import RunOptions, pick_device
+
+    params = _params(set_ or [], None)
+    if any(isinstance(v, list) and not manifest.PARAMS[k].is_seq for k, v in params.items()):
+        raise NstError("transfer runs one job: give one value per parameter")
+    spec = JobSpec.from_dict({**params, "mode": mode.value}, _preset(preset))
+    cont = None if content in (None, "-") else content
+    if spec.uses_content and cont is None:
+        raise NstError(f"mode {mode.value!r} needs a content image (got '-')")
+    job = Job(spec, cont, (style,), 0)
+    dev = torch.device(device) if device else pick_device()
+    opts = RunOptions(out=str(dest.parent), storage_options=_storage(storage_options))
+    outcome = _stylize_with_progress(job, opts, dev)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_bytes(images.encode_png(outcome.image))
+    trace_path = dest.with_suffix(".trace.parquet")
+    pq.write_table(pa.Table.from_pylist(outcome.trace), trace_path)
+    out_console.print(_transfer_summary(job.id, outcome, dev, dest, trace_path), highlight=False)
+    if outcome.status != Status.OK:
+        console.print(f"[yellow]{escape(outcome.reason or '')}[/]")
+        raise typer.Exit(2)
+
+
+def _stylize_with_progress(job: Any, opts: Any, dev: Any) -> Any:
+    """Read the inputs and optimise, with a bar (iteration, loss, ETA) on stderr."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -529,47 +560,22 @@ def transfer(
 
     from nst_ops.transfer import stylize
 
-    from .jobs import Job
-    from .worker import RunOptions, extractor_for, pick_device, read_image
+    from .worker import extractor_for, read_image
 
-    params = _params(set_ or [], None)
-    if any(isinstance(v, list) and not manifest.PARAMS[k].is_seq for k, v in params.items()):
-        raise NstError("transfer runs one job: give one value per parameter")
-    spec = JobSpec.from_dict({**params, "mode": mode.value}, _preset(preset))
-    cont = None if content in (None, "-") else content
-    job = Job(spec, cont, (style,), 0)
-    dev = torch.device(device) if device else pick_device()
-    opts = RunOptions(out=str(dest.parent), storage_options=_storage(storage_options))
-    if spec.uses_content and cont is None:
-        raise NstError(f"mode {mode!r} needs a content image (got '-')")
-    content_img = read_image(cont, opts) if cont is not None and spec.uses_content else None
-    style_imgs = [read_image(style, opts)] if spec.needs_style_image else []
-    total = spec.iterations * spec.multires
-    with Progress(
-        TextColumn("[bold]nst transfer"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}"),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-    ) as bar:
-        task = bar.add_task("transfer", total=total, loss="—")
-        outcome = stylize(
+    spec = job.spec
+    content_img = read_image(job.content_uri, opts) if spec.uses_content else None
+    style_imgs = [read_image(u, opts) for u in job.style_uris] if spec.needs_style_image else []
+    columns = (TextColumn("[bold]nst transfer"), BarColumn(), MofNCompleteColumn())
+    extra = (TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn())
+    with Progress(*columns, *extra, console=console, transient=True) as bar:
+        task = bar.add_task("transfer", total=spec.iterations * spec.multires, loss="—")
+        return stylize(
             spec,
             extractor_for(job, dev),
             content_img,
             style_imgs,
             on_step=lambda i, loss: bar.update(task, completed=i, loss=f"{loss:.4g}"),
         )
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_bytes(images.encode_png(outcome.image))
-    trace_path = dest.with_suffix(".trace.parquet")
-    pq.write_table(pa.Table.from_pylist(outcome.trace), trace_path)
-    out_console.print(_transfer_summary(job.id, outcome, dev, dest, trace_path), highlight=False)
-    if outcome.status != Status.OK:
-        console.print(f"[yellow]{escape(outcome.reason or '')}[/]")
-        raise typer.Exit(2)
 
 
 def _transfer_summary(job_id: str, outcome: Any, dev: Any, dest: Path, trace: Path) -> str:

@@ -12,10 +12,11 @@ import json
 import statistics
 from collections import Counter
 from collections.abc import Sequence
-from html import escape
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow.parquet as pq
+from jinja2 import Environment, PackageLoader, select_autoescape
 from matplotlib.figure import Figure
 from PIL import Image
 from rich.console import Console
@@ -111,29 +112,58 @@ def loss_curve(uri: str, so: dict | None, title: str) -> str | None:
 
 
 def _fmt(v: Any, key: str | None = None) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else escape(label(v, key))
+    """Display text (plain: the template escapes it)."""
+    return f"{v:.4g}" if isinstance(v, float) else label(v, key)
 
 
-def _tile(r: dict[str, Any], shown: Sequence[str], thumbs: dict[str, str | None]) -> str:
+@dataclass
+class Tile:
+    job_id: str
+    status: str
+    thumb: str | None
+    missing: bool
+    params: list[tuple[str, str]]
+    losses: list[tuple[str, str]]
+    error: str | None
+
+
+@dataclass
+class SheetRow:
+    label: str
+    cells: list[list[Tile]]
+
+
+@dataclass
+class Sheet:
+    row_axis: str | None
+    col_axis: str | None
+    col_labels: list[str]
+    rows: list[SheetRow]
+
+
+def _tile(r: dict[str, Any], shown: Sequence[str], thumbs: dict[str, str | None]) -> Tile:
     """One result: thumbnail (linking to its row in the jobs table), parameters, losses."""
-    params = "".join(f"<div>{escape(k)}: {_fmt(r.get(k), k)}</div>" for k in shown)
-    losses = "".join(
-        f"<div>{k}: {_fmt(r.get(f'final_{k}'))}</div>"
+    losses = [
+        (k, _fmt(r.get(f"final_{k}")))
         for k in ("total", "content", "style")
         if r.get(f"final_{k}") is not None
+    ]
+    return Tile(
+        job_id=r["job_id"],
+        status=r["status"],
+        thumb=thumbs.get(r["job_id"]),
+        missing=bool(r.get("image_uri")),
+        params=[(k, _fmt(r.get(k), k)) for k in shown],
+        losses=losses,
+        error=str(r["error"]) if r.get("error") else None,
     )
-    missing = '<div class="noimg">output missing</div>' if r.get("image_uri") else ""
-    img = (
-        f'<img src="{thumbs[r["job_id"]]}" alt="{escape(r["job_id"])}">'
-        if thumbs.get(r["job_id"])
-        else missing or '<div class="noimg">no image</div>'
-    )
-    err = f'<div class="err">{escape(str(r.get("error")))}</div>' if r.get("error") else ""
-    return (
-        f'<figure class="tile {escape(r["status"])}"><a href="#job-{escape(r["job_id"])}">'
-        f"{img}</a><figcaption><b>{escape(r['job_id'][:8])}</b> {escape(r['status'])}"
-        f"{params}{losses}{err}</figcaption></figure>"
-    )
+
+
+def _axis_values(rows: list[dict[str, Any]], axis: str | None) -> list[str]:
+    if not axis:
+        return ["null"]
+    found = {_key(v) for r in rows for v in _members(r, axis)}
+    return sorted(found, key=lambda k: _order(json.loads(k)))
 
 
 def _sheet(
@@ -141,59 +171,118 @@ def _sheet(
     row_axis: str | None,
     col_axis: str | None,
     thumbs: dict[str, str | None],
-) -> str:
-    """A table: one row per value of ``row_axis``, one column per value of ``col_axis``; each
-    tile lists the parameters that vary within its row (beyond the two axes)."""
-
-    def values(axis: str | None) -> list[str]:
-        if not axis:
-            return ["null"]
-        found = {_key(v) for r in rows for v in _members(r, axis)}
-        return sorted(found, key=lambda k: _order(json.loads(k)))
-
-    rvals, cvals = values(row_axis), values(col_axis)
-    head = (
-        "".join(
-            f"<th>{escape(col_axis)} = {escape(label(json.loads(c), col_axis))}</th>" for c in cvals
-        )
-        if col_axis
-        else "<th></th>"
+) -> Sheet:
+    """One row per value of ``row_axis``, one column per value of ``col_axis``; each tile lists
+    the parameters that vary within its row (beyond the two axes)."""
+    cvals = _axis_values(rows, col_axis)
+    col_labels = (
+        [f"{col_axis} = {label(json.loads(c), col_axis)}" for c in cvals] if col_axis else [""]
     )
-    body = []
-    for rv in rvals:
+    out = []
+    for rv in _axis_values(rows, row_axis):
         group = [r for r in rows if not row_axis or rv in map(_key, _members(r, row_axis))]
         shown = [a for a in varying_axes(group) if a not in (row_axis, col_axis)]
         cells = []
         for cv in cvals:
             hits = [r for r in group if not col_axis or cv in map(_key, _members(r, col_axis))]
             hits.sort(key=lambda r: tuple(_order(r.get(a)) for a in shown))
-            cells.append("<td>" + "".join(_tile(r, shown, thumbs) for r in hits) + "</td>")
-        name = f"{escape(row_axis)} = {escape(label(json.loads(rv), row_axis))}" if row_axis else ""
-        body.append(f"<tr><th>{name}</th>{''.join(cells)}</tr>")
-    return f'<table class="sheet"><tr><th></th>{head}</tr>{"".join(body)}</table>'
+            cells.append([_tile(r, shown, thumbs) for r in hits])
+        name = f"{row_axis} = {label(json.loads(rv), row_axis)}" if row_axis else ""
+        out.append(SheetRow(name, cells))
+    return Sheet(row_axis, col_axis, col_labels, out)
 
 
-def _members(r: dict, axis: str) -> list[Any]:
+def _members(r: dict[str, Any], axis: str) -> list[Any]:
     """A tag shared by several manifest rows holds a list: the job belongs under each value."""
     v = r.get(axis)
     return list(v) if axis.startswith("tag_") and isinstance(v, list) and v else [v]
 
 
-CSS = """
-body{font:13px system-ui,sans-serif;margin:1.5em;color:#222}
-table{border-collapse:collapse}td,th{border:1px solid #ddd;padding:4px;vertical-align:top}
-.sheet td{min-width:170px}.tile{display:inline-block;margin:3px;width:170px}
-.tile img{width:160px;border:1px solid #999}.noimg{width:160px;height:60px;background:#eee}
-.tile.diverged{background:#fff0d0}.tile.failed{background:#ffe0e0}
-.err{color:#a00;font-size:11px;word-break:break-word}
-tr.failed{background:#ffe0e0}tr.diverged{background:#fff0d0}
-.curves figure{display:inline-block;margin:4px}
-"""
+def _job_line(r: dict[str, Any], grid_cols: Sequence[str]) -> dict[str, Any]:
+    return {
+        "job_id": r["job_id"],
+        "name": _fmt(r.get("job_name")),
+        "row": r.get("row"),
+        "content": _fmt(r.get("content_uri"), "content_uri"),
+        "style": _fmt(r.get("style_uris"), "style_uris"),
+        "grid": [_fmt(r.get(a), a) for a in grid_cols],
+        "status": r["status"],
+        "missing": bool(r.get("outputs_missing")),
+        "seconds": _fmt(r.get("seconds")),
+        "final_total": _fmt(r.get("final_total")),
+        "diverged_at": _fmt(r.get("diverged_at")),
+        "error": str(r.get("error") or ""),
+    }
+
+
+TEMPLATES = Environment(
+    loader=PackageLoader("pipeline", "templates"), autoescape=select_autoescape(["html"])
+)
+
+
+def _choose_axes(
+    results: list[dict[str, Any]], axes: list[str], rows: str | None, cols: str | None
+) -> tuple[str | None, str | None]:
+    """The contact sheet's axes: as asked, else the grid axes the user varied, then inputs."""
+    for name, chosen in (("--rows", rows), ("--cols", cols)):
+        if chosen and chosen != "none" and chosen not in {k for r in results for k in r}:
+            raise NstError(
+                f"{name} {chosen!r} is not a result column; axes that vary: "
+                f"{', '.join(axes) or 'none'}"
+            )
+    free = [a for a in reversed(axes) if a not in (rows, cols)]
+    free.sort(key=lambda a: a in ("content_uri", "style_uris"))
+    row_axis = rows or (free.pop(0) if free else None)
+    col_axis = cols or (free.pop(0) if free else None)
+    return (None if row_axis == "none" else row_axis), (None if col_axis == "none" else col_axis)
+
+
+def _timing(results: list[dict[str, Any]]) -> str:
+    secs = [r["seconds"] for r in results if r.get("seconds") is not None]
+    if not secs:
+        return ""
+    return (
+        f"durations: total {sum(secs):.1f}s, mean {statistics.mean(secs):.2f}s, "
+        f"max {max(secs):.2f}s"
+    )
+
+
+def render(out: str, results: list[dict[str, Any]], total: int, so: dict[str, Any] | None,
+           rows: str | None, cols: str | None) -> str:  # fmt: skip
+    """The page: data gathered here, markup in templates/report.html (autoescaped)."""
+    axes = varying_axes(results)
+    row_axis, col_axis = _choose_axes(results, axes, rows, cols)
+    thumbs = {r["job_id"]: thumbnail(r["image_uri"], so) for r in results if r.get("image_uri")}
+    curves = [
+        (r["job_id"], loss_curve(r["trace_uri"], so, f"{r['job_id'][:8]} {r['status']}"))
+        for r in results
+        if r.get("trace_uri")
+    ]
+    counts = _counts(results, total)
+    grid_cols = [a for a in reversed(axes) if a not in ("content_uri", "style_uris")]
+    return TEMPLATES.get_template("report.html").render(
+        out=out,
+        shown_jobs=len(results),
+        total=total,
+        summary=", ".join(f"{k}: {v}" for k, v in sorted(counts.items()) if v),
+        timing=_timing(results),
+        sheet=_sheet(results, row_axis, col_axis, thumbs),
+        also_varying=", ".join(a for a in axes if a not in (row_axis, col_axis)),
+        grid_cols=grid_cols,
+        jobs=[_job_line(r, grid_cols) for r in results],
+        curves=[(j, u) for j, u in curves if u],
+    )
+
+
+def _counts(results: list[dict[str, Any]], total: int) -> Counter[str]:
+    counts = Counter(r["status"] for r in results)
+    counts[Status.PENDING.value] = total - len(results)
+    return counts
 
 
 def write_report(
     out: str,
-    so: dict | None = None,
+    so: dict[str, Any] | None = None,
     rows: str | None = None,
     cols: str | None = None,
     console: Console | None = None,
@@ -204,80 +293,24 @@ def write_report(
     if not results:
         raise NstError(f"{out}: no results to report (run `nst run` first)")
     results.sort(key=lambda r: (r.get("row") or 0, r["job_id"]))
-    axes = varying_axes(results)
-    for name, chosen in (("--rows", rows), ("--cols", cols)):
-        if chosen and chosen != "none" and chosen not in {k for r in results for k in r}:
-            raise NstError(
-                f"{name} {chosen!r} is not a result column; axes that vary: "
-                f"{', '.join(axes) or 'none'}"
-            )
-    # the grid axes the user varied first, then the inputs
-    free = [a for a in reversed(axes) if a not in (rows, cols)]
-    free.sort(key=lambda a: a in ("content_uri", "style_uris"))
-    row_axis = rows or (free.pop(0) if free else None)
-    col_axis = cols or (free.pop(0) if free else None)
-    row_axis, col_axis = (None if a == "none" else a for a in (row_axis, col_axis))
-    shown = [a for a in axes if a not in (row_axis, col_axis)]
-    thumbs = {r["job_id"]: thumbnail(r["image_uri"], so) for r in results if r.get("image_uri")}
-    curves = {
-        r["job_id"]: loss_curve(r["trace_uri"], so, f"{r['job_id'][:8]} {r['status']}")
-        for r in results
-        if r.get("trace_uri")
-    }
-    counts = Counter(r["status"] for r in results)
-    counts[Status.PENDING.value] = total - len(results)
-    secs = [r["seconds"] for r in results if r.get("seconds") is not None]
-    summary = ", ".join(f"{escape(k)}: {v}" for k, v in sorted(counts.items()) if v)
-    timing = (
-        f"durations: total {sum(secs):.1f}s, mean {statistics.mean(secs):.2f}s, "
-        f"max {max(secs):.2f}s"
-        if secs
-        else ""
-    )
-    grid_cols = [a for a in reversed(axes) if a not in ("content_uri", "style_uris")]
-    job_rows = "".join(
-        f'<tr class="{escape(r["status"])}" id="job-{escape(r["job_id"])}">'
-        f"<td>{escape(r['job_id'])}</td><td>{_fmt(r.get('job_name'))}</td><td>{r.get('row')}</td>"
-        f"<td>{_fmt(r.get('content_uri'), 'content_uri')}</td>"
-        f"<td>{_fmt(r.get('style_uris'), 'style_uris')}</td>"
-        + "".join(f"<td>{_fmt(r.get(a), a)}</td>" for a in grid_cols)
-        + f"<td>{escape(r['status'])}{' (output missing)' if r.get('outputs_missing') else ''}"
-        f"</td><td>{_fmt(r.get('seconds'))}</td>"
-        f"<td>{_fmt(r.get('final_total'))}</td><td>{_fmt(r.get('diverged_at'))}</td>"
-        f'<td class="err">{escape(str(r.get("error") or ""))}</td></tr>'
-        for r in results
-    )
-    grid_head = "".join(f"<th>{escape(a)}</th>" for a in grid_cols)
-    curve_html = "".join(
-        f'<figure><img src="{u}" alt="loss curve {escape(j)}"></figure>'
-        for j, u in curves.items()
-        if u
-    )
-    page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
-<title>nst report: {escape(out)}</title><style>{CSS}</style></head><body>
-<h1>nst report</h1><p>{escape(out)} · {len(results)} of {total} jobs · {summary} · {timing}</p>
-<h2>Contact sheet</h2><p>rows: {escape(row_axis or "—")} · columns: {escape(col_axis or "—")}
-· also varying: {escape(", ".join(shown) or "nothing")}</p>
-{_sheet(results, row_axis, col_axis, thumbs)}
-<h2>Jobs</h2><table id="jobs"><thead><tr><th>job</th><th>name</th><th>row</th><th>content</th>
-<th>style</th>{grid_head}<th>status</th>
-<th>seconds</th><th>final total</th><th>diverged at</th><th>error</th></tr></thead>
-<tbody>{job_rows}</tbody></table>
-<h2>Loss curves (log scale)</h2><div class="curves">{curve_html}</div>
-</body></html>"""
-    store.put("report.html", page.encode())
+    store.put("report.html", render(out, results, total, so, rows, cols).encode())
     if console is not None:
-        t = Table(title=f"{out}: {len(results)} of {total} jobs")
-        for col in ("status", "jobs", "mean seconds", "best final total"):
-            t.add_column(col)
-        for status in sorted(counts, key=lambda s: (s not in STATUS_ORDER, s)):
-            group = [r for r in results if r["status"] == status]
-            if not counts[status]:
-                continue
-            mean = statistics.mean(r["seconds"] for r in group) if group else None
-            best = min(
-                (r["final_total"] for r in group if r.get("final_total") is not None), default=None
-            )
-            t.add_row(status, str(counts[status]), _fmt(mean), _fmt(best))
-        console.print(t)
+        console.print(_summary_table(out, results, total))
     return store.url("report.html")
+
+
+def _summary_table(out: str, results: list[dict[str, Any]], total: int) -> Table:
+    counts = _counts(results, total)
+    t = Table(title=f"{out}: {len(results)} of {total} jobs")
+    for col in ("status", "jobs", "mean seconds", "best final total"):
+        t.add_column(col)
+    for status in sorted(counts, key=lambda s: (s not in STATUS_ORDER, s)):
+        group = [r for r in results if r["status"] == status]
+        if not counts[status]:
+            continue
+        mean = statistics.mean(r["seconds"] for r in group) if group else None
+        best = min(
+            (r["final_total"] for r in group if r.get("final_total") is not None), default=None
+        )
+        t.add_row(status, str(counts[status]), _fmt(mean), _fmt(best))
+    return t

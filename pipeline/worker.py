@@ -20,7 +20,7 @@ import torch
 
 from nst_ops.layers import deepest
 from nst_ops.optim import Outcome
-from nst_ops.transfer import batch_key, batchable, output_hw, stylize_batch
+from nst_ops.transfer import InputKeys, batch_key, batchable, output_hw, stylize_batch
 from nst_ops.vgg import VGGFeatures
 from nst_ops.vocab import Status
 
@@ -107,6 +107,42 @@ def run_job(
     return run_group([job], opts, device, placement)[0]
 
 
+Ready = tuple[Job, torch.Tensor | None, list[torch.Tensor]]
+
+
+class _Inputs:
+    """Each input read and decoded once per task, with its fingerprint taken before reading."""
+
+    def __init__(self, opts: RunOptions):
+        self.opts = opts
+        self.decoded: dict[str, torch.Tensor] = {}
+        self.prints: dict[str, str | None] = {}
+
+    def image(self, uri: str) -> torch.Tensor:
+        if uri not in self.decoded:
+            self.prints[uri] = storage.fingerprint_of(uri, self.opts.storage_options)
+            self.decoded[uri] = read_image(uri, self.opts)
+        return self.decoded[uri]
+
+    def of(self, job: Job) -> Ready:
+        uri = job.content_uri
+        content = self.image(uri) if uri and job.spec.uses_content else None
+        return job, content, [self.image(u) for u in job.style_uris]
+
+    def record(self, job: Job) -> dict[str, Any]:
+        uris = [u for u in (job.content_uri, *job.style_uris) if u and self.prints.get(u)]
+        return {"inputs": [{"uri": u, "fingerprint": self.prints[u]} for u in uris]}
+
+    def cache_keys(self, job: Job) -> InputKeys:
+        """Targets are cached by URI *and* fingerprint: new bytes at a URI are new targets."""
+
+        def key(uri: str | None) -> tuple[str, str] | None:
+            fp = self.prints.get(uri) if uri else None
+            return (uri, fp) if uri and fp else None
+
+        return key(job.content_uri), [key(u) for u in job.style_uris]
+
+
 def run_group(
     jobs: Sequence[Job],
     opts: RunOptions,
@@ -126,60 +162,45 @@ def run_group(
     store = storage.Store(opts.out, opts.storage_options, opts.storage_attempts)
     extra = {"device": str(device), "host": platform.node(), **(placement or {})}
     rows: dict[str, dict[str, Any]] = {}
-    ready: list[tuple[Job, torch.Tensor | None, list[torch.Tensor]]] = []
-    decoded: dict[str, torch.Tensor] = {}
-    prints: dict[str, str | None] = {}
-
-    def image(uri: str) -> torch.Tensor:
-        if uri not in decoded:
-            prints[uri] = storage.fingerprint_of(uri, opts.storage_options)  # before reading
-            decoded[uri] = read_image(uri, opts)
-        return decoded[uri]
-
-    def inputs(job: Job) -> dict[str, Any]:
-        uris = [u for u in (job.content_uri, *job.style_uris) if u and prints.get(u)]
-        return {"inputs": [{"uri": u, "fingerprint": prints[u]} for u in uris]}
-
-    def cache_key(uri: str | None) -> tuple[str, str] | None:
-        fp = prints.get(uri) if uri else None
-        return (uri, fp) if uri and fp else None
-
+    ready: list[Ready] = []
+    inputs = _Inputs(opts)
     for job in jobs:
         try:
-            content = image(job.content_uri) if job.content_uri and job.spec.uses_content else None
-            styles = [image(u) for u in job.style_uris]
-            ready.append((job, content, styles))
+            ready.append(inputs.of(job))
         except Exception as e:  # noqa: BLE001  (recorded on the job, never fatal to the run)
-            info = {**extra, **inputs(job), **_fail(e)}
+            info = {**extra, **inputs.record(job), **_fail(e)}
             rows[job.id] = _finish(job, None, info, started, store)
     for batch in _batches(ready, batch_size):
-        t0 = time.time()
-        try:
-            net = extractor_for(batch[0][0], device)
-            # cache targets by URI *and* fingerprint: replaced bytes at a URI are new targets
-            keys = [
-                (cache_key(j.content_uri), [cache_key(u) for u in j.style_uris])
-                for j, _, _ in batch
-            ]
-            outcomes = stylize_batch(
-                [j.spec for j, _, _ in batch],
-                net,
-                [c for _, c, _ in batch],
-                [s for _, _, s in batch],
-                _TARGETS,
-                keys,
-            )
-        except Exception as e:  # noqa: BLE001
-            for job, _, _ in batch:
-                rows[job.id] = _finish(job, None, {**extra, **inputs(job), **_fail(e)}, t0, store)
-            continue
-        for (job, _, _), outcome in zip(batch, outcomes, strict=True):
-            info = {**extra, **inputs(job), "batch_size": len(batch)}
-            rows[job.id] = _finish(job, outcome, info, t0, store)
+        rows.update(_run_batch(batch, device, inputs, extra, store))
     return [rows[j.id] for j in jobs]
 
 
-Ready = tuple[Job, torch.Tensor | None, list[torch.Tensor]]
+def _run_batch(
+    batch: list[Ready],
+    device: torch.device,
+    inputs: _Inputs,
+    extra: dict[str, Any],
+    store: storage.Store,
+) -> dict[str, dict[str, Any]]:
+    """Optimise one batch and commit each of its jobs; an unexpected error fails the batch."""
+    t0 = time.time()
+    jobs = [j for j, _, _ in batch]
+    try:
+        outcomes = stylize_batch(
+            [j.spec for j in jobs],
+            extractor_for(jobs[0], device),
+            [c for _, c, _ in batch],
+            [s for _, _, s in batch],
+            _TARGETS,
+            [inputs.cache_keys(j) for j in jobs],
+        )
+    except Exception as e:  # noqa: BLE001
+        return {j.id: _finish(j, None, {**extra, **inputs.record(j), **_fail(e)}, t0, store)
+                for j in jobs}  # fmt: skip
+    return {
+        j.id: _finish(j, o, {**extra, **inputs.record(j), "batch_size": len(batch)}, t0, store)
+        for j, o in zip(jobs, outcomes, strict=True)
+    }
 
 
 def _batches(ready: list[Ready], batch_size: int) -> Iterator[list[Ready]]:

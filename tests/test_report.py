@@ -69,7 +69,8 @@ def test_report_lays_out_the_varying_axes_and_escapes_user_strings(run_dir):
     assert "<script>alert(1)</script>" not in html and "&lt;script&gt;" in html
     assert "rows: " in html and "optimizer" in html
     assert html.count('<tr class="') == 6  # one table row per job
-    assert "diverged" in html and "input not found" in html
+    assert '<figure class="tile diverged">' in html  # the diverged job's tile, not the CSS
+    assert '<tr class="diverged"' in html and "input not found" in html
     assert "ok" in res.output and "diverged" in res.output  # terminal summary
 
 

@@ -100,8 +100,24 @@ def test_non_finite_loss_stops_the_run_at_that_iteration():
 
 
 def test_strong_wolfe_line_search_option_runs(net, content, style):
-    out = stylize(spec(line_search=True), net, content, [style])
-    assert out.status == "ok" and out.final["total"] < out.trace[0]["total"]
+    """The option is used: a strong-Wolfe search evaluates the loss more often per step."""
+    evaluations = {}
+    original = net.features_at
+    for search in (False, True):
+        calls = []
+
+        def spy(x, layers, calls=calls):
+            calls.append(1)
+            return original(x, layers)
+
+        net.features_at = spy
+        try:
+            out = stylize(spec(line_search=search), net, content, [style])
+        finally:
+            del net.features_at
+        assert out.status == "ok" and out.final["total"] < out.trace[0]["total"]
+        evaluations[search] = len(calls)
+    assert evaluations[True] > evaluations[False]
 
 
 def test_avg_pooling_changes_the_result(content, style):
@@ -129,7 +145,22 @@ def test_blended_styles_differ_from_each_style_alone(net, content, style):
 
 
 def test_own_style_scale_keeps_the_style_shape_and_runs(net, content, style):
-    out = stylize(spec(style_scale="own", iterations=3), net, content, [style])
+    """The style (30x30) is not resized to the output's 24x32: it keeps its own aspect at the
+    job's size (32x32), its Grams come from that shape (per-layer rescaling is checked by hand
+    in test_study.py), and the run converges."""
+    calls = []
+    original = net.features_at
+
+    def spy(x, layers):
+        calls.append(tuple(x.shape[-2:]))
+        return original(x, layers)
+
+    net.features_at = spy
+    try:
+        out = stylize(spec(style_scale="own", iterations=3), net, content, [style])
+    finally:
+        del net.features_at
+    assert (32, 32) in calls and out.image.shape == (3, 24, 32)
     assert out.status == "ok" and out.final["total"] < out.trace[0]["total"]
 
 
