@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from .layers import BACKBONE_CFG, check_layers
+from .layers import BACKBONE_CFG, POOLINGS, check_layers
 from .optimizers import OPTIMIZERS
 from .presets import PresetError, apply_preset
 from .vocab import Mode
@@ -17,8 +17,6 @@ STYLE_SCALES = ("content", "own")
 GATYS_STYLE_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
 MIN_SIZE, MAX_SIZE = 16, 4096
 
-
-POOLINGS = ("max", "avg")
 
 # One line per parameter, shown by `nst params` (a test checks every field has one).
 PARAM_HELP: dict[str, str] = {
@@ -234,6 +232,18 @@ class JobSpec:
     @property
     def uses_style(self) -> bool:
         return Mode(self.mode).uses_style
+
+    @property
+    def needs_content(self) -> bool:
+        """A content image is read (content loss, or the start image)."""
+        return self.uses_content
+
+    @property
+    def batchable(self) -> bool:
+        """Several such jobs may share one forward/backward: an elementwise optimizer at one
+        resolution (in a multi-resolution schedule one diverging image would stop its
+        batch-mates at a lower level)."""
+        return OPTIMIZERS[self.optimizer].batchable and self.multires == 1
 
     @property
     def needs_style_image(self) -> bool:

@@ -20,7 +20,6 @@ from torch import Tensor
 from . import losses
 from .layers import feature_hw, sweep_layer_sets  # noqa: F401  (sweep: re-exported)
 from .optim import LOOP_FIELDS, Outcome, Terms, optimize
-from .optimizers import OPTIMIZERS
 from .spec import JobSpec
 from .vgg import VGGFeatures
 from .vocab import Mode, Status
@@ -273,9 +272,8 @@ BATCH_FIELDS = (
 
 
 def batchable(spec: JobSpec) -> bool:
-    """Adam/SGD at one resolution: L-BFGS couples its parameters, and in a multi-resolution
-    schedule one diverging image would stop its batch-mates at a lower level."""
-    return OPTIMIZERS[spec.optimizer].batchable and spec.multires == 1
+    """See ``JobSpec.batchable``."""
+    return spec.batchable
 
 
 def batch_key(spec: JobSpec) -> tuple[Any, ...]:

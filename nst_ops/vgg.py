@@ -17,6 +17,7 @@ from torchvision.models.vgg import make_layers
 from .layers import (  # noqa: F401  (re-exported: the network's names live with it)
     BACKBONE_CFG,
     CFGS,
+    POOLINGS,
     WeightsError,
     check_layers,
     deepest,
@@ -52,8 +53,8 @@ class VGGFeatures(nn.Module):
         layers = tuple(dict.fromkeys(layers))
         if not layers:
             raise ValueError("at least one layer is required")
-        if pooling not in ("max", "avg"):
-            raise ValueError(f"unknown pooling {pooling!r}; choose 'max' or 'avg'")
+        if pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
         check_layers(backbone, layers)
         self.backbone, self.pooling, self.layers, self.amp = backbone, pooling, layers, amp
         names = layer_names(backbone)

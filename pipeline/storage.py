@@ -37,7 +37,12 @@ def join(root: str, *parts: str) -> str:
     return "/".join([root.rstrip("/"), *parts])
 
 
-def with_retries(fn: Callable[[], T], what: str, attempts: int = 4, base_delay: float = 0.2) -> T:
+DEFAULT_ATTEMPTS = 4  # tries per storage operation (transient errors only), with backoff
+
+
+def with_retries(
+    fn: Callable[[], T], what: str, attempts: int = DEFAULT_ATTEMPTS, base_delay: float = 0.2
+) -> T:
     """Retry transient storage errors with exponential backoff and jitter."""
     for attempt in range(1, attempts + 1):
         try:
@@ -54,7 +59,12 @@ def with_retries(fn: Callable[[], T], what: str, attempts: int = 4, base_delay: 
 class Store:
     """One output root on one filesystem."""
 
-    def __init__(self, out: str, storage_options: dict | None = None, attempts: int = 4):
+    def __init__(
+        self,
+        out: str,
+        storage_options: dict[str, Any] | None = None,
+        attempts: int = DEFAULT_ATTEMPTS,
+    ):
         self.fs, self.root = filesystem(out, storage_options)
         self.attempts = attempts
 
@@ -151,6 +161,8 @@ def fingerprint_of(uri: str, storage_options: dict | None = None) -> str | None:
         return None
 
 
-def read_bytes(uri: str, storage_options: dict | None = None, attempts: int = 4) -> bytes:
+def read_bytes(
+    uri: str, storage_options: dict[str, Any] | None = None, attempts: int = DEFAULT_ATTEMPTS
+) -> bytes:
     fs, path = filesystem(uri, storage_options)
     return with_retries(lambda: fs.cat_file(path), f"reading {uri}", attempts)

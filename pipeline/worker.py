@@ -39,7 +39,7 @@ class RunOptions:
 
     out: str
     max_pixels: int = images.DEFAULT_MAX_PIXELS
-    storage_attempts: int = 4
+    storage_attempts: int = storage.DEFAULT_ATTEMPTS
     storage_options: dict | None = None  # credentials live here: never written anywhere
 
 

@@ -20,6 +20,22 @@ TINY = {
 }
 
 
+def job_spec(**overrides):
+    """A small, fast JobSpec on seeded random weights (conv layers up to conv3_1)."""
+    from nst_ops.spec import JobSpec
+
+    base = dict(
+        weights="random:0",
+        content_layers=("relu2_2",),
+        style_layers=("conv1_1", "conv2_1", "conv3_1"),
+        size=32,
+        iterations=8,
+        log_every=1,
+        style_weight=1e3,
+    )
+    return JobSpec(**{**base, **overrides})
+
+
 def png_bytes(w: int = 20, h: int = 16, seed: int = 0, mode: str = "RGB") -> bytes:
     rng = np.random.default_rng(seed)
     img = Image.fromarray((rng.random((h, w, 3)) * 255).astype("uint8"), "RGB")
@@ -47,14 +63,19 @@ def table(rows: list[dict], **common) -> pa.Table:
     return pa.Table.from_pylist([{k: r.get(k) for k in keys} for r in full])
 
 
-def run_manifest(tmp_path: Path, rows: list[dict], *args: str, **common):
-    """Write ``rows`` as a manifest and `nst run` it into tmp_path/o; returns (result, out)."""
-    import pyarrow.parquet as pq
+def nst(*args: str, env: dict | None = None):
+    """`nst ARGS` in-process (the CLI as a user runs it), exceptions not swallowed."""
     from typer.testing import CliRunner
 
     from pipeline.cli import app
 
+    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False, env=env)
+
+
+def run_manifest(tmp_path: Path, rows: list[dict], *args: str, **common):
+    """Write ``rows`` as a manifest and `nst run` it into tmp_path/o; returns (result, out)."""
+    import pyarrow.parquet as pq
+
     pq.write_table(table(rows, **common), tmp_path / "m.parquet")
     out = tmp_path / "o"
-    cmd = ["run", str(tmp_path / "m.parquet"), "--out", str(out), "--no-progress", *args]
-    return CliRunner().invoke(app, cmd, catch_exceptions=False), out
+    return nst("run", tmp_path / "m.parquet", "--out", out, "--no-progress", *args), out

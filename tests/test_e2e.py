@@ -7,17 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 import s3fs
 from conftest import start_ray
-from helpers import png_bytes, table, write_images
-from typer.testing import CliRunner
-
-from pipeline.cli import app
-
-runner = CliRunner()
-
-
-def nst(*args: str):
-    result = runner.invoke(app, list(args), catch_exceptions=False)
-    return result
+from helpers import nst, png_bytes, table, write_images
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ import dataclasses
 
 import pytest
 import torch
+from helpers import job_spec
 
 from nst_ops import optimizers
 from nst_ops.spec import JobSpec
@@ -24,16 +25,7 @@ def images(n, seed):
 
 
 def spec(**kw):
-    base = dict(
-        weights="random:0",
-        content_layers=("relu2_1",),
-        style_layers=LAYERS,
-        size=20,
-        iterations=5,
-        log_every=1,
-        style_weight=1e3,
-    )
-    return JobSpec(**{**base, **kw})
+    return job_spec(content_layers=("relu2_1",), style_layers=LAYERS, size=20, iterations=5, **kw)
 
 
 def test_an_optimizer_added_as_one_entry_runs_and_batches(net, monkeypatch):

@@ -13,17 +13,13 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 import torch
-from helpers import png_bytes, run_manifest, table, write_images
+from helpers import nst, png_bytes, run_manifest, table, write_images
 from PIL import Image
-from typer.testing import CliRunner
 
 from nst_ops.vgg import VGGFeatures
-from pipeline.cli import app
 from pipeline.execute import Resources, run_jobs
 from pipeline.grid import expand
 from pipeline.worker import RunOptions
-
-runner = CliRunner()
 
 
 def kill_first_running_task(killed: list, stop: threading.Event) -> None:
@@ -189,18 +185,7 @@ def test_bad_input_catalogue_fails_each_job_alone_with_a_clear_message(ray_cpu, 
         },
     ]
     pq.write_table(table(rows, optimizer="adam"), d / "m.parquet")
-    res = runner.invoke(
-        app,
-        [
-            "run",
-            str(d / "m.parquet"),
-            "--out",
-            str(d / "out"),
-            "--no-progress",
-            "--max-pixels",
-            "100000",
-        ],
-    )
+    res = nst("run", d / "m.parquet", "--out", d / "out", "--no-progress", "--max-pixels", "100000")
     assert res.exit_code == 0, res.output
     by_name = {r["job_name"]: r for r in pq.read_table(d / "out" / "results.parquet").to_pylist()}
     for n in ok_inputs:

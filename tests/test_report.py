@@ -6,13 +6,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import table, write_images
-from typer.testing import CliRunner
+from helpers import nst, table, write_images
 
-from pipeline.cli import app
 from pipeline.report import varying_axes
 
-runner = CliRunner()
 ARTIFACTS = Path(os.environ.get("NST_ARTIFACTS", Path(__file__).parent.parent / "test-artifacts"))
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -55,15 +52,13 @@ def run_dir(tmp_path_factory):
         }
     )
     pq.write_table(table(rows), d / "m.parquet")
-    res = runner.invoke(
-        app, ["run", str(d / "m.parquet"), "--out", str(d / "out"), "--no-progress"]
-    )
+    res = nst("run", str(d / "m.parquet"), "--out", str(d / "out"), "--no-progress")
     assert res.exit_code == 0, res.output
     return d / "out"
 
 
 def test_report_lays_out_the_varying_axes_and_escapes_user_strings(run_dir):
-    res = runner.invoke(app, ["report", str(run_dir)])
+    res = nst("report", str(run_dir))
     assert res.exit_code == 0, res.output
     html = (run_dir / "report.html").read_text()
     assert "<script>alert(1)</script>" not in html and "&lt;script&gt;" in html
@@ -75,13 +70,11 @@ def test_report_lays_out_the_varying_axes_and_escapes_user_strings(run_dir):
 
 
 def test_report_axes_can_be_chosen_and_bad_choices_are_named(run_dir):
-    ok = runner.invoke(
-        app, ["report", str(run_dir), "--rows", "content_uri", "--cols", "optimizer"]
-    )
+    ok = nst("report", str(run_dir), "--rows", "content_uri", "--cols", "optimizer")
     assert ok.exit_code == 0
     html = (run_dir / "report.html").read_text()
     assert "rows: content_uri · columns: optimizer" in html
-    bad = runner.invoke(app, ["report", str(run_dir), "--rows", "colour"])
+    bad = nst("report", str(run_dir), "--rows", "colour")
     assert bad.exit_code == 1 and "'colour' is not a result column" in bad.output
 
 
@@ -99,7 +92,7 @@ def test_varying_axes_ignores_constant_parameters():
 def test_report_loads_in_headless_chromium_with_every_image_and_no_console_errors(run_dir):
     from playwright.sync_api import sync_playwright
 
-    assert runner.invoke(app, ["report", str(run_dir)]).exit_code == 0
+    assert nst("report", str(run_dir)).exit_code == 0
     errors: list[str] = []
     with sync_playwright() as p:
         browser = p.chromium.launch(

@@ -4,8 +4,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from helpers import write_images
-from typer.testing import CliRunner
+from helpers import nst, write_images
 
 from nst_ops import losses
 from nst_ops.optim import Divergence
@@ -13,7 +12,6 @@ from nst_ops.presets import STUDY
 from nst_ops.spec import JobSpec, SpecError
 from nst_ops.transfer import compute_targets, fit_longer_side, resize
 from nst_ops.vgg import VGGFeatures, feature_hw
-from pipeline.cli import app
 from pipeline.grid import expand
 
 # Seed lines 94-103: the +3-layers run's style loss every 100 iterations. It jumps 123x at 400
@@ -96,7 +94,7 @@ def test_nst_transfer_runs_the_study_preset(tmp_path):
     sets = ["weights=random:0", "size=32", "iterations=3", "content_layers=conv2_2"]
     sets += ["style_layers=conv1_1,conv2_1"]
     args = ["transfer", c, s, str(dest), "--preset", "study"]
-    res = CliRunner().invoke(app, args + [a for x in sets for a in ("--set", x)])
+    res = nst(*args, *[a for x in sets for a in ("--set", x)])
     assert res.exit_code == 0, res.output
     assert dest.exists() and "after 3 iterations" in res.output
 
@@ -106,10 +104,10 @@ def test_make_manifest_writes_the_preset_column(tmp_path):
     dest = tmp_path / "m.parquet"
     args = ["make-manifest", str(dest), "--content", str(tmp_path / "c")]
     args += ["--style", str(tmp_path / "s"), "--preset", "study"]
-    res = CliRunner().invoke(app, args)
+    res = nst(*args)
     assert res.exit_code == 0, res.output
     assert pq.read_table(dest).column("preset").to_pylist() == ["study"]
-    bad = CliRunner().invoke(app, [*args[:-1], "nope"])
+    bad = nst(*args[:-1], "nope")
     assert bad.exit_code == 1 and "unknown preset 'nope'" in bad.output
 
 

@@ -4,6 +4,7 @@ import dataclasses
 
 import pytest
 import torch
+from helpers import job_spec
 
 from nst_ops.optim import Terms, optimize
 from nst_ops.spec import JobSpec
@@ -19,16 +20,7 @@ def net() -> VGGFeatures:
 
 
 def spec(**kw) -> JobSpec:
-    base = dict(
-        weights="random:0",
-        content_layers=("relu2_2",),
-        style_layers=LAYERS,
-        size=32,
-        iterations=8,
-        log_every=1,
-        style_weight=1e3,
-    )
-    return JobSpec(**{**base, **kw})
+    return job_spec(style_layers=LAYERS, **kw)
 
 
 def inputs(mode, content, style):

@@ -14,18 +14,13 @@ import pyarrow.parquet as pq
 import pytest
 import s3fs
 import torch
-from helpers import png_bytes, run_manifest, table, write_images
-from typer.testing import CliRunner
+from helpers import nst, png_bytes, run_manifest, table, write_images
 
 from pipeline import lease, storage
-from pipeline.cli import QUICK_START, app
+from pipeline.cli import QUICK_START
 from pipeline.manifest import read_manifest
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def nst(*args: str):
-    return CliRunner().invoke(app, list(args), catch_exceptions=False)
 
 
 def one_job(tmp_path, **common):
@@ -281,7 +276,7 @@ def test_nst_params_lists_every_parameter_with_its_meaning():
     from nst_ops.spec import PARAM_HELP, JobSpec
 
     assert set(PARAM_HELP) == set(JobSpec.field_names())
-    res = CliRunner().invoke(app, ["params"], env={"COLUMNS": "200"})
+    res = nst("params", env={"COLUMNS": "200"})
     assert res.exit_code == 0
     for name in JobSpec.field_names():
         assert name in res.output
@@ -293,7 +288,7 @@ def test_nst_params_lists_every_parameter_with_its_meaning():
                 ["report"], ["params"]]
 )  # fmt: skip
 def test_every_help_text_renders_its_brackets(command):
-    res = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
+    res = nst(*command, "--help", env={"COLUMNS": "200"})
     assert res.exit_code == 0
     if command == ["make-manifest"]:
         assert "NAME: value or [values]" in res.output
