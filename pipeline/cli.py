@@ -366,7 +366,17 @@ def run(
     address: Annotated[
         str | None, typer.Option(help="Ray cluster: 'auto' or ray://host:10001. Default: embedded.")
     ] = None,
-    gpus_per_job: Annotated[float, typer.Option(help="GPUs per task; fractions pack jobs.")] = 1.0,
+    gpus_per_job: Annotated[
+        float | None,
+        typer.Option(
+            help="GPUs per task; fractions pack jobs; 0 for CPU only. Default: 1 with --address "
+            "(asked for even before a GPU node is up, so an autoscaler starts one), else 1 if "
+            "this machine has a GPU."
+        ),
+    ] = None,
+    gpu_wait: Annotated[
+        float, typer.Option(help="Seconds to wait for a GPU to join before giving up (exit 5).")
+    ] = 600.0,
     cpus_per_job: Annotated[float, typer.Option(help="CPUs per task.")] = 1.0,
     batch_size: Annotated[
         int, typer.Option(help="Compatible Adam/SGD jobs optimised together in one task.")
@@ -391,7 +401,8 @@ def run(
 
     Jobs already committed under --out are skipped (resume) unless their inputs changed or their
     outputs are gone; Ctrl-C stops cleanly. Exit codes: 0 done, 1 error, 3 a job failed or
-    diverged (with --strict), 4 another live run holds --out, 130 interrupted.
+    diverged (with --strict), 4 another live run holds --out, 5 GPUs asked for never came
+    (--gpu-wait), 130 interrupted.
 
     Example: nst run manifests/demo.parquet --out results/demo
     """
@@ -405,10 +416,13 @@ def run(
     with lease.held(store):
         plan = make_plan(jobs, store, force, retry_failed, so)
         console.print(f"plan: {_plan_line(plan, len(jobs))}", highlight=False)
+        opts = RunOptions(out=out, max_pixels=max_pixels, storage_options=so)
+        res = Resources(
+            gpus_per_job, cpus_per_job, max_retries, None, batch_size, bool(address), gpu_wait
+        )
         if plan.todo:
             init_ray(address, num_cpus, quiet=not _DEBUG["on"])
-        opts = RunOptions(out=out, max_pixels=max_pixels, storage_options=so)
-        res = Resources(gpus_per_job, cpus_per_job, max_retries, batch_size=batch_size)
+            _say_where(res)
         summary = run_jobs(jobs, opts, res, progress=progress, plan=plan)
     code = _report_run(summary, out, strict)
     if summary_json:
@@ -434,7 +448,18 @@ def _report_run(summary: Summary, out: str, strict: bool) -> int:
     if summary.interrupted:
         console.print("[yellow]interrupted:[/] completed jobs are kept; run again to resume")
         return 130
+    if summary.error:
+        console.print(f"[bold red]error:[/] {escape(summary.error)}", highlight=False)
+        return 5
     return 3 if strict and any(counts.get(s) for s in BAD_STATUSES) else 0
+
+
+def _say_where(res: Any) -> None:
+    """One line when the embedded default falls back to the CPU."""
+    from .execute import gpus_per_task
+
+    if not res.on_cluster and res.gpus_per_job is None and gpus_per_task(res) == 0:
+        console.print("no GPU on this machine: jobs run on the CPU", highlight=False)
 
 
 def _run_root(out: str, so: dict | None) -> storage.Store:

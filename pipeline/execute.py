@@ -32,16 +32,27 @@ from .plan import Plan, make_plan
 from .results import JOBS, RESULTS
 from .worker import RunOptions, run_group
 
+DEFAULT_MAX_IN_FLIGHT = 2048  # tasks submitted ahead: the autoscaler sees the real demand
+
 
 @dataclass(frozen=True)
 class Resources:
-    """What each task asks Ray for. ``gpus_per_job`` may be fractional to pack small jobs."""
+    """What each task asks Ray for. ``gpus_per_job`` may be fractional to pack small jobs;
+    None is the default rule: on a cluster (``on_cluster``) 1 GPU per task, whether or not a
+    GPU is up yet (an autoscaler starts GPU nodes only for demand it sees); embedded, 1 GPU if
+    this machine has one, else CPU."""
 
-    gpus_per_job: float = 1.0
+    gpus_per_job: float | None = None
     cpus_per_job: float = 1.0
     max_retries: int = 3
-    max_in_flight: int | None = None
+    max_in_flight: int | None = None  # default DEFAULT_MAX_IN_FLIGHT, never the cluster's size
     batch_size: int = 8  # compatible Adam/SGD jobs per task, optimised as one batch
+    on_cluster: bool = False
+    gpu_wait_s: float = 600.0  # give up when GPUs are asked for and none appears for this long
+
+
+class GpuWaitExpired(RuntimeError):
+    """GPUs were asked for and none joined the cluster in time."""
 
 
 @dataclass
@@ -52,6 +63,7 @@ class Summary:
     rows: list[dict[str, Any]]
     interrupted: bool = False
     plan: Plan | None = None
+    error: str | None = None  # why the run stopped early (e.g. no GPU ever came)
 
 
 def init_ray(
@@ -83,7 +95,10 @@ def _task(jobs: list[Job], opts: RunOptions, batch_size: int) -> list[dict[str, 
     gpu_ids = [str(g) for g in ray.get_gpu_ids()]
     use_gpu = bool(gpu_ids) and torch.cuda.is_available()
     device = torch.device("cuda" if use_gpu else "cpu")
-    placement = {"ray_gpu_ids": ",".join(gpu_ids)}
+    placement = {
+        "ray_gpu_ids": ",".join(gpu_ids),
+        "ray_node_id": ray.get_runtime_context().get_node_id(),
+    }
     return run_group(jobs, opts, device, placement, batch_size)
 
 
@@ -98,16 +113,28 @@ def group_jobs(jobs: Sequence[Job], batch_size: int) -> list[list[Job]]:
     return [g[i : i + batch_size] for g in groups.values() for i in range(0, len(g), batch_size)]
 
 
+def gpus_per_task(res: Resources) -> float:
+    """GPUs each task asks for: as given, else the default rule (see Resources)."""
+    if res.gpus_per_job is not None:
+        return res.gpus_per_job
+    if res.on_cluster:
+        return 1.0
+    return 1.0 if _cluster_gpus() > 0 else 0.0  # embedded: this machine, which never grows
+
+
+def _cluster_gpus() -> float:
+    return float(ray.cluster_resources().get("GPU", 0))
+
+
 def task_options(res: Resources) -> dict[str, Any]:
-    """Pin to a GPU when the cluster has one, else a CPU task."""
-    has_gpu = ray.cluster_resources().get("GPU", 0) > 0
     opts: dict[str, Any] = {
         "max_retries": res.max_retries,
         "retry_exceptions": False,
         "num_cpus": res.cpus_per_job,
     }
-    if has_gpu and res.gpus_per_job > 0:
-        opts["num_gpus"] = res.gpus_per_job
+    gpus = gpus_per_task(res)
+    if gpus > 0:
+        opts["num_gpus"] = gpus
     return opts
 
 
@@ -142,6 +169,7 @@ class RunProgress:
         self.started = self.last_line = time.time()
         self.counts: Counter[str] = Counter()
         self.running = 0
+        self.note = ""
         self.tty = enabled and sys.stderr.isatty()
         self.bar = Progress(
             TextColumn("[bold]nst run"),
@@ -162,14 +190,15 @@ class RunProgress:
         eta = f"{(self.total - done) / rate:.1f} min" if rate > 0 else "?"
         shown = (Status.OK, Status.FAILED, Status.DIVERGED)
         parts = [f"{k} {self.counts.get(k, 0)}" for k in shown]
+        note = f" · {self.note}" if self.note else ""
         return (
-            f"{done}/{self.total} · {' · '.join(parts)} · running {self.running} · "
-            f"{rate:.1f} jobs/min · ETA {eta}"
+            f"{done}/{self.total} · {' · '.join(parts)} · in flight {self.running} · "
+            f"{rate:.1f} jobs/min · ETA {eta}{note}"
         )
 
-    def update(self, new_rows: Sequence[dict[str, Any]], running: int) -> None:
+    def update(self, new_rows: Sequence[dict[str, Any]], running: int, note: str = "") -> None:
         self.counts.update(r["status"] for r in new_rows)
-        self.running = running
+        self.running, self.note = running, note
         self.bar.update(self.task, completed=sum(self.counts.values()), line=self.line())
         if self.enabled and not self.tty and time.time() - self.last_line >= self.every:
             self.last_line = time.time()
@@ -198,13 +227,15 @@ def run_jobs(
     store.put_table(JOBS, normalise([j.to_record() for j in jobs]))
     store.delete_markers([j.id for j in plan.todo if j.id in plan.done])
     bar = RunProgress(len(plan.todo), progress)
-    fresh: dict[str, dict] = {}
-    interrupted = False
+    fresh: dict[str, dict[str, Any]] = {}
+    interrupted, error = False, None
     try:
         for row in _submit_and_collect(plan.todo, opts, res, bar):
             fresh[row["job_id"]] = row
             if on_result:
                 on_result(row)
+    except GpuWaitExpired as e:
+        error = str(e)
     except KeyboardInterrupt:
         # Stop the workers first, then write results from the markers, so no job commits
         # after results.parquet. Not ray.cancel(force=True): cancelling a task that is
@@ -213,9 +244,10 @@ def run_jobs(
         ray.shutdown()
     finally:
         bar.close()
-    done = store.committed() if interrupted else _kept(plan)
+    done = store.committed() if interrupted or error else _kept(plan)
     rows = write_results(store, jobs, fresh, done)
-    return Summary(len(jobs), len(jobs) - len(plan.todo), dict(bar.counts), rows, interrupted, plan)
+    skipped = len(jobs) - len(plan.todo)
+    return Summary(len(jobs), skipped, dict(bar.counts), rows, interrupted, plan, error)
 
 
 def _kept(plan: Plan) -> dict[str, dict]:
@@ -229,17 +261,29 @@ def _submit_and_collect(
     """Keep a bounded window of tasks in flight; yield rows in completion order."""
     if not todo:
         return
-    remote = _task.options(**task_options(res))
-    window = res.max_in_flight or max(4, 2 * int(ray.cluster_resources().get("CPU", 1)))
+    options = task_options(res)
+    remote = _task.options(**options)
+    window = res.max_in_flight or DEFAULT_MAX_IN_FLIGHT
     queue = list(reversed(group_jobs(todo, res.batch_size)))
-    in_flight: dict[ray.ObjectRef, list[Job]] = {}
+    in_flight: dict[ray.ObjectRef[Any], list[Job]] = {}
+    gpus = float(options.get("num_gpus", 0))
+    progress_at = time.time()  # last completion, or the start
     while queue or in_flight:
         while queue and len(in_flight) < window:
             group = queue.pop()
             in_flight[remote.remote(group, opts, res.batch_size)] = group
-        ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
+        ready, _ = ray.wait(list(in_flight), num_returns=len(in_flight), timeout=1.0)
         new_rows = [row for ref in ready for row in _collect(ref, in_flight.pop(ref))]
-        bar.update(new_rows, len(in_flight))
+        waiting = gpus > 0 and not new_rows and _cluster_gpus() == 0
+        if not waiting or new_rows:
+            progress_at = time.time()
+        elif time.time() - progress_at > res.gpu_wait_s:
+            raise GpuWaitExpired(
+                f"no GPU joined the cluster within {res.gpu_wait_s:.0f}s ({gpus:g} GPU per task "
+                f"asked for, {len(in_flight) + len(queue)} tasks waiting); committed jobs are kept"
+            )
+        note = f"waiting for GPUs ({gpus:g} per task)" if waiting else ""
+        bar.update(new_rows, len(in_flight), note)
         yield from new_rows
 
 

@@ -201,8 +201,39 @@ def test_gpu_scheduling_pins_tasks_to_gpus_with_fractions(tmp_path):
         assert all(r["status"] == "ok" for r in rows)
         assert all(r["ray_gpu_ids"] for r in rows)
         assert all(r["device"] == "cpu" for r in rows)  # no CUDA here: falls back honestly
+        assert all(r["ray_node_id"] for r in rows)  # which node ran it
     finally:
         start_ray(0)
+
+
+def test_gpu_demand_is_what_the_user_asks_not_what_is_up_at_start(ray_cpu):
+    """On a cluster, tasks ask for GPUs even while none is up (an autoscaler only starts GPU
+    nodes for demand it sees); embedded without a GPU they are CPU tasks."""
+    from pipeline.execute import Resources, task_options
+
+    assert task_options(Resources(on_cluster=True))["num_gpus"] == 1.0
+    assert task_options(Resources(on_cluster=True, gpus_per_job=0.25))["num_gpus"] == 0.25
+    assert "num_gpus" not in task_options(Resources(on_cluster=True, gpus_per_job=0))
+    assert "num_gpus" not in task_options(Resources())  # embedded, this machine has none
+
+
+def test_gpus_that_never_come_end_the_run_with_a_clear_error_keeping_what_is_done(
+    ray_cpu, tmp_path
+):
+    (c,), (s,) = write_images(tmp_path / "c", 1, "g"), write_images(tmp_path / "s", 1, "g")
+    pq.write_table(table([{"content_uri": c, "style_uri": s}]), tmp_path / "m.parquet")
+    out = tmp_path / "out"
+    done = nst("run", tmp_path / "m.parquet", "--out", out, "--no-progress", "--gpus-per-job", "0")
+    assert done.exit_code == 0
+    pq.write_table(  # the job already done (default beta 1e7) and a new one
+        table([{"content_uri": c, "style_uri": s, "style_weight": [1e7, 1e3]}]),
+        tmp_path / "m.parquet",
+    )
+    args = ["--gpus-per-job", "1", "--gpu-wait", "2", "--no-progress"]
+    res = nst("run", tmp_path / "m.parquet", "--out", out, *args)
+    assert res.exit_code == 5 and "no GPU joined the cluster within 2s" in res.output
+    rows = pq.read_table(out / "results.parquet").to_pylist()
+    assert sorted(r["status"] for r in rows) == ["ok", "pending"]  # the first run's job is kept
 
 
 def test_make_manifest_keeps_relative_paths_portable(tmp_path, monkeypatch):
