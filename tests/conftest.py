@@ -7,6 +7,10 @@ import os
 # 16.0 s with spinning threads, 9.4 s with PASSIVE. Set before torch loads; Ray's local workers
 # inherit it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Ray starts its workers at niceness 15 (so its control plane stays responsive). Beside any
+# other busy process that starves them: with two busy loops at niceness 0 the workers got ~4%
+# of a core and one suite took over 30 minutes. Tests run them at the default priority.
+os.environ.setdefault("RAY_worker_niceness", "0")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
