@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -230,7 +232,7 @@ def run_jobs(
     fresh: dict[str, dict[str, Any]] = {}
     interrupted, error = False, None
     try:
-        for row in _submit_and_collect(plan.todo, opts, res, bar):
+        for row in _submit_and_collect(plan.todo, opts, res, bar, _ctrl_c_flag()):
             fresh[row["job_id"]] = row
             if on_result:
                 on_result(row)
@@ -244,6 +246,7 @@ def run_jobs(
         ray.shutdown()
     finally:
         bar.close()
+        _restore_ctrl_c()
     done = store.committed() if interrupted or error else _kept(plan)
     rows = write_results(store, jobs, fresh, done)
     skipped = len(jobs) - len(plan.todo)
@@ -255,8 +258,37 @@ def _kept(plan: Plan) -> dict[str, dict]:
     return {k: v for k, v in plan.done.items() if k not in plan.reasons}
 
 
+_PREVIOUS_SIGINT: list[Any] = []
+
+
+def _ctrl_c_flag() -> threading.Event:
+    """Ctrl-C sets a flag that the collection loop checks every second, wherever the main
+    thread is when it arrives (a KeyboardInterrupt raised inside Ray's own calls was, under
+    load, sometimes lost and the run went on). A second Ctrl-C interrupts at once."""
+    flag = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        return flag
+
+    def handler(signum: int, frame: Any) -> None:
+        if flag.is_set():
+            raise KeyboardInterrupt
+        flag.set()
+
+    _PREVIOUS_SIGINT[:] = [signal.signal(signal.SIGINT, handler)]
+    return flag
+
+
+def _restore_ctrl_c() -> None:
+    if _PREVIOUS_SIGINT and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _PREVIOUS_SIGINT.pop())
+
+
 def _submit_and_collect(
-    todo: Sequence[Job], opts: RunOptions, res: Resources, bar: RunProgress
+    todo: Sequence[Job],
+    opts: RunOptions,
+    res: Resources,
+    bar: RunProgress,
+    stop: threading.Event | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Keep a bounded window of tasks in flight; yield rows in completion order."""
     if not todo:
@@ -269,6 +301,8 @@ def _submit_and_collect(
     gpus = float(options.get("num_gpus", 0))
     progress_at = time.time()  # last completion, or the start
     while queue or in_flight:
+        if stop is not None and stop.is_set():
+            raise KeyboardInterrupt
         while queue and len(in_flight) < window:
             group = queue.pop()
             in_flight[remote.remote(group, opts, res.batch_size)] = group

@@ -23,10 +23,15 @@ from pipeline.worker import RunOptions
 
 
 def kill_first_running_task(killed: list, stop: threading.Event) -> None:
-    """SIGKILL the first Ray worker seen executing a job (its process title is ray::_task)."""
+    """SIGKILL the first Ray worker seen executing a job (its process title is ray::_task),
+    among this test process's own descendants only (never another Ray on the machine)."""
+    me = psutil.Process()
     while not stop.is_set() and not killed:
-        for p in psutil.process_iter(["cmdline"]):
-            cmd = p.info["cmdline"] or []
+        for p in me.children(recursive=True):
+            try:
+                cmd = p.cmdline()
+            except psutil.Error:
+                continue
             if cmd and cmd[0].startswith("ray::_task"):
                 time.sleep(0.5)  # let it get into the optimisation loop
                 p.send_signal(signal.SIGKILL)
