@@ -234,11 +234,6 @@ class JobSpec:
         return Mode(self.mode).uses_style
 
     @property
-    def needs_content(self) -> bool:
-        """A content image is read (content loss, or the start image)."""
-        return self.uses_content
-
-    @property
     def batchable(self) -> bool:
         """Several such jobs may share one forward/backward: an elementwise optimizer at one
         resolution (in a multi-resolution schedule one diverging image would stop its

@@ -271,11 +271,6 @@ BATCH_FIELDS = (
 )
 
 
-def batchable(spec: JobSpec) -> bool:
-    """See ``JobSpec.batchable``."""
-    return spec.batchable
-
-
 def batch_key(spec: JobSpec) -> tuple[Any, ...]:
     """Jobs with equal keys (and equal output sizes) can share one forward/backward."""
     return tuple(getattr(spec, f) for f in BATCH_FIELDS)

@@ -27,12 +27,8 @@ class Status(Choice):
     FAILED = "failed"  # bad input, bad weights, a bug, storage that would not take the outputs
     PENDING = "pending"  # not run yet (or interrupted)
 
-    @property
-    def is_bad(self) -> bool:
-        """Counts against `--strict`, and is what `--retry-failed` redoes."""
-        return self in (Status.FAILED, Status.DIVERGED)
 
-
+# what counts against `--strict`, and what `--retry-failed` redoes
 BAD_STATUSES = (Status.FAILED, Status.DIVERGED)
 
 

@@ -82,13 +82,6 @@ PresetOpt = Annotated[
 ]
 
 
-def _preset(name: str | None) -> str | None:
-    """Refuse an unknown preset before anything is written."""
-    if name is not None and name not in PRESETS:
-        raise NstError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    return name
-
-
 def cli_errors(fn: Callable) -> Callable:
     """Print user errors as one line and exit 1; --debug shows the traceback."""
 
@@ -145,10 +138,7 @@ def _numbers(name: str, value: Any) -> Any:
 def parse_value(name: str, text: str) -> Any:
     """`--set` values: scalars split on ',' into a grid; list parameters split values on '|'
     and items on ',' (e.g. style_layers=relu1_1,relu2_1|relu1_1)."""
-    if name not in manifest.PARAMS:
-        close = difflib.get_close_matches(name, manifest.PARAMS, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else " (see `nst params`)"
-        raise NstError(f"--set: unknown parameter {name!r}{hint}")
+    _check_name(name, "--set: ")
     if not text:
         raise NstError(f"--set {name}=: empty value (leave the option out for the default)")
     if manifest.PARAMS[name].is_seq:
@@ -166,18 +156,23 @@ def _params(sets: list[str], grid: Path | None) -> dict[str, Any]:
         loaded = yaml.safe_load(grid.read_text())
         if not isinstance(loaded, dict):
             raise NstError(f"{grid}: expected a mapping of parameter -> value or list of values")
+        for k in loaded:
+            _check_name(k, f"{grid}: ")
         params.update({k: _numbers(k, v) for k, v in loaded.items()})
     for item in sets:
         if "=" not in item:
             raise NstError(f"--set {item!r}: expected NAME=VALUE[,VALUE...]")
         name, text = item.split("=", 1)
         params[name.strip()] = parse_value(name.strip(), text.strip())
-    for k in params:
-        if k not in manifest.PARAMS:
-            close = difflib.get_close_matches(k, manifest.PARAMS, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else " (see `nst params`)"
-            raise NstError(f"unknown parameter {k!r}{hint}")
     return params
+
+
+def _check_name(name: str, where: str = "") -> None:
+    """An unknown parameter name, with the closest known one."""
+    if name not in manifest.PARAMS:
+        close = difflib.get_close_matches(name, manifest.PARAMS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else " (see `nst params`)"
+        raise NstError(f"{where}unknown parameter {name!r}{hint}")
 
 
 @app.command("make-manifest")
@@ -206,7 +201,7 @@ def make_manifest(
     contents = [u for pattern in content or [] for u in manifest.list_images(pattern, so)]
     styles = [u for pattern in style or [] for u in manifest.list_images(pattern, so)]
     params = _params(set_ or [], grid)
-    table = manifest.build_manifest(contents, styles, mode.value, params, blend, _preset(preset))
+    table = manifest.build_manifest(contents, styles, mode.value, params, blend, preset)
     jobs = expand(table)  # validate every row before anything is written
     manifest.write_manifest(manifest.rebase_paths(table, dest), dest, so)
     out_console.print(f"wrote {dest}: {table.num_rows} rows, {len(jobs)} jobs")
@@ -555,7 +550,7 @@ def transfer(
     params = _params(set_ or [], None)
     if any(isinstance(v, list) and not manifest.PARAMS[k].is_seq for k, v in params.items()):
         raise NstError("transfer runs one job: give one value per parameter")
-    spec = JobSpec.from_dict({**params, "mode": mode.value}, _preset(preset))
+    spec = JobSpec.from_dict({**params, "mode": mode.value}, preset)
     cont = None if content in (None, "-") else content
     if spec.uses_content and cont is None:
         raise NstError(f"mode {mode.value!r} needs a content image (got '-')")

@@ -16,6 +16,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +26,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from nst_ops.transfer import batch_key, batchable
+from nst_ops.transfer import batch_key
 from nst_ops.vocab import Status
 
 from . import record, storage
@@ -109,7 +110,7 @@ def group_jobs(jobs: Sequence[Job], batch_size: int) -> list[list[Job]]:
     likely of one size: same content); unbatchable jobs (L-BFGS, multires) run one per task."""
     groups: dict[tuple, list[Job]] = {}
     for j in jobs:
-        together = batchable(j.spec) and batch_size > 1
+        together = j.spec.batchable and batch_size > 1
         key = (batch_key(j.spec), j.content_uri) if together else (j.id,)
         groups.setdefault(key, []).append(j)
     return [g[i : i + batch_size] for g in groups.values() for i in range(0, len(g), batch_size)]
@@ -232,10 +233,11 @@ def run_jobs(
     fresh: dict[str, dict[str, Any]] = {}
     interrupted, error = False, None
     try:
-        for row in _submit_and_collect(plan.todo, opts, res, bar, _ctrl_c_flag()):
-            fresh[row["job_id"]] = row
-            if on_result:
-                on_result(row)
+        with _ctrl_c_flag() as stop:
+            for row in _submit_and_collect(plan.todo, opts, res, bar, stop):
+                fresh[row["job_id"]] = row
+                if on_result:
+                    on_result(row)
     except GpuWaitExpired as e:
         error = str(e)
     except KeyboardInterrupt:
@@ -246,7 +248,6 @@ def run_jobs(
         ray.shutdown()
     finally:
         bar.close()
-        _restore_ctrl_c()
     done = store.committed() if interrupted or error else _kept(plan)
     rows = write_results(store, jobs, fresh, done)
     skipped = len(jobs) - len(plan.todo)
@@ -258,29 +259,27 @@ def _kept(plan: Plan) -> dict[str, dict]:
     return {k: v for k, v in plan.done.items() if k not in plan.reasons}
 
 
-_PREVIOUS_SIGINT: list[Any] = []
-
-
-def _ctrl_c_flag() -> threading.Event:
+@contextmanager
+def _ctrl_c_flag() -> Iterator[threading.Event]:
     """Ctrl-C sets a flag that the collection loop checks every second, wherever the main
     thread is when it arrives (a KeyboardInterrupt raised inside Ray's own calls was, under
-    load, sometimes lost and the run went on). A second Ctrl-C interrupts at once."""
+    load, sometimes lost and the run went on). A second Ctrl-C interrupts at once. The previous
+    handler comes back on leaving."""
     flag = threading.Event()
     if threading.current_thread() is not threading.main_thread():
-        return flag
+        yield flag  # signal handlers can only be set from the main thread
+        return
 
     def handler(signum: int, frame: Any) -> None:
         if flag.is_set():
             raise KeyboardInterrupt
         flag.set()
 
-    _PREVIOUS_SIGINT[:] = [signal.signal(signal.SIGINT, handler)]
-    return flag
-
-
-def _restore_ctrl_c() -> None:
-    if _PREVIOUS_SIGINT and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, _PREVIOUS_SIGINT.pop())
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _submit_and_collect(
@@ -309,7 +308,7 @@ def _submit_and_collect(
         ready, _ = ray.wait(list(in_flight), num_returns=len(in_flight), timeout=1.0)
         new_rows = [row for ref in ready for row in _collect(ref, in_flight.pop(ref))]
         waiting = gpus > 0 and not new_rows and _cluster_gpus() == 0
-        if not waiting or new_rows:
+        if not waiting:
             progress_at = time.time()
         elif time.time() - progress_at > res.gpu_wait_s:
             raise GpuWaitExpired(

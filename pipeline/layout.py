@@ -15,6 +15,8 @@ between buckets or downloaded and still read back (readers resolve them against 
 
 from __future__ import annotations
 
+from typing import Any
+
 JOBS_TABLE = "jobs.parquet"
 RESULTS_TABLE = "results.parquet"
 REPORT = "report.html"
@@ -43,6 +45,12 @@ def split_job_path(rel: str) -> tuple[str, str] | None:
     if len(parts) != 3 or parts[0] != JOBS_DIR:
         return None
     return parts[1], parts[2]
+
+
+def outputs_missing(row: dict[str, Any], names: dict[str, int]) -> bool:
+    """A committed job that optimised (its row names an image) whose image or trace is gone or
+    empty; ``names`` maps the job folder's file names to sizes."""
+    return bool(row.get("image_uri")) and any(names.get(n, 0) == 0 for n in OUTPUTS)
 
 
 def is_relative(path: str) -> bool:

@@ -60,12 +60,6 @@ def input_fingerprints(uris: Iterable[str], so: dict | None = None) -> dict[str,
     return out
 
 
-def _outputs_missing(row: dict[str, Any], names: dict[str, int]) -> bool:
-    if not row.get("image_uri"):
-        return False  # failed before optimising: there was never an image
-    return any(names.get(n, 0) == 0 for n in layout.OUTPUTS)
-
-
 def _inputs_changed(row: dict[str, Any], current: dict[str, str]) -> bool:
     recorded = row.get("inputs") or []  # runs from before fingerprints: nothing to compare
     return any(current.get(i["uri"]) != i["fingerprint"] for i in recorded)
@@ -90,7 +84,7 @@ def make_plan(
             reason = Reason.NEW
         elif force:
             reason = Reason.FORCED
-        elif _outputs_missing(row, files.get(j.id, {})):
+        elif layout.outputs_missing(row, files.get(j.id, {})):
             reason = Reason.OUTPUT_MISSING
             plan.missing_outputs.append(j.id)
         elif _inputs_changed(row, current):

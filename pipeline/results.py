@@ -26,8 +26,7 @@ def collect(store: storage.Store) -> tuple[list[dict[str, Any]], int]:
     files = store.job_files()
     rows = list(store.committed(files).values())
     for r in rows:
-        names = files.get(r["job_id"], {})
-        if r.get("image_uri") and any(names.get(n, 0) == 0 for n in layout.OUTPUTS):
+        if layout.outputs_missing(r, files.get(r["job_id"], {})):
             r["outputs_missing"] = True
         for key in ("image_uri", "trace_uri"):
             if r.get(key):

@@ -20,7 +20,7 @@ import torch
 
 from nst_ops.layers import deepest
 from nst_ops.optim import Outcome
-from nst_ops.transfer import InputKeys, batch_key, batchable, output_hw, stylize_batch
+from nst_ops.transfer import InputKeys, batch_key, output_hw, stylize_batch
 from nst_ops.vgg import VGGFeatures
 from nst_ops.vocab import Status
 
@@ -210,7 +210,7 @@ def _batches(ready: list[Ready], batch_size: int) -> Iterator[list[Ready]]:
         job, content, styles = item
         spec = job.spec
         key: tuple[Any, ...] = (batch_key(spec), output_hw(spec, content, styles))
-        if not batchable(spec) or batch_size <= 1:
+        if not spec.batchable or batch_size <= 1:
             key = (*key, job.id)
         groups.setdefault(key, []).append(item)
     for items in groups.values():

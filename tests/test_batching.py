@@ -205,10 +205,8 @@ def test_targets_are_computed_once_per_shared_image_and_reused(net):
 
 
 def test_multiresolution_jobs_are_never_batched(net):
-    from nst_ops.transfer import batchable
-
     multi = dataclasses.replace(specs("adam")[0], multires=2)
-    assert not batchable(multi) and batchable(specs("adam")[0])
-    assert not batchable(specs("lbfgs")[0])
+    assert not multi.batchable and specs("adam")[0].batchable
+    assert not specs("lbfgs")[0].batchable
     with pytest.raises(ValueError, match="multi-resolution jobs run one image at a time"):
         stylize_batch([multi, multi], net, images(2, 0), [[s] for s in images(2, 1)])

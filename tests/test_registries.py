@@ -8,7 +8,7 @@ from helpers import job_spec
 
 from nst_ops import optimizers
 from nst_ops.spec import JobSpec
-from nst_ops.transfer import batchable, stylize, stylize_batch
+from nst_ops.transfer import stylize, stylize_batch
 from nst_ops.vgg import VGGFeatures
 
 LAYERS = ("relu1_1", "relu2_1")
@@ -34,7 +34,7 @@ def test_an_optimizer_added_as_one_entry_runs_and_batches(net, monkeypatch):
     )
     monkeypatch.setitem(optimizers.OPTIMIZERS, "rmsprop", entry)
     s = spec(optimizer="rmsprop")
-    assert s.learning_rate == 0.01 and batchable(s)
+    assert s.learning_rate == 0.01 and s.batchable
     (c1, c2), (st,) = images(2, 1), images(1, 2)
     out = stylize(s, net, c1, [st])
     assert out.status == "ok" and out.final["total"] < out.trace[0]["total"]
