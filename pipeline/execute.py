@@ -102,7 +102,11 @@ def _task(jobs: list[Job], opts: RunOptions, batch_size: int) -> list[dict[str, 
         "ray_gpu_ids": ",".join(gpu_ids),
         "ray_node_id": ray.get_runtime_context().get_node_id(),
     }
-    return run_group(jobs, opts, device, placement, batch_size)
+    try:
+        return run_group(jobs, opts, device, placement, batch_size)
+    finally:
+        if use_gpu:  # hand cached blocks back: tasks sharing this GPU (fractions) may need them
+            torch.cuda.empty_cache()
 
 
 def group_jobs(jobs: Sequence[Job], batch_size: int) -> list[list[Job]]:

@@ -1,0 +1,101 @@
+"""`nst run --address` on a real two-node Ray cluster started with `ray start` on this machine:
+a GPU node that joins after the run started gets the GPU tasks, and a node SIGKILLed mid-run
+loses no job (its tasks are retried elsewhere, committed jobs are not recomputed)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from helpers import table, write_images
+from raycluster import ENV, LocalCluster
+
+pytestmark = pytest.mark.slow
+
+
+def _committed(out: Path) -> dict[str, dict]:
+    """job id -> job.json of every committed job."""
+    return {
+        p.parent.name: json.loads((p.parent / "job.json").read_text())
+        for p in (out / "jobs").glob("*/_COMMIT")
+    }
+
+
+def _wait_for(condition, what: str, proc: subprocess.Popen, limit: float = 240.0) -> None:
+    """Poll an event (files on disk), never a fixed sleep; fail if the run exits first."""
+    deadline = time.time() + limit
+    while not condition():
+        assert proc.poll() is None, f"run ended before {what}: {proc.communicate()}"
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def cluster():
+    # a short root: Ray's socket paths under it must stay within AF_UNIX's 107 bytes
+    root = Path(tempfile.mkdtemp(prefix="nst-ray-"))
+    c = LocalCluster(root)
+    try:
+        c.add_node(num_cpus=2, num_gpus=0)  # the head: CPUs only, like cluster.yaml's
+        yield c
+    finally:
+        c.shutdown()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_late_gpu_node_gets_the_gpu_tasks_and_a_killed_node_loses_no_job(tmp_path, cluster):
+    contents = write_images(tmp_path / "c", 6, "c")
+    styles = write_images(tmp_path / "s", 1, "s")
+    rows = [{"content_uri": c, "style_uri": styles[0]} for c in contents]
+    # each job takes seconds, so the kill below lands while jobs are still to do
+    pq.write_table(table(rows, iterations=150, size=32), tmp_path / "m.parquet")
+    out = tmp_path / "o"
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline.cli",
+        "run",
+        str(tmp_path / "m.parquet"),
+        "--out",
+        str(out),
+        "--address",
+        cluster.address,
+        "--gpus-per-job",
+        "1",
+        "--batch-size",
+        "1",
+    ]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: (out / "jobs.parquet").exists(), "the run to start", proc)
+        assert not _committed(out), "no GPU in the cluster yet: nothing can have run"
+
+        gpu_node = cluster.add_node(num_cpus=1, num_gpus=1)  # joins mid-run, one fake GPU
+        _wait_for(lambda: _committed(out), "a job on the new GPU node", proc)
+        cluster.kill(gpu_node)  # SIGKILL its raylet and workers
+        before_kill = _committed(out)
+        assert len(before_kill) < len(rows), "the node must die with jobs still to do"
+
+        cluster.add_node(num_cpus=1, num_gpus=1)  # a replacement, as an autoscaler would start
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr
+
+    after = _committed(out)
+    assert len(after) == len(rows)
+    results = pq.read_table(out / "results.parquet").to_pylist()
+    assert {r["status"] for r in results} == {"ok"}
+    for job_id, rec in before_kill.items():
+        assert after[job_id]["finished_at"] == rec["finished_at"], "committed job recomputed"
+    assert {rec["ray_gpu_ids"] for rec in after.values()} == {"0"}, "every job ran on a GPU"
+    nodes = {rec["ray_node_id"] for rec in after.values()}
+    assert len(nodes) == 2, "jobs ran on the first GPU node and on its replacement"
