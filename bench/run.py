@@ -147,7 +147,7 @@ def grid_throughput(config, size, iters, device, num_cpus):
 
     from pipeline.execute import Resources, init_ray, run_jobs
     from pipeline.grid import expand
-    from pipeline.worker import RunOptions
+    from pipeline.jobs import RunOptions
 
     cl, sl = CONFIGS[config]
     sd, wname = weights_for(config)

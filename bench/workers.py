@@ -28,8 +28,11 @@ from helpers import table, write_images  # noqa: E402
 
 from pipeline.execute import _task  # noqa: E402
 from pipeline.grid import expand  # noqa: E402
-from pipeline.jobs import Job  # noqa: E402
-from pipeline.worker import RunOptions, run_group  # noqa: E402
+from pipeline.jobs import (
+    Job,  # noqa: E402
+    RunOptions,  # noqa: E402
+)
+from pipeline.worker import run_group  # noqa: E402
 
 
 @ray.remote(num_gpus=1, num_cpus=1)

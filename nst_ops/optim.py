@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from .optimizers import OPTIMIZERS
-from .spec import JobSpec
+from .spec import LOOP_FIELDS, JobSpec
 from .vocab import Status
 
 
@@ -51,16 +51,6 @@ class Outcome:
 def make_optimizer(specs: Sequence[JobSpec], params: list[Tensor]) -> torch.optim.Optimizer:
     """The spec's optimizer from the registry, one parameter group per image where batchable."""
     return OPTIMIZERS[specs[0].optimizer].make(specs, params)
-
-
-LOOP_FIELDS = (
-    "optimizer",
-    "iterations",
-    "log_every",
-    "divergence_factor",
-    "divergence_patience",
-    "line_search",
-)
 
 
 @dataclass

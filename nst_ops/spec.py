@@ -271,3 +271,35 @@ class JobSpec:
             return cls(**apply_preset(preset, params))
         except PresetError as e:
             raise SpecError(str(e)) from None
+
+
+# What every image of one optimisation loop must share (one optimizer step for the batch).
+LOOP_FIELDS = (
+    "optimizer",
+    "iterations",
+    "log_every",
+    "divergence_factor",
+    "divergence_patience",
+    "line_search",
+)
+
+# What every image of one batch must share (the rest, e.g. weights, lr, seed, inputs, may vary).
+BATCH_FIELDS = (
+    "mode",
+    "backbone",
+    "pooling",
+    "weights",
+    "amp",
+    "content_layers",
+    "style_layers",
+    "size",
+    "multires",
+    "style_scale",
+    "preserve_color",
+    *LOOP_FIELDS,
+)
+
+
+def batch_key(spec: JobSpec) -> tuple[Any, ...]:
+    """Jobs with equal keys (and equal output sizes) can share one forward/backward."""
+    return tuple(getattr(spec, f) for f in BATCH_FIELDS)

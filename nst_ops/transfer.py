@@ -19,8 +19,8 @@ from torch import Tensor
 
 from . import losses
 from .layers import feature_hw, sweep_layer_sets  # noqa: F401  (sweep: re-exported)
-from .optim import LOOP_FIELDS, Outcome, Terms, optimize
-from .spec import JobSpec
+from .optim import Outcome, Terms, optimize
+from .spec import BATCH_FIELDS, JobSpec, batch_key
 from .vgg import VGGFeatures
 from .vocab import Mode, Status
 
@@ -252,28 +252,6 @@ def _init(
         return resize(s_list[0], hw).clone()
     gen = torch.Generator().manual_seed(spec.seed)
     return torch.rand((1, 3, *hw), generator=gen).to(device)
-
-
-# What every image of one batch must share (the rest, e.g. weights, lr, seed, inputs, may vary).
-BATCH_FIELDS = (
-    "mode",
-    "backbone",
-    "pooling",
-    "weights",
-    "amp",
-    "content_layers",
-    "style_layers",
-    "size",
-    "multires",
-    "style_scale",
-    "preserve_color",
-    *LOOP_FIELDS,
-)
-
-
-def batch_key(spec: JobSpec) -> tuple[Any, ...]:
-    """Jobs with equal keys (and equal output sizes) can share one forward/backward."""
-    return tuple(getattr(spec, f) for f in BATCH_FIELDS)
 
 
 def _check_batch(

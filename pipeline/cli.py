@@ -402,7 +402,7 @@ def run(
     Example: nst run manifests/demo.parquet --out results/demo
     """
     from .execute import Resources, init_ray, run_jobs
-    from .worker import RunOptions
+    from .jobs import RunOptions
 
     started = time.time()
     so = _storage(storage_options)
@@ -544,8 +544,8 @@ def transfer(
     import pyarrow.parquet as pq
     import torch
 
-    from .jobs import Job
-    from .worker import RunOptions, pick_device
+    from .jobs import Job, RunOptions
+    from .worker import pick_device
 
     params = _params(set_ or [], None)
     if any(isinstance(v, list) and not manifest.PARAMS[k].is_seq for k, v in params.items()):

@@ -22,18 +22,16 @@ from typing import Any
 
 import pyarrow as pa
 import ray
-import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from nst_ops.transfer import batch_key
+from nst_ops.spec import batch_key
 from nst_ops.vocab import Status
 
 from . import record, storage
-from .jobs import Job
+from .jobs import Job, RunOptions
 from .plan import Plan, make_plan
 from .results import JOBS, RESULTS
-from .worker import RunOptions, run_group
 
 DEFAULT_MAX_IN_FLIGHT = 2048  # tasks submitted ahead: the autoscaler sees the real demand
 
@@ -94,7 +92,12 @@ def init_ray(
 
 @ray.remote(max_calls=0)  # keep the worker (its VGG and target cache) alive between tasks
 def _task(jobs: list[Job], opts: RunOptions, batch_size: int) -> list[dict[str, Any]]:
-    """The Ray task body: the GPU Ray assigned (if any) decides the device."""
+    """The Ray task body: the GPU Ray assigned (if any) decides the device. torch is imported
+    here, in the worker: the driver never needs it (a run with nothing to do stays small)."""
+    import torch
+
+    from .worker import run_group
+
     gpu_ids = [str(g) for g in ray.get_gpu_ids()]
     use_gpu = bool(gpu_ids) and torch.cuda.is_available()
     device = torch.device("cuda" if use_gpu else "cpu")

@@ -9,6 +9,9 @@ from typing import Any
 
 from nst_ops.spec import JobSpec
 
+from .images import DEFAULT_MAX_PIXELS
+from .storage import DEFAULT_ATTEMPTS
+
 _ABSENT = object()
 # Parameters added after job ids were first published, with the default that reproduces the
 # old behaviour for every job the old code completed. divergence_patience: a job that finished
@@ -62,3 +65,13 @@ class Job:
         rec.update(self.spec.to_dict())
         rec.update({k: v for k, v in self.tags})
         return rec
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Per-run settings that are not job parameters (never part of a job id)."""
+
+    out: str
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    storage_attempts: int = DEFAULT_ATTEMPTS
+    storage_options: dict | None = None  # credentials live here: never written anywhere

@@ -7,13 +7,15 @@ import functools
 import platform
 import time
 from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from nst_ops.optim import Outcome
 from nst_ops.vocab import Status
 
 from . import layout
 from .jobs import Job
+
+if TYPE_CHECKING:  # keeps reading a run back free of torch
+    from nst_ops.optim import Outcome
 
 
 def row(job: Job, status: Status, **fields: Any) -> dict[str, Any]:

@@ -12,7 +12,6 @@ import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -20,27 +19,18 @@ import torch
 
 from nst_ops.layers import deepest
 from nst_ops.optim import Outcome
-from nst_ops.transfer import InputKeys, batch_key, output_hw, stylize_batch
+from nst_ops.spec import batch_key
+from nst_ops.transfer import InputKeys, output_hw, stylize_batch
 from nst_ops.vgg import VGGFeatures
 from nst_ops.vocab import Status
 
 from . import images, layout, record, storage, weights
 from .errors import NstError
-from .jobs import Job
+from .jobs import Job, RunOptions
 
 _EXTRACTORS: dict[tuple, VGGFeatures] = {}
 # Exceptions whose message is the whole story for the user (no traceback in job.json).
 EXPECTED = (NstError, ValueError)
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """Per-run settings that are not job parameters (never part of a job id)."""
-
-    out: str
-    max_pixels: int = images.DEFAULT_MAX_PIXELS
-    storage_attempts: int = storage.DEFAULT_ATTEMPTS
-    storage_options: dict | None = None  # credentials live here: never written anywhere
 
 
 def pick_device(prefer_gpu: bool = True) -> torch.device:

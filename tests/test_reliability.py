@@ -19,7 +19,7 @@ from PIL import Image
 from nst_ops.vgg import VGGFeatures
 from pipeline.execute import Resources, run_jobs
 from pipeline.grid import expand
-from pipeline.worker import RunOptions
+from pipeline.jobs import RunOptions
 
 
 def kill_first_running_task(killed: list, stop: threading.Event) -> None:

@@ -1,6 +1,8 @@
 """Writes are whole objects, retried on transient errors; the commit marker comes last."""
 
 import json
+import os
+import time
 
 import fsspec
 import pytest
@@ -9,8 +11,8 @@ from helpers import TINY, png_bytes
 
 from nst_ops.spec import JobSpec
 from pipeline import layout, storage
-from pipeline.jobs import Job
-from pipeline.worker import RunOptions, run_job
+from pipeline.jobs import Job, RunOptions
+from pipeline.worker import run_job
 
 
 class FlakyFS(MemoryFileSystem):
@@ -115,3 +117,53 @@ def test_results_tables_accept_rows_whose_tags_changed_type_between_runs():
         None,
     ]
     assert t.column("tag_n").to_pylist() == ["3", '"three"', None]
+
+
+def _committed_run(tmp_path, n: int = 3):
+    """n committed jobs, then results.parquet, as `nst run` leaves them (markers 60 s older)."""
+    from pipeline.execute import write_results
+
+    store = storage.Store(str(tmp_path / "run"))
+    jobs = [Job(spec(), f"/in/c{i}.png", ("/in/s.png",), i) for i in range(n)]
+    rows = {}
+    for j in jobs:
+        rows[j.id] = {"job_id": j.id, "status": "ok", "inputs": [], "final_total": 1.0}
+        store.put_json(layout.job_path(j.id, layout.MARKER), rows[j.id])
+        marker = tmp_path / "run" / layout.job_path(j.id, layout.MARKER)
+        os.utime(marker, (time.time() - 60, time.time() - 60))
+    write_results(store, jobs, {}, rows)
+    return store, jobs
+
+
+def _marker_reads(monkeypatch, store) -> list[str]:
+    read: list[str] = []
+    real = store.fs.cat
+
+    def counting(paths, **kw):
+        read.extend(paths)
+        return real(paths, **kw)
+
+    monkeypatch.setattr(store.fs, "cat", counting)
+    return read
+
+
+def test_rereading_a_finished_run_reads_results_parquet_not_every_marker(tmp_path, monkeypatch):
+    store, jobs = _committed_run(tmp_path)
+    read = _marker_reads(monkeypatch, store)
+    done = store.committed()
+    assert set(done) == {j.id for j in jobs} and read == []
+    assert all(r["final_total"] == 1.0 for r in done.values())
+
+
+def test_a_marker_written_after_results_parquet_is_read(tmp_path, monkeypatch):
+    store, jobs = _committed_run(tmp_path)
+    store.put_json(
+        layout.job_path(jobs[0].id, layout.MARKER),
+        {"job_id": jobs[0].id, "status": "diverged", "inputs": []},
+    )  # redone after the table was written
+    (tmp_path / "run" / layout.job_path(jobs[1].id, layout.MARKER)).unlink()  # un-committed
+    read = _marker_reads(monkeypatch, store)
+    done = store.committed()
+    assert [p.rsplit("/", 2)[-2] for p in read] == [jobs[0].id]
+    assert done[jobs[0].id]["status"] == "diverged"
+    assert set(done) == {jobs[0].id, jobs[2].id}
