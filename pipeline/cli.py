@@ -73,6 +73,35 @@ SetOpt = Annotated[
     ),
 ]
 OutArg = Annotated[str, typer.Argument(metavar="OUT", help="Output root of a run.")]
+EvaluatorOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="What scores every result, the same for all jobs: JSON with any of backbone, "
+        "weights, pooling, content_layer, style_layers, or 'none'. Default: the backbone and "
+        "weights most jobs use, content relu3_1, style relu1_1,relu2_1,relu3_1."
+    ),
+]
+
+
+def _evaluator(
+    text: str | None, specs: list[JobSpec], recorded: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """The run's evaluator as a dict (what workers get and results.parquet records): fields
+    given as JSON over the recorded evaluator, else over the default for these jobs."""
+    from nst_ops.evaluator import Evaluator, default_evaluator
+
+    if text is not None and text.strip().lower() == "none":
+        return None
+    base = recorded or default_evaluator(specs).to_dict()
+    try:
+        given = json.loads(text) if text else {}
+        if not isinstance(given, dict):
+            raise ValueError("give a JSON object")
+        return Evaluator.from_dict({**base, **given}).to_dict()
+    except (ValueError, TypeError) as e:
+        raise NstError(f"--evaluator: {e}") from None
+
+
 PresetOpt = Annotated[
     str | None,
     typer.Option(
@@ -391,6 +420,7 @@ def run(
         str | None,
         typer.Option(help="Write a machine-readable summary (counts, reasons, failed ids) here."),
     ] = None,
+    evaluator: EvaluatorOpt = None,
 ) -> None:
     """Run every job of a manifest on Ray, writing images and loss traces under --out.
 
@@ -411,7 +441,8 @@ def run(
     with lease.held(store):
         plan = make_plan(jobs, store, force, retry_failed, so)
         console.print(f"plan: {_plan_line(plan, len(jobs))}", highlight=False)
-        opts = RunOptions(out=out, max_pixels=max_pixels, storage_options=so)
+        ev = _evaluator(evaluator, [j.spec for j in jobs])
+        opts = RunOptions(out=out, max_pixels=max_pixels, storage_options=so, evaluator=ev)
         res = Resources(
             gpus_per_job, cpus_per_job, max_retries, None, batch_size, bool(address), gpu_wait
         )
@@ -626,6 +657,48 @@ def report(
 
     url = write_report(out, _storage(storage_options), rows=rows, cols=cols, console=out_console)
     out_console.print(f"report: {url}")
+
+
+@app.command()
+@cli_errors
+def score(
+    out: OutArg,
+    evaluator: EvaluatorOpt = None,
+    device: Annotated[
+        str | None, typer.Option(help="cpu or cuda (default: cuda if present).")
+    ] = None,
+    max_pixels: MaxPixelsOpt = images.DEFAULT_MAX_PIXELS,
+    storage_options: StorageOpt = None,
+) -> None:
+    """Score every committed result again under one evaluator, without optimising again.
+
+    The evaluator defaults to the one results.parquet records (else the default rule); fields
+    given with --evaluator replace its fields. Markers, job.json and results.parquet get the
+    new scores.
+
+    Example: nst score results/demo --evaluator '{"pooling": "avg"}'
+    """
+    import torch
+
+    from nst_ops.evaluator import Evaluator
+
+    from .scoring import rescore, spec_of
+    from .worker import pick_device
+
+    store = storage.Store(out, _storage(storage_options))
+    if not results.is_run(store):
+        raise NstError(f"not a run: {out} (no jobs.parquet, results.parquet or jobs/ under it)")
+    recorded = results.evaluator_of(store)
+    rows = list(store.committed().values())
+    base = _evaluator(evaluator, [spec_of(r) for r in rows], recorded)
+    if base is None:
+        raise NstError("--evaluator none: nothing to score with")
+    ev = Evaluator.from_dict(base)
+    dev = torch.device(device) if device else pick_device()
+    scored = rescore(store, ev, dev, max_pixels)
+    results.merge_scores(store, scored, base)
+    n = sum(r.get("score_style") is not None for r in scored)
+    out_console.print(f"scored {n} of {len(scored)} committed jobs under evaluator {ev.key}")
 
 
 if __name__ == "__main__":  # python -m pipeline.cli

@@ -8,7 +8,6 @@ completion order with ``ray.wait``.
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import sys
@@ -20,7 +19,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import pyarrow as pa
 import ray
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -31,7 +29,7 @@ from nst_ops.vocab import Status
 from . import record, storage
 from .jobs import Job, RunOptions
 from .plan import Plan, make_plan
-from .results import JOBS, RESULTS
+from .results import JOBS, normalise, put_results
 
 DEFAULT_MAX_IN_FLIGHT = 2048  # tasks submitted ahead: the autoscaler sees the real demand
 
@@ -148,28 +146,6 @@ def task_options(res: Resources) -> dict[str, Any]:
     return opts
 
 
-def normalise(rows: Sequence[dict[str, Any]]) -> pa.Table:
-    """Rows with differing keys (tags, per-layer losses) -> one table with the union of columns.
-
-    A column must have one type: where some rows hold a list (a tag shared by several manifest
-    rows), single values become one-element lists; anything else that still will not convert
-    (e.g. a tag that was a number in an older run and text now) is stored as JSON text, so a
-    finished run never fails at its last step."""
-    keys: dict[str, None] = {}
-    for r in rows:
-        keys.update(dict.fromkeys(r))
-    columns = {}
-    for k in keys:
-        values = [r.get(k) for r in rows]
-        if any(isinstance(v, list) for v in values):
-            values = [v if v is None or isinstance(v, list) else [v] for v in values]
-        try:
-            columns[k] = pa.array(values)
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
-            columns[k] = pa.array([None if v is None else json.dumps(v) for v in values])
-    return pa.table(columns)
-
-
 class RunProgress:
     """A live bar on a terminal; elsewhere (cron, CI, `| tee`) a plain line every ``every``
     seconds and at the end: done/failed/diverged/running, jobs per minute, ETA."""
@@ -256,7 +232,7 @@ def run_jobs(
     finally:
         bar.close()
     done = store.committed() if interrupted or error else _kept(plan)
-    rows = write_results(store, jobs, fresh, done)
+    rows = write_results(store, jobs, fresh, done, opts.evaluator)
     skipped = len(jobs) - len(plan.todo)
     return Summary(len(jobs), skipped, dict(bar.counts), rows, interrupted, plan, error)
 
@@ -339,7 +315,11 @@ def _collect(ref: ray.ObjectRef, jobs: list[Job]) -> list[dict[str, Any]]:
 
 
 def write_results(
-    store: storage.Store, jobs: Sequence[Job], fresh: dict[str, dict], done: dict[str, dict]
+    store: storage.Store,
+    jobs: Sequence[Job],
+    fresh: dict[str, dict],
+    done: dict[str, dict],
+    evaluator: dict[str, Any] | None = None,
 ) -> list[dict]:
     """results.parquet: this run's rows, the committed rows it kept, the rest pending."""
     rows = []
@@ -350,5 +330,5 @@ def write_results(
             rows.append({**done[j.id], **j.to_record(), "committed": True})
         else:
             rows.append(record.pending(j))
-    store.put_table(RESULTS, normalise(rows))
+    put_results(store, normalise(rows), evaluator)
     return rows

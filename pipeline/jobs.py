@@ -75,3 +75,4 @@ class RunOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     storage_attempts: int = DEFAULT_ATTEMPTS
     storage_options: dict | None = None  # credentials live here: never written anywhere
+    evaluator: dict[str, Any] | None = None  # scores every result (nst_ops.evaluate); None: not

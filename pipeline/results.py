@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from typing import Any
+
+import pyarrow as pa
 
 from nst_ops.vocab import Status
 
@@ -42,3 +46,57 @@ def collect(store: storage.Store) -> tuple[list[dict[str, Any]], int]:
     if store.exists(JOBS):
         total = store.get_table(JOBS).num_rows
     return rows, max(total, len(rows))
+
+
+EVALUATOR_KEY = b"nst_evaluator"
+
+
+def put_results(store: storage.Store, table: pa.Table, evaluator: dict[str, Any] | None) -> None:
+    """results.parquet, with the run's evaluator in its metadata (what the scores mean)."""
+    if evaluator is not None:
+        meta = {**(table.schema.metadata or {}), EVALUATOR_KEY: json.dumps(evaluator).encode()}
+        table = table.replace_schema_metadata(meta)
+    store.put_table(RESULTS, table)
+
+
+def evaluator_of(store: storage.Store) -> dict[str, Any] | None:
+    """The evaluator recorded in results.parquet (None: none recorded)."""
+    if not store.exists(RESULTS):
+        return None
+    meta = store.get_table(RESULTS).schema.metadata or {}
+    return json.loads(meta[EVALUATOR_KEY]) if EVALUATOR_KEY in meta else None
+
+
+def normalise(rows: Sequence[dict[str, Any]]) -> pa.Table:
+    """Rows with differing keys (tags, per-layer losses) -> one table with the union of columns.
+
+    A column must have one type: where some rows hold a list (a tag shared by several manifest
+    rows), single values become one-element lists; anything else that still will not convert
+    (e.g. a tag that was a number in an older run and text now) is stored as JSON text, so a
+    finished run never fails at its last step."""
+    keys: dict[str, None] = {}
+    for r in rows:
+        keys.update(dict.fromkeys(r))
+    columns = {}
+    for k in keys:
+        values = [r.get(k) for r in rows]
+        if any(isinstance(v, list) for v in values):
+            values = [v if v is None or isinstance(v, list) else [v] for v in values]
+        try:
+            columns[k] = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            columns[k] = pa.array([None if v is None else json.dumps(v) for v in values])
+    return pa.table(columns)
+
+
+def merge_scores(
+    store: storage.Store, scored: list[dict[str, Any]], evaluator: dict[str, Any]
+) -> None:
+    """results.parquet with the new scores of ``scored`` (other rows as they were)."""
+    fields = ("score_content", "score_style", "score_by", "score_error")
+    new = {r["job_id"]: {k: r.get(k) for k in fields} for r in scored}
+    rows = store.get_table(RESULTS).to_pylist() if store.exists(RESULTS) else []
+    known = {r["job_id"] for r in rows}
+    rows = [{**r, **new.get(r["job_id"], {})} for r in rows]
+    rows += [{**r, "committed": True} for r in scored if r["job_id"] not in known]
+    put_results(store, normalise(rows), evaluator)

@@ -68,6 +68,7 @@ class Store:
         attempts: int = DEFAULT_ATTEMPTS,
     ):
         self.fs, self.root = filesystem(out, storage_options)
+        self.options = storage_options  # for reading inputs elsewhere with the same credentials
         self.attempts = attempts
 
     def put(self, path: str, data: bytes) -> None:

@@ -11,12 +11,13 @@ import platform
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pyarrow as pa
 import torch
 
+from nst_ops.evaluator import Evaluator
 from nst_ops.layers import deepest
 from nst_ops.optim import Outcome
 from nst_ops.spec import batch_key
@@ -24,7 +25,7 @@ from nst_ops.transfer import InputKeys, output_hw, stylize_batch
 from nst_ops.vgg import VGGFeatures
 from nst_ops.vocab import Status
 
-from . import images, layout, record, storage, weights
+from . import images, layout, record, scoring, storage, weights
 from .errors import NstError
 from .jobs import Job, RunOptions
 
@@ -98,6 +99,7 @@ def run_job(
 
 
 Ready = tuple[Job, torch.Tensor | None, list[torch.Tensor]]
+Scorer = Callable[[bytes], dict[str, Any]]
 
 
 class _Inputs:
@@ -188,9 +190,25 @@ def _run_batch(
         return {j.id: _finish(j, None, {**extra, **inputs.record(j), **_fail(e)}, t0, store)
                 for j in jobs}  # fmt: skip
     return {
-        j.id: _finish(j, o, {**extra, **inputs.record(j), "batch_size": len(batch)}, t0, store)
-        for j, o in zip(jobs, outcomes, strict=True)
+        item[0].id: _finish(
+            item[0],
+            o,
+            {**extra, **inputs.record(item[0]), "batch_size": len(batch)},
+            t0,
+            store,
+            _scorer(inputs.opts, item, device),
+        )
+        for item, o in zip(batch, outcomes, strict=True)
     }
+
+
+def _scorer(opts: RunOptions, item: Ready, device: torch.device) -> Scorer | None:
+    """Scores a result's PNG under the run's evaluator (none: not scored)."""
+    if opts.evaluator is None:
+        return None
+    ev = Evaluator.from_dict(opts.evaluator)
+    job, content, styles = item
+    return lambda png: scoring.score_png(ev, png, job.spec, content, styles, device)
 
 
 def _batches(ready: list[Ready], batch_size: int) -> Iterator[list[Ready]]:
@@ -214,15 +232,19 @@ def _finish(
     info: dict[str, Any],
     started: float,
     store: storage.Store,
+    score: Scorer | None = None,
 ) -> dict[str, Any]:
     """Write a job's image, trace, job.json and finally its commit marker; return its row."""
     row = record.row(job, Status.FAILED, **info)
+    png = images.encode_png(outcome.image) if outcome is not None else b""
     if outcome is not None:
         row.update(record.outcome_fields(job, outcome))
+        if score is not None:
+            row.update(score(png))
     row["seconds"] = round(time.time() - started, 3)
     try:
         if outcome is not None:
-            store.put(row["image_uri"], images.encode_png(outcome.image))
+            store.put(row["image_uri"], png)
             store.put_table(row["trace_uri"], _trace_table(outcome.trace))
         store.put_json(layout.job_path(job.id, layout.RECORD), record.job_json(row, started))
         store.put_json(layout.job_path(job.id, layout.MARKER), row)  # last: now it counts as done

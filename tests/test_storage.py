@@ -103,7 +103,7 @@ def test_job_ids_that_are_not_plain_hex_never_become_paths():
 def test_results_tables_accept_rows_whose_tags_changed_type_between_runs():
     """A finished run must never fail at its last step: a tag that became a list (rows merged)
     or changed type since an earlier run still gives a results table."""
-    from pipeline.execute import normalise
+    from pipeline.results import normalise
 
     rows = [
         {"job_id": "a", "tag_experiment": "pooling", "tag_n": 3},

@@ -1,0 +1,105 @@
+"""Scoring results under the run's evaluator (nst_ops.evaluate), in the worker right after a job
+and again with `nst score`: the same function on the same saved PNG, so both give the same
+numbers. Scoring never fails a job: a problem is recorded as ``score_error``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from nst_ops.evaluate import scores
+from nst_ops.evaluator import Evaluator
+from nst_ops.spec import JobSpec
+from nst_ops.transfer import fit_longer_side, hw_of, resize
+from nst_ops.vgg import VGGFeatures
+
+from . import images, layout, storage, weights
+from .errors import NstError
+
+SCORES = ("score_content", "score_style")
+_NETS: dict[tuple[Evaluator, str], VGGFeatures] = {}
+
+
+def network(ev: Evaluator, device: torch.device) -> VGGFeatures:
+    """One evaluator network per process and device, in the default memory layout (the same
+    kernels in the worker and in `nst score`)."""
+    key = (ev, str(device))
+    if key not in _NETS:
+        _, seed = weights.parse(ev.weights)
+        sd = weights.cached_state_dict(ev.weights, ev.backbone)
+        net = VGGFeatures(ev.backbone, ev.layers, ev.pooling, state_dict=sd, seed=seed)
+        _NETS[key] = net.to(device)
+    return _NETS[key]
+
+
+def score_png(
+    ev: Evaluator,
+    png: bytes,
+    spec: JobSpec,
+    content: torch.Tensor | None,
+    styles: Sequence[torch.Tensor],
+    device: torch.device,
+) -> dict[str, Any]:
+    """Scores of a saved result (as stored: 8-bit) against its decoded inputs (3,H,W): content
+    at the result's size, styles with their longer side at the result's longer side."""
+    try:
+        x = images.decode(png, "result").unsqueeze(0).to(device)
+        hw = hw_of(x)
+        c = None
+        if content is not None and spec.uses_content:
+            c = resize(content, hw).to(device)
+        s = [fit_longer_side(t, max(hw)).to(device) for t in styles]
+        found = scores(network(ev, device), ev, x, c, s, spec.style_blend)
+        return {**dict.fromkeys(SCORES), **found, "score_by": ev.key, "score_error": None}
+    except Exception as e:  # noqa: BLE001  (a score is extra information, never the job's fate)
+        return {**dict.fromkeys(SCORES), "score_by": ev.key, "score_error": f"{e}"}
+
+
+def rescore(
+    store: storage.Store, ev: Evaluator, device: torch.device, max_pixels: int
+) -> list[dict[str, Any]]:
+    """`nst score`: score every committed result again under ``ev`` without optimising; each
+    job.json and marker is rewritten whole with the new scores. Returns the updated rows."""
+    rows = store.committed()
+    decoded: dict[str, torch.Tensor] = {}
+
+    def image(uri: str) -> torch.Tensor:
+        if uri not in decoded:
+            decoded[uri] = images.decode(storage.read_bytes(uri, store.options), uri, max_pixels)
+        return decoded[uri]
+
+    for row in rows.values():
+        if not row.get("image_uri"):
+            continue
+        spec = spec_of(row)
+        try:
+            content = image(row["content_uri"]) if spec.uses_content else None
+            styles = [image(u) for u in row.get("style_uris") or []]
+            png = storage.read_bytes(store.resolve(row["image_uri"]), store.options)
+        except (OSError, NstError) as e:
+            row.update(dict.fromkeys(SCORES), score_error=f"could not read: {e}", score_by=ev.key)
+            continue
+        row.update(score_png(ev, png, spec, content, styles, device))
+        _rewrite(store, row)
+    return list(rows.values())
+
+
+def spec_of(row: dict[str, Any]) -> JobSpec:
+    names = JobSpec.field_names()
+    return JobSpec.from_dict({k: v for k, v in row.items() if k in names and v is not None})
+
+
+def _rewrite(store: storage.Store, row: dict[str, Any]) -> None:
+    """job.json, then the marker (still last), each written whole."""
+    record_path = layout.job_path(row["job_id"], layout.RECORD)
+    try:
+        rec = json.loads(store.get(record_path))
+    except (OSError, ValueError):
+        rec = {}
+    scored = {k: row.get(k) for k in (*SCORES, "score_by", "score_error")}
+    store.put_json(record_path, {**rec, **scored})
+    marker = {k: v for k, v in row.items() if k != "committed"}
+    store.put_json(layout.job_path(row["job_id"], layout.MARKER), marker)
