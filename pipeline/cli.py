@@ -27,6 +27,7 @@ from . import images, lease, manifest, results, storage
 from .errors import NstError
 from .grid import DEFAULT_MAX_JOBS, expand
 from .plan import Plan, make_plan
+from .ranking import Rank
 
 if TYPE_CHECKING:
     from .execute import Summary
@@ -647,15 +648,27 @@ def report(
     cols: Annotated[
         str | None, typer.Option(help="Axis for contact-sheet columns, or none.")
     ] = None,
+    color: Annotated[
+        str | None, typer.Option(help="Axis that colours the score scatter (default: one varying).")
+    ] = None,
+    rank: Annotated[
+        Rank, typer.Option(help="Top jobs by: style, content, or pareto (balanced front first).")
+    ] = Rank.PARETO,
+    top: Annotated[int, typer.Option(help="How many top jobs to show.")] = 12,
+    max_tiles: Annotated[
+        int, typer.Option(help="Contact-sheet tiles above which each cell shows its best only.")
+    ] = 300,
     storage_options: StorageOpt = None,
 ) -> None:
-    """Write OUT/report.html: contact sheet by grid axes, loss curves, summary table.
+    """Write OUT/report.html: score scatter with the Pareto front, top jobs, effect of each axis,
+    contact sheet by grid axes, loss curves by axis, the jobs table.
 
-    Example: nst report results/seed_study --rows tag_experiment --cols none
+    Example: nst report results/seed_study --rows tag_experiment --cols none --rank style
     """
-    from .report import write_report
+    from .report import ReportOptions, write_report
 
-    url = write_report(out, _storage(storage_options), rows=rows, cols=cols, console=out_console)
+    opts = ReportOptions(rows, cols, color, rank, top, max_tiles)
+    url = write_report(out, _storage(storage_options), opts, console=out_console)
     out_console.print(f"report: {url}")
 
 

@@ -7,6 +7,7 @@ between buckets or downloaded and still read back (readers resolve them against 
     results.parquet              one row per job (parameters, status, losses, relative paths)
     report.html                  `nst report`
     _LEASE                       the live run's lease (owner, host, heartbeat)
+    report_cache/thumbs/         thumbnails `nst report` made (reused while a job is unchanged)
     jobs/<job_id>/image.png      the result (best image; for diverged jobs the best before it)
     jobs/<job_id>/trace.parquet  the loss trace
     jobs/<job_id>/job.json       the job's record: parameters, status, timings, inputs, versions
@@ -26,6 +27,7 @@ IMAGE = "image.png"
 TRACE = "trace.parquet"
 RECORD = "job.json"
 MARKER = "_COMMIT"
+THUMBS = "report_cache/thumbs"  # `nst report`'s thumbnails, <job_id>-<commit time>.jpg
 OUTPUTS = (IMAGE, TRACE)  # what a job that optimised (ok or diverged) must still have
 
 

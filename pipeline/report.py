@@ -6,8 +6,6 @@ is HTML-escaped: job names and tags are data, never markup.
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import statistics
 from collections import Counter
@@ -15,37 +13,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import pyarrow.parquet as pq
 from jinja2 import Environment, PackageLoader, select_autoescape
-from matplotlib.figure import Figure
-from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
 from nst_ops.spec import JobSpec
 from nst_ops.vocab import Status
 
-from . import storage
+from . import figures, layout, storage
 from .errors import NstError
-from .results import collect
+from .figures import _key, _order, label
+from .ranking import Effect, Rank, effects, members, pareto_front, ranked
+from .results import collect, evaluator_of
 
-AXIS_KEYS = ("content_uri", "style_uris", *JobSpec.field_names())
+INPUT_AXES = ("content_uri", "style_uris")
+AXIS_KEYS = (*INPUT_AXES, *JobSpec.field_names())
 STATUS_ORDER = Status.values()
-
-
-def _key(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, default=str)
-
-
-def _order(value: Any) -> tuple:
-    """Sort key for axis values: numbers by value, lists by length (layer sweeps), then text."""
-    if isinstance(value, bool) or value is None:
-        return (3, 0, _key(value))
-    if isinstance(value, (int, float)):
-        return (0, float(value), "")
-    if isinstance(value, list):
-        return (2, len(value), _key(value))
-    return (1, 0, str(value))
 
 
 def varying_axes(rows: Sequence[dict]) -> list[str]:
@@ -54,61 +37,6 @@ def varying_axes(rows: Sequence[dict]) -> list[str]:
     keys += sorted({k for r in rows for k in r if k.startswith("tag_")})
     counts = {k: len({_key(r.get(k)) for r in rows}) for k in keys}
     return sorted((k for k, n in counts.items() if n > 1), key=lambda k: (counts[k], keys.index(k)))
-
-
-URI_KEYS = ("content_uri", "style_uris", "weights")
-
-
-def label(value: Any, key: str | None = None) -> str:
-    """Short display text; URIs are shown by file name."""
-    if isinstance(value, list):
-        return ", ".join(label(v, key) for v in value)
-    if key in URI_KEYS and isinstance(value, str):
-        return value.rstrip("/").rsplit("/", 1)[-1]
-    if isinstance(value, float):
-        return f"{value:g}"
-    return "—" if value is None else str(value)
-
-
-def _data_uri(data: bytes, mime: str) -> str:
-    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
-
-
-def thumbnail(uri: str, so: dict | None, px: int = 160) -> str | None:
-    """A JPEG data URI, or None when the image is gone or unreadable (the tile says so)."""
-    try:
-        img = Image.open(io.BytesIO(storage.read_bytes(uri, so))).convert("RGB")
-    except (OSError, ValueError):
-        return None
-    img.thumbnail((px, px))
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=85)
-    return _data_uri(buf.getvalue(), "image/jpeg")
-
-
-def loss_curve(uri: str, so: dict | None, title: str) -> str | None:
-    try:
-        trace = pq.read_table(io.BytesIO(storage.read_bytes(uri, so))).to_pydict()
-    except (OSError, ValueError):
-        return None
-    fig = Figure(figsize=(3.6, 2.4), dpi=80)
-    ax = fig.subplots()
-    for name, style in (("total", "-"), ("content", "--"), ("style", ":")):
-        pairs = [
-            (i, v)
-            for i, v in zip(trace.get("iteration", []), trace.get(name, []), strict=True)
-            if v is not None and v > 0
-        ]
-        if pairs:
-            ax.plot(*zip(*pairs, strict=True), style, label=name)
-    ax.set_yscale("log")
-    ax.set_xlabel("iteration")
-    ax.set_title(title, fontsize=8)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return _data_uri(buf.getvalue(), "image/png")
 
 
 def _fmt(v: Any, key: str | None = None) -> str:
@@ -131,6 +59,7 @@ class Tile:
 class SheetRow:
     label: str
     cells: list[list[Tile]]
+    hidden: list[int]  # tiles per cell left out of a sampled sheet
 
 
 @dataclass
@@ -139,14 +68,25 @@ class Sheet:
     col_axis: str | None
     col_labels: list[str]
     rows: list[SheetRow]
+    hidden: int = 0
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    rows: str | None = None  # contact-sheet axes (None: chosen from what varies)
+    cols: str | None = None
+    color: str | None = None  # the scatter's colour axis
+    rank: Rank = Rank.PARETO
+    top: int = 12
+    max_tiles: int = 300  # above this the contact sheet shows the best tiles of each cell
 
 
 def _tile(r: dict[str, Any], shown: Sequence[str], thumbs: dict[str, str | None]) -> Tile:
-    """One result: thumbnail (linking to its row in the jobs table), parameters, losses."""
+    """One result: thumbnail (linking to its row in the jobs table), parameters, scores."""
     losses = [
-        (k, _fmt(r.get(f"final_{k}")))
-        for k in ("total", "content", "style")
-        if r.get(f"final_{k}") is not None
+        (k.replace("final_", ""), _fmt(r.get(k)))
+        for k in ("score_content", "score_style", "final_total")
+        if r.get(k) is not None
     ]
     return Tile(
         job_id=r["job_id"],
@@ -162,40 +102,63 @@ def _tile(r: dict[str, Any], shown: Sequence[str], thumbs: dict[str, str | None]
 def _axis_values(rows: list[dict[str, Any]], axis: str | None) -> list[str]:
     if not axis:
         return ["null"]
-    found = {_key(v) for r in rows for v in _members(r, axis)}
+    found = {_key(v) for r in rows for v in members(r, axis)}
     return sorted(found, key=lambda k: _order(json.loads(k)))
 
 
+def _cells(
+    rows: list[dict[str, Any]], row_axis: str | None, col_axis: str | None
+) -> list[tuple[str, list[tuple[str, list[dict[str, Any]]]]]]:
+    """(row value, [(column value, jobs)]): a job shared by several values is in each."""
+    cvals = _axis_values(rows, col_axis)
+    out = []
+    for rv in _axis_values(rows, row_axis):
+        group = [r for r in rows if not row_axis or rv in map(_key, members(r, row_axis))]
+        cells = [
+            (cv, [r for r in group if not col_axis or cv in map(_key, members(r, col_axis))])
+            for cv in cvals
+        ]
+        out.append((rv, cells))
+    return out
+
+
 def _sheet(
-    rows: list[dict[str, Any]],
-    row_axis: str | None,
-    col_axis: str | None,
+    layout_: list[tuple[str, list[tuple[str, list[dict[str, Any]]]]]],
+    axes: tuple[str | None, str | None],
+    per_cell: int,
+    position: dict[str, int],
     thumbs: dict[str, str | None],
 ) -> Sheet:
-    """One row per value of ``row_axis``, one column per value of ``col_axis``; each tile lists
-    the parameters that vary within its row (beyond the two axes)."""
-    cvals = _axis_values(rows, col_axis)
+    """One row per value of the row axis, one column per value of the column axis; at most
+    ``per_cell`` tiles per cell, the best by the report's ranking first."""
+    row_axis, col_axis = axes
+    cvals = [cv for cv, _ in layout_[0][1]] if layout_ else []
     col_labels = (
         [f"{col_axis} = {label(json.loads(c), col_axis)}" for c in cvals] if col_axis else [""]
     )
-    out = []
-    for rv in _axis_values(rows, row_axis):
-        group = [r for r in rows if not row_axis or rv in map(_key, _members(r, row_axis))]
-        shown = [a for a in varying_axes(group) if a not in (row_axis, col_axis)]
-        cells = []
-        for cv in cvals:
-            hits = [r for r in group if not col_axis or cv in map(_key, _members(r, col_axis))]
-            hits.sort(key=lambda r: tuple(_order(r.get(a)) for a in shown))
-            cells.append([_tile(r, shown, thumbs) for r in hits])
+    out, hidden_total = [], 0
+    for rv, cells in layout_:
+        group = [r for _, hits in cells for r in hits]
+        shown = [a for a in varying_axes(group) if a not in axes]
+        tiles, hidden = [], []
+        for _, hits in cells:
+            hits = sorted(hits, key=lambda r: (position.get(r["job_id"], len(position)),
+                                               tuple(_order(r.get(a)) for a in shown)))  # fmt: skip
+            tiles.append([_tile(r, shown, thumbs) for r in hits[:per_cell]])
+            hidden.append(max(0, len(hits) - per_cell))
+        hidden_total += sum(hidden)
         name = f"{row_axis} = {label(json.loads(rv), row_axis)}" if row_axis else ""
-        out.append(SheetRow(name, cells))
-    return Sheet(row_axis, col_axis, col_labels, out)
+        out.append(SheetRow(name, tiles, hidden))
+    return Sheet(row_axis, col_axis, col_labels, out, hidden_total)
 
 
-def _members(r: dict[str, Any], axis: str) -> list[Any]:
-    """A tag shared by several manifest rows holds a list: the job belongs under each value."""
-    v = r.get(axis)
-    return list(v) if axis.startswith("tag_") and isinstance(v, list) and v else [v]
+def _per_cell(layout_: list, max_tiles: int) -> int:
+    """Tiles per cell so the sheet stays near ``max_tiles`` (every cell shows at least one)."""
+    sizes = [len(hits) for _, cells in layout_ for _, hits in cells]
+    if sum(sizes) <= max_tiles:
+        return max(sizes, default=0)
+    filled = sum(1 for n in sizes if n) or 1
+    return max(1, max_tiles // filled)
 
 
 def _job_line(r: dict[str, Any], grid_cols: Sequence[str]) -> dict[str, Any]:
@@ -210,6 +173,8 @@ def _job_line(r: dict[str, Any], grid_cols: Sequence[str]) -> dict[str, Any]:
         "missing": bool(r.get("outputs_missing")),
         "seconds": _fmt(r.get("seconds")),
         "final_total": _fmt(r.get("final_total")),
+        "score_content": _fmt(r.get("score_content")),
+        "score_style": _fmt(r.get("score_style")),
         "diverged_at": _fmt(r.get("diverged_at")),
         "error": str(r.get("error") or ""),
     }
@@ -231,7 +196,7 @@ def _choose_axes(
                 f"{', '.join(axes) or 'none'}"
             )
     free = [a for a in reversed(axes) if a not in (rows, cols)]
-    free.sort(key=lambda a: a in ("content_uri", "style_uris"))
+    free.sort(key=lambda a: a in INPUT_AXES)
     row_axis = rows or (free.pop(0) if free else None)
     col_axis = cols or (free.pop(0) if free else None)
     return (None if row_axis == "none" else row_axis), (None if col_axis == "none" else col_axis)
@@ -247,30 +212,133 @@ def _timing(results: list[dict[str, Any]]) -> str:
     )
 
 
-def render(out: str, results: list[dict[str, Any]], total: int, so: dict[str, Any] | None,
-           rows: str | None, cols: str | None) -> str:  # fmt: skip
+def _comparable(results: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
+    """Rows scored under the run's (most common) evaluator, and a note on any left out."""
+    keys = Counter(r.get("score_by") for r in results if r.get("score_style") is not None)
+    if not keys:
+        return [], "no scores: run `nst score OUT` (runs before scores existed have none)"
+    main = keys.most_common(1)[0][0]
+    rows = [r for r in results if r.get("score_by") == main and r.get("score_style") is not None]
+    other = sum(keys.values()) - len(rows)
+    note = (
+        f"{other} job(s) scored under another evaluator are left out: `nst score OUT`"
+        if other
+        else ""
+    )
+    return rows, note
+
+
+def _decide(scored: list[dict[str, Any]], axes: list[str], o: ReportOptions) -> dict[str, Any]:
+    """The scatter, the Pareto front, the top jobs and each axis's effect."""
+    settings = [a for a in axes if a not in INPUT_AXES]
+    choices = settings or axes  # default: the setting with the fewest values
+    color = o.color or (choices[0] if choices else None)
+    if color and axes and color not in axes and color not in {k for r in scored for k in r}:
+        raise NstError(
+            f"--color {color!r} is not a result column; axes that vary: {', '.join(axes)}"
+        )
+    front = pareto_front(scored)
+    return {
+        "scatter": figures.scatter(scored, front, color),
+        "front": [r["job_id"] for r in front],
+        "ranking": ranked(scored, o.rank, len(scored)),
+        "effects": effects(scored, settings),
+        "color": color,
+    }
+
+
+def render(
+    store: storage.Store, results: list[dict[str, Any]], total: int, o: ReportOptions
+) -> str:
     """The page: data gathered here, markup in templates/report.html (autoescaped)."""
     axes = varying_axes(results)
-    row_axis, col_axis = _choose_axes(results, axes, rows, cols)
-    thumbs = {r["job_id"]: thumbnail(r["image_uri"], so) for r in results if r.get("image_uri")}
-    curves = [
-        (r["job_id"], loss_curve(r["trace_uri"], so, f"{r['job_id'][:8]} {r['status']}"))
-        for r in results
-        if r.get("trace_uri")
-    ]
-    counts = _counts(results, total)
-    grid_cols = [a for a in reversed(axes) if a not in ("content_uri", "style_uris")]
+    row_axis, col_axis = _choose_axes(results, axes, o.rows, o.cols)
+    scored, score_note = _comparable(results)
+    d = _decide(scored, axes, o)
+    position = {r["job_id"]: i for i, r in enumerate(d["ranking"])}
+    cells = _cells(results, row_axis, col_axis)
+    per_cell = _per_cell(cells, o.max_tiles)
+    top = d["ranking"][: o.top]
+    on_sheet = [r for _, cs in cells for _, hits in cs for r in _best(hits, position, per_cell)]
+    pictured = {r["job_id"]: r for r in [*top, *on_sheet] if r.get("image_uri")}
+    thumbs = figures.thumbnails(store, list(pictured.values()))
+    curve_axes = [a for a in axes if a not in INPUT_AXES][-4:]
+    sample = _curve_sample(results, curve_axes)
+    traces = figures.read_traces(store, list({**sample, **pictured}.values()))
+    grid_cols = [a for a in reversed(axes) if a not in INPUT_AXES]
     return TEMPLATES.get_template("report.html").render(
-        out=out,
+        out=store.url(""),
         shown_jobs=len(results),
         total=total,
-        summary=", ".join(f"{k}: {v}" for k, v in sorted(counts.items()) if v),
+        summary=", ".join(f"{k}: {v}" for k, v in sorted(_counts(results, total).items()) if v),
         timing=_timing(results),
-        sheet=_sheet(results, row_axis, col_axis, thumbs),
+        score_note=score_note,
+        evaluator=_evaluator_line(store),
+        scatter=d["scatter"],
+        color=d["color"],
+        effects=[_effect_view(e) for e in d["effects"]],
+        rank=o.rank.value,
+        top=[_tile(r, grid_cols, thumbs) for r in top],
+        sheet=_sheet(cells, (row_axis, col_axis), per_cell, position, thumbs),
         also_varying=", ".join(a for a in axes if a not in (row_axis, col_axis)),
         grid_cols=grid_cols,
         jobs=[_job_line(r, grid_cols) for r in results],
-        curves=[(j, u) for j, u in curves if u],
+        group_curves=[
+            (a, u)
+            for a in curve_axes
+            if (u := figures.group_curves(a, list(sample.values()), traces))
+        ],
+        curves={j: figures.compact_curve(t) for j, t in traces.items() if j in pictured},
+    )
+
+
+def _best(hits: list[dict[str, Any]], position: dict[str, int], n: int) -> list[dict[str, Any]]:
+    return sorted(hits, key=lambda r: position.get(r["job_id"], len(position)))[:n]
+
+
+def _curve_sample(
+    results: list[dict[str, Any]], axes: list[str], per_value: int = 24
+) -> dict[str, dict[str, Any]]:
+    """Up to ``per_value`` jobs per value of each axis (evenly spaced through the rows): the
+    group curves' medians need a sample, not every trace of 10,000 jobs."""
+    out: dict[str, dict[str, Any]] = {}
+    with_trace = [r for r in results if r.get("trace_uri")]
+    for axis in axes:
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for r in with_trace:
+            for v in members(r, axis):
+                groups.setdefault(_key(v), []).append(r)
+        for g in groups.values():
+            step = max(1, len(g) // per_value)
+            out.update((r["job_id"], r) for r in g[::step][:per_value])
+    return out
+
+
+def _effect_view(e: Effect) -> dict[str, Any]:
+    return {
+        "axis": e.axis,
+        "rows": [
+            {
+                "value": label(v, e.axis),
+                "n": n,
+                "content": _fmt(mc),
+                "style": _fmt(ms),
+                "best_content": e.best.get("score_content") == v and mc is not None,
+                "best_style": e.best.get("score_style") == v and ms is not None,
+            }
+            for v, n, mc, ms in sorted(e.values, key=lambda x: _order(x[0]))
+        ],
+    }
+
+
+def _evaluator_line(store: storage.Store) -> str:
+    ev = evaluator_of(store)
+    if not ev:
+        return ""
+    layers = ",".join(ev.get("style_layers", []))
+    return (
+        f"{ev.get('backbone')} · weights {label(ev.get('weights'), 'weights')} · "
+        f"{ev.get('pooling')} pooling · content {ev.get('content_layer')} · style {layers}"
     )
 
 
@@ -283,8 +351,7 @@ def _counts(results: list[dict[str, Any]], total: int) -> Counter[str]:
 def write_report(
     out: str,
     so: dict[str, Any] | None = None,
-    rows: str | None = None,
-    cols: str | None = None,
+    options: ReportOptions = ReportOptions(),
     console: Console | None = None,
 ) -> str:
     """Render ``OUT/report.html`` and print a compact terminal summary; returns the page URL."""
@@ -293,10 +360,10 @@ def write_report(
     if not results:
         raise NstError(f"{out}: no results to report (run `nst run` first)")
     results.sort(key=lambda r: (r.get("row") or 0, r["job_id"]))
-    store.put("report.html", render(out, results, total, so, rows, cols).encode())
+    store.put(layout.REPORT, render(store, results, total, options).encode())
     if console is not None:
         console.print(_summary_table(out, results, total))
-    return store.url("report.html")
+    return store.url(layout.REPORT)
 
 
 def _summary_table(out: str, results: list[dict[str, Any]], total: int) -> Table:

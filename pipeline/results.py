@@ -30,6 +30,7 @@ def collect(store: storage.Store) -> tuple[list[dict[str, Any]], int]:
     files = store.job_files()
     rows = list(store.committed(files).values())
     for r in rows:
+        r["_committed_at"] = files.marker_mtime.get(r["job_id"])  # not stored: for caches
         if layout.outputs_missing(r, files.get(r["job_id"], {})):
             r["outputs_missing"] = True
         for key in ("image_uri", "trace_uri"):

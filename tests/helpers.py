@@ -79,3 +79,50 @@ def run_manifest(tmp_path: Path, rows: list[dict], *args: str, **common):
     pq.write_table(table(rows, **common), tmp_path / "m.parquet")
     out = tmp_path / "o"
     return nst("run", tmp_path / "m.parquet", "--out", out, "--no-progress", *args), out
+
+
+def synthetic_run(root: Path, n: int, seed: int = 0) -> Path:
+    """A finished run of ``n`` scored jobs written as workers write them (image, trace, job.json,
+    marker, then results.parquet), without optimising: for report tests and benchmarks.
+    Axes: style_weight (4 values) x lr (2) x content (n/8 images); scores trade off."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from nst_ops.spec import JobSpec
+    from nst_ops.vocab import Status
+    from pipeline import layout, record
+    from pipeline.execute import write_results
+    from pipeline.jobs import Job
+
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    jobs, rows = [], {}
+    betas, lrs = (1e3, 1e4, 1e5, 1e6), (0.01, 0.1)
+    for i in range(n):
+        beta, lr = betas[i % 4], lrs[(i // 4) % 2]
+        spec = JobSpec(weights="random:0", optimizer="adam", style_weight=beta, lr=lr, size=32)
+        job = Job(spec, f"/in/content/c{i // 8}.png", ("/in/style/s.png",), i // 8)
+        tilt = np.log10(beta) - 4.5 + rng.normal(0, 0.4)
+        style = -tilt - 6 + rng.normal(0, 0.3)  # noise: not every job is on the Pareto front
+        scores = {"score_content": float(10 ** (tilt - 3)), "score_style": float(10**style)}
+        row = record.row(job, Status.OK, final_total=float(rng.lognormal()), seconds=1.0,
+                         **scores, score_by="synthetic", inputs=[],
+                         image_uri=layout.job_path(job.id, layout.IMAGE),
+                         trace_uri=layout.job_path(job.id, layout.TRACE))  # fmt: skip
+        d = root / layout.job_dir(job.id)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / layout.IMAGE).write_bytes(png_bytes(32, 32, seed=i))
+        its = list(range(0, 101, 10))
+        total = [float(10 ** (2 - k / 50 + rng.normal(0, 0.05))) for k in its]
+        pq.write_table(pa.table({"iteration": its, "total": total}), d / layout.TRACE)
+        (d / layout.RECORD).write_text(json.dumps(row))
+        (d / layout.MARKER).write_text(json.dumps(row))
+        jobs.append(job)
+        rows[job.id] = row
+    from pipeline.storage import Store
+
+    evaluator = {"backbone": "vgg19", "weights": "random:0", "pooling": "max",
+                 "content_layer": "relu3_1", "style_layers": ["relu1_1"]}  # fmt: skip
+    write_results(Store(str(root)), jobs, {}, rows, evaluator)
+    return root
