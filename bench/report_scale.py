@@ -1,0 +1,41 @@
+"""`nst report` at scale: a synthetic finished run of N scored jobs (tests/helpers.synthetic_run:
+real images, traces, markers and results.parquet, nothing optimised), reported twice (the second
+time with the thumbnail cache warm). Prints seconds and the page's size.
+
+    python bench/report_scale.py --jobs 10000
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+from helpers import synthetic_run  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--jobs", type=int, nargs="+", default=[10_000])
+    a = ap.parse_args()
+    print("| jobs | report, first (s) | report, cached thumbnails (s) | report.html (MB) |")
+    print("|---|---|---|---|")
+    for n in a.jobs:
+        run = synthetic_run(Path(tempfile.mkdtemp()) / "run", n)
+        times = []
+        for _ in range(2):
+            start = time.perf_counter()
+            cmd = [sys.executable, "-m", "pipeline.cli", "report", str(run)]
+            subprocess.run(cmd, check=True, capture_output=True)
+            times.append(time.perf_counter() - start)
+        size = (run / "report.html").stat().st_size / 1e6
+        print(f"| {n:,} | {times[0]:.1f} | {times[1]:.1f} | {size:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
