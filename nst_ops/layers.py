@@ -17,6 +17,22 @@ CFGS: dict[str, list[int | str]] = {
 }  # fmt: skip
 
 
+def layer_table(backbone: str) -> list[tuple[str, str, int, int]]:
+    """(name, kind, output channels, downsampling factor) for every module of ``features``."""
+    rows: list[tuple[str, str, int, int]] = []
+    channels, scale = 3, 1
+    names = iter(layer_names(backbone))
+    for v in CFGS[BACKBONE_CFG[backbone]]:
+        if v == "M":
+            scale *= 2
+            rows.append((next(names), "pool", channels, scale))
+        else:
+            channels = int(v)
+            rows.append((next(names), "conv", channels, scale))
+            rows.append((next(names), "relu", channels, scale))
+    return rows
+
+
 class WeightsError(ValueError):
     """A state dict that does not fit the network it is loaded into."""
 

@@ -42,10 +42,12 @@ class Outcome:
     status: Status  # OK or DIVERGED
     iterations: int
     diverged_at: int | None = None
+    converged_at: int | None = None  # early stopping (spec.tol) ended it here, status OK
     reason: str | None = None
     final: dict[str, float] = field(default_factory=dict)
     trace: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
+    snapshots: list[tuple[int, Tensor]] = field(default_factory=list)  # (iteration, image)
 
 
 def make_optimizer(specs: Sequence[JobSpec], params: list[Tensor]) -> torch.optim.Optimizer:
@@ -94,6 +96,24 @@ class Divergence:
         )
 
 
+@dataclass
+class Convergence:
+    """Early stopping: an image is done when its best loss improved by less than ``tol`` (a
+    fraction) over the last ``window`` iterations. What L-BFGS users ask for most: most of a
+    fixed budget is spent where the image no longer changes visibly."""
+
+    tol: float
+    window: int
+    bests: list[float] = field(default_factory=list)
+
+    def check(self, best: float) -> bool:
+        self.bests.append(best)
+        if self.tol <= 0 or len(self.bests) <= self.window:
+            return False
+        before = self.bests[-1 - self.window]
+        return math.isfinite(before) and (before - best) <= self.tol * abs(before)
+
+
 def _row(terms: Terms, i: int, iteration: int, seconds: float) -> dict[str, float]:
     row: dict[str, float] = {
         "iteration": iteration,
@@ -119,6 +139,7 @@ class _Batch:
         self.alive = torch.ones(b, dtype=torch.bool)
         self.outcomes = [Outcome(image=x0[i], status=Status.OK, iterations=0) for i in range(b)]
         self.guards = [Divergence(s.divergence_factor, s.divergence_patience) for s in specs]
+        self.converging = [Convergence(s.tol, s.tol_window) for s in specs]
 
     def evaluate(self, iteration: int, backward: bool) -> Terms:
         """Losses at the current images; keep any image that beats its best; gradients only for
@@ -154,6 +175,9 @@ class _Batch:
                 reason = self.guards[i].at_end(float(self.best[i]))
             if step % spec.log_every == 0 or step == 1 or step == spec.iterations or reason:
                 out.trace.append(_row(terms, i, iteration, now))
+            every = self.specs[i].save_every
+            if every and step % every == 0:
+                out.snapshots.append((iteration, self.xs[i].detach()[0].clamp(0, 1).cpu()))
             if reason:
                 self.alive[i] = False
                 out.status, out.diverged_at, out.reason = (
@@ -161,6 +185,11 @@ class _Batch:
                     self.guards[i].since,
                     reason,
                 )
+            elif self.converging[i].check(float(self.best[i])):
+                self.alive[i] = False
+                out.converged_at = iteration
+                if out.trace and out.trace[-1]["iteration"] != iteration:
+                    out.trace.append(_row(terms, i, iteration, now))
 
     def finish(self, iteration: int) -> list[Outcome]:
         with torch.no_grad():

@@ -38,7 +38,8 @@ PARAM_HELP: dict[str, str] = {
     "line_search": "L-BFGS strong-Wolfe line search",
     "iterations": "optimizer steps (per resolution level with multires)",
     "size": "longer side of the output in pixels",
-    "init": "start image: noise (seeded), content (recognisable results fastest) or style",
+    "init": "start image: noise (seeded), content (recognisable results fastest), style, or "
+    "an image path/URL (e.g. a previous result)",
     "seed": "seed of the noise init",
     "style_scale": "content: style resized to the content's size (the study); own: kept",
     "style_blend": "weights blending several style images",
@@ -48,6 +49,10 @@ PARAM_HELP: dict[str, str] = {
     "divergence_factor": "a loss above this x best counts as a spike",
     "divergence_patience": "iterations a spike may last before the job counts as diverged",
     "amp": "bf16 convolutions on CUDA / CPUs with bf16 units (losses stay fp32)",
+    "tol": "early stopping: stop when the best loss improved by less than this fraction over "
+    "the last tol_window iterations (0 = off)",
+    "tol_window": "iterations over which tol measures the improvement",
+    "save_every": "also save the image every N iterations (snapshots; 0 = off)",
 }
 
 
@@ -63,21 +68,29 @@ def choices(name: str) -> tuple[str, ...] | None:
     }.get(name)
 
 
-CHOICE_FIELDS = ("mode", "backbone", "pooling", "optimizer", "init", "style_scale")
+CHOICE_FIELDS = ("mode", "backbone", "pooling", "optimizer", "style_scale")
 NONNEGATIVE_FIELDS = (
     "content_weight",
     "style_weight",
     "tv_weight",
     "momentum",
     "divergence_factor",
+    "tol",
 )
 INTEGER_MINIMUMS = {
+    "tol_window": 1,
+    "save_every": 0,
     "iterations": 1,
     "log_every": 1,
     "multires": 1,
     "divergence_patience": 1,
     "seed": 0,
 }
+
+
+def is_image_ref(value: str) -> bool:
+    """A path or URL (has a folder, a scheme or a file extension), not a misspelt choice."""
+    return "/" in value or "://" in value or "." in value.rsplit("/", 1)[-1]
 
 
 class SpecError(ValueError):
@@ -125,6 +138,9 @@ class JobSpec:
     divergence_factor: float = 100.0
     divergence_patience: int = 50
     amp: bool = False
+    tol: float = 0.0
+    tol_window: int = 20
+    save_every: int = 0
 
     def __post_init__(self) -> None:
         for name in ("content_layers", "style_layers", "style_layer_weights", "style_blend"):
@@ -138,6 +154,7 @@ class JobSpec:
     def _validate(self) -> None:
         for check in (
             self._check_choices,
+            self._check_init,
             self._check_weights_source,
             self._check_layers,
             self._check_numbers,
@@ -151,6 +168,15 @@ class JobSpec:
             v, options = getattr(self, name), choices(name) or ()
             if v not in options:
                 raise SpecError(f"unknown {name} {v!r}; choose one of {', '.join(options)}")
+
+    def _check_init(self) -> None:
+        if not isinstance(self.init, str) or not self.init:
+            raise SpecError(f"init must be text, got {self.init!r}")
+        if self.init not in INITS and not is_image_ref(self.init):
+            raise SpecError(
+                f"unknown init {self.init!r}; choose one of {', '.join(INITS)}, or give an image "
+                "path or URL"
+            )
 
     def _check_weights_source(self) -> None:
         if not isinstance(self.weights, str) or not self.weights:
@@ -239,6 +265,11 @@ class JobSpec:
         resolution (in a multi-resolution schedule one diverging image would stop its
         batch-mates at a lower level)."""
         return OPTIMIZERS[self.optimizer].batchable and self.multires == 1
+
+    @property
+    def init_image(self) -> str | None:
+        """The start image's path/URL when ``init`` names one."""
+        return None if self.init in INITS else self.init
 
     @property
     def needs_style_image(self) -> bool:

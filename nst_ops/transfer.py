@@ -245,7 +245,10 @@ def _init(
     s_list: list[Tensor],
     hw: tuple[int, int],
     device: torch.device,
+    image: Tensor | None = None,
 ) -> Tensor:
+    if spec.init_image is not None:
+        return resize(_need(image, f"start ({spec.init_image})"), hw).to(device).clone()
     if spec.init == "content":
         return _need(c, "content").clone()
     if spec.init == "style":
@@ -302,15 +305,18 @@ def stylize_batch(
     cache: TargetCache | None = None,
     keys: Sequence[InputKeys | None] | None = None,
     on_step: Callable[[int, float], None] | None = None,
+    inits: Sequence[Tensor | None] | None = None,
 ) -> list[Outcome]:
     """Run several jobs as one batch (one forward/backward per step); exact per image for Adam
-    and SGD. L-BFGS batches must have one image. ``cache``/``keys``: see compute_targets."""
+    and SGD. L-BFGS batches must have one image. ``cache``/``keys``: see compute_targets.
+    ``inits``: the decoded start image of each job whose ``init`` names one."""
     _check_batch(specs, contents, styles)
     spec, device, t0 = specs[0], extractor.mean.device, time.perf_counter()
     input_keys: Sequence[InputKeys | None] = keys or [None] * len(specs)
     x: Tensor | None = None
     results: list[Outcome] = []
     traces: list[list[dict[str, float]]] = [[] for _ in specs]
+    snapshots: list[list[tuple[int, Tensor]]] = [[] for _ in specs]
     done = [0] * len(specs)
     for level, size in enumerate(_levels(spec)):
         prepared = [
@@ -319,20 +325,23 @@ def stylize_batch(
         ]
         targets, hw = _batch_targets(extractor, specs, prepared, cache, input_keys)
         if x is None:
-            pairs = zip(specs, prepared, strict=True)
-            x0 = torch.cat([_init(s, c, sl, hw, device) for s, (c, sl, _) in pairs])
+            starts = inits or [None] * len(specs)
+            pairs = zip(specs, prepared, starts, strict=True)
+            x0 = torch.cat([_init(s, c, sl, hw, device, i) for s, (c, sl, _), i in pairs])
         else:
             x0 = resize(x, hw).to(device)
         objective = make_objective(extractor, specs, targets)
         results = optimize(objective, x0, specs, max(done), t0, on_step)
         for i, r in enumerate(results):
             traces[i] += [{**row, "level": level} for row in r.trace]
+            snapshots[i] += r.snapshots
             done[i] += r.iterations
         x = torch.stack([r.image for r in results])
         if any(r.status != Status.OK for r in results):
             break  # a diverged image stops the schedule for its batch; the others keep their best
-    for r, trace, n, s, c in zip(results, traces, done, specs, contents, strict=True):
-        r.trace, r.iterations = trace, n
+    for r, trace, n, s, c, snaps in zip(results, traces, done, specs, contents, snapshots,
+                                        strict=True):  # fmt: skip
+        r.trace, r.iterations, r.snapshots = trace, n, snaps
         if s.preserve_color:
             _restore_colour(r, s, c)
     return results
@@ -346,11 +355,13 @@ def stylize(
     cache: TargetCache | None = None,
     keys: InputKeys | None = None,
     on_step: Callable[[int, float], None] | None = None,
+    init: Tensor | None = None,
 ) -> Outcome:
     """Run one job in its mode; multi-resolution and colour preservation included. ``on_step``
-    (iteration, loss) is called after every step, e.g. for a progress display."""
+    (iteration, loss) is called after every step, e.g. for a progress display. ``init``: the
+    decoded start image when ``spec.init`` names one."""
     ks = [keys] if keys else None
-    (out,) = stylize_batch([spec], extractor, [content], [styles], cache, ks, on_step)
+    (out,) = stylize_batch([spec], extractor, [content], [styles], cache, ks, on_step, [init])
     return out
 
 

@@ -9,6 +9,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -74,6 +75,18 @@ SetOpt = Annotated[
     ),
 ]
 OutArg = Annotated[str, typer.Argument(metavar="OUT", help="Output root of a run.")]
+QualityOpt = Annotated[
+    int, typer.Option(min=1, max=100, help="JPEG/WebP quality (1-100); PNG/TIFF are lossless.")
+]
+
+
+class ImageFormat(str, Enum):
+    PNG = "png"
+    JPEG = "jpeg"
+    WEBP = "webp"
+    TIFF = "tiff"
+
+
 EvaluatorOpt = Annotated[
     str | None,
     typer.Option(
@@ -422,6 +435,10 @@ def run(
         typer.Option(help="Write a machine-readable summary (counts, reasons, failed ids) here."),
     ] = None,
     evaluator: EvaluatorOpt = None,
+    image_format: Annotated[
+        ImageFormat, typer.Option(help="Format of result images (and snapshots).")
+    ] = ImageFormat.PNG,
+    image_quality: QualityOpt = 95,
 ) -> None:
     """Run every job of a manifest on Ray, writing images and loss traces under --out.
 
@@ -443,7 +460,10 @@ def run(
         plan = make_plan(jobs, store, force, retry_failed, so)
         console.print(f"plan: {_plan_line(plan, len(jobs))}", highlight=False)
         ev = _evaluator(evaluator, [j.spec for j in jobs])
-        opts = RunOptions(out=out, max_pixels=max_pixels, storage_options=so, evaluator=ev)
+        opts = RunOptions(
+            out, max_pixels, storage_options=so, evaluator=ev,
+            image_format=image_format.value, image_quality=image_quality,
+        )  # fmt: skip
         res = Resources(
             gpus_per_job, cpus_per_job, max_retries, None, batch_size, bool(address), gpu_wait
         )
@@ -559,13 +579,20 @@ def status(
 def transfer(
     content: Annotated[str | None, typer.Argument(help="Content image (path/URL); '-' for none.")],
     style: Annotated[str, typer.Argument(help="Style image (path/URL).")],
-    dest: Annotated[Path, typer.Argument(help="Output PNG; the trace goes beside it.")],
+    dest: Annotated[
+        Path,
+        typer.Argument(
+            help="Output image; its extension picks the format (.png .jpg .webp .tif). The "
+            "trace (and snapshots with save_every) go beside it."
+        ),
+    ],
     mode: Annotated[Mode, typer.Option(help="What to optimise.")] = Mode.TRANSFER,
     set_: SetOpt = None,
     preset: PresetOpt = None,
     device: Annotated[
         str | None, typer.Option(help="cpu or cuda (default: cuda if present).")
     ] = None,
+    quality: QualityOpt = 95,
     storage_options: StorageOpt = None,
 ) -> None:
     """One pair, no Ray: for quick trials.
@@ -586,12 +613,17 @@ def transfer(
     cont = None if content in (None, "-") else content
     if spec.uses_content and cont is None:
         raise NstError(f"mode {mode.value!r} needs a content image (got '-')")
+    images.format_of(str(dest))  # a bad extension fails before any work
     job = Job(spec, cont, (style,), 0)
     dev = torch.device(device) if device else pick_device()
     opts = RunOptions(out=str(dest.parent), storage_options=_storage(storage_options))
     outcome = _stylize_with_progress(job, opts, dev)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_bytes(images.encode_png(outcome.image))
+    fmt = images.format_of(str(dest))
+    dest.write_bytes(images.encode(outcome.image, fmt, quality))
+    for iteration, snap in outcome.snapshots:
+        snap_path = dest.with_name(f"{dest.stem}.{iteration:06d}{dest.suffix}")
+        snap_path.write_bytes(images.encode(snap, fmt, quality))
     trace_path = dest.with_suffix(".trace.parquet")
     pq.write_table(pa.Table.from_pylist(outcome.trace), trace_path)
     out_console.print(_transfer_summary(job.id, outcome, dev, dest, trace_path), highlight=False)
@@ -617,6 +649,7 @@ def _stylize_with_progress(job: Any, opts: Any, dev: Any) -> Any:
     spec = job.spec
     content_img = read_image(job.content_uri, opts) if spec.uses_content else None
     style_imgs = [read_image(u, opts) for u in job.style_uris] if spec.needs_style_image else []
+    start = read_image(spec.init_image, opts) if spec.init_image else None
     columns = (TextColumn("[bold]nst transfer"), BarColumn(), MofNCompleteColumn())
     extra = (TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn())
     with Progress(*columns, *extra, console=console, transient=True) as bar:
@@ -627,6 +660,7 @@ def _stylize_with_progress(job: Any, opts: Any, dev: Any) -> Any:
             content_img,
             style_imgs,
             on_step=lambda i, loss: bar.update(task, completed=i, loss=f"{loss:.4g}"),
+            init=start,
         )
 
 
@@ -670,6 +704,30 @@ def report(
     opts = ReportOptions(rows, cols, color, rank, top, max_tiles)
     url = write_report(out, _storage(storage_options), opts, console=out_console)
     out_console.print(f"report: {url}")
+
+
+@app.command()
+@cli_errors
+def layers(
+    backbone: Annotated[str, typer.Argument(help="vgg16 or vgg19.")] = "vgg19",
+) -> None:
+    """Every layer name of a backbone, with its channels and resolution (for content_layers,
+    style_layers and the evaluator).
+
+    Example: nst layers vgg16
+    """
+    from nst_ops.layers import layer_table
+
+    try:
+        table = layer_table(backbone)
+    except ValueError as e:
+        raise NstError(str(e)) from None
+    t = Table(title=f"{backbone} layers (scale: feature map size / input size)")
+    for col in ("layer", "kind", "channels", "scale"):
+        t.add_column(col)
+    for name, kind, channels, scale in table:
+        t.add_row(name, kind, str(channels), f"1/{scale}")
+    out_console.print(t)
 
 
 @app.command()

@@ -1,4 +1,4 @@
-"""Decoding input images safely into RGB tensors, and encoding results as PNG.
+"""Decoding input images safely into RGB tensors, and encoding results (PNG, JPEG, WebP, TIFF).
 
 Grayscale, CMYK, palette, alpha and 16-bit images are converted (alpha composited on white);
 empty, truncated, non-image and oversized (decompression-bomb) files are refused by name.
@@ -78,8 +78,40 @@ def probe(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple
     return img.size
 
 
-def encode_png(image: torch.Tensor) -> bytes:
+# Output formats: name -> (Pillow format, file extension, takes a quality).
+FORMATS: dict[str, tuple[str, str, bool]] = {
+    "png": ("PNG", "png", False),
+    "jpeg": ("JPEG", "jpg", True),
+    "webp": ("WEBP", "webp", True),
+    "tiff": ("TIFF", "tiff", False),
+}
+EXTENSIONS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp", ".tif": "tiff",
+              ".tiff": "tiff"}  # fmt: skip
+
+
+def format_of(path: str) -> str:
+    """The output format a file name asks for, by its extension."""
+    ext = "." + path.rsplit(".", 1)[-1].lower() if "." in path.rsplit("/", 1)[-1] else ""
+    if ext not in EXTENSIONS:
+        raise InputError(
+            f"{path}: unknown image extension {ext or '(none)'}; use one of "
+            + ", ".join(EXTENSIONS)
+        )
+    return EXTENSIONS[ext]
+
+
+def encode(image: torch.Tensor, fmt: str = "png", quality: int = 95) -> bytes:
+    """An RGB image (3,H,W) in [0,1] as PNG, JPEG, WebP or TIFF bytes (lossy ones at
+    ``quality``, 1-100)."""
+    if fmt not in FORMATS:
+        raise InputError(f"unknown image format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    pil, _, lossy = FORMATS[fmt]
     arr = (image.detach().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round()
     buf = io.BytesIO()
-    Image.fromarray(arr.astype(np.uint8), "RGB").save(buf, format="PNG")
+    options = {"quality": quality} if lossy else {}
+    Image.fromarray(arr.astype(np.uint8), "RGB").save(buf, format=pil, **options)
     return buf.getvalue()
+
+
+def encode_png(image: torch.Tensor) -> bytes:
+    return encode(image, "png")

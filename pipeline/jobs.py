@@ -16,7 +16,13 @@ _ABSENT = object()
 # Parameters added after job ids were first published, with the default that reproduces the
 # old behaviour for every job the old code completed. divergence_patience: a job that finished
 # "ok" under the old rule (stop at the first spike) never spiked, so it runs identically now.
-ADDED_LATER: dict[str, object] = {"divergence_patience": 50}
+# tol/tol_window: 0 = no early stopping, as before.
+ADDED_LATER: dict[str, object] = {
+    "divergence_patience": 50,
+    "tol": 0.0,
+    "tol_window": 20,
+    "save_every": 0,
+}
 
 
 def job_id(spec: JobSpec, content_uri: str | None, style_uris: tuple[str, ...]) -> str:
@@ -51,6 +57,12 @@ class Job:
         if not self.id:
             object.__setattr__(self, "id", job_id(self.spec, self.content_uri, self.style_uris))
 
+    @property
+    def input_uris(self) -> tuple[str, ...]:
+        """Every image the job reads (content, styles, a start image): what is fingerprinted."""
+        start = (self.spec.init_image,) if self.spec.init_image else ()
+        return tuple(u for u in (self.content_uri, *self.style_uris, *start) if u)
+
     def to_record(self) -> dict[str, Any]:
         """A flat row for jobs.parquet / results.parquet (lists kept as lists)."""
         rec: dict[str, Any] = {
@@ -76,3 +88,5 @@ class RunOptions:
     storage_attempts: int = DEFAULT_ATTEMPTS
     storage_options: dict | None = None  # credentials live here: never written anywhere
     evaluator: dict[str, Any] | None = None  # scores every result (nst_ops.evaluate); None: not
+    image_format: str = "png"  # images.FORMATS
+    image_quality: int = 95  # JPEG/WebP

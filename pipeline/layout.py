@@ -8,9 +8,11 @@ between buckets or downloaded and still read back (readers resolve them against 
     report.html                  `nst report`
     _LEASE                       the live run's lease (owner, host, heartbeat)
     report_cache/thumbs/         thumbnails `nst report` made (reused while a job is unchanged)
-    jobs/<job_id>/image.png      the result (best image; for diverged jobs the best before it)
+    jobs/<job_id>/image.png      the result (best image; for diverged jobs the best before it);
+                                 image.jpg / .webp / .tiff with another --image-format
     jobs/<job_id>/trace.parquet  the loss trace
     jobs/<job_id>/job.json       the job's record: parameters, status, timings, inputs, versions
+    jobs/<job_id>/snapshots/<iteration>.png   with save_every: the image every N iterations
     jobs/<job_id>/_COMMIT        the result row as JSON, written last: a job is done iff it exists
 """
 
@@ -27,6 +29,7 @@ IMAGE = "image.png"
 TRACE = "trace.parquet"
 RECORD = "job.json"
 MARKER = "_COMMIT"
+SNAPSHOTS = "snapshots"
 THUMBS = "report_cache/thumbs"  # `nst report`'s thumbnails, <job_id>-<commit time>.jpg
 OUTPUTS = (IMAGE, TRACE)  # what a job that optimised (ok or diverged) must still have
 
@@ -41,6 +44,15 @@ def job_path(job_id: str, name: str) -> str:
     return f"{job_dir(job_id)}/{name}"
 
 
+def image_name(ext: str = "png") -> str:
+    """The result's file name: image.png, or image.<ext> for another output format."""
+    return f"image.{ext}"
+
+
+def snapshot_path(job_id: str, iteration: int, ext: str = "png") -> str:
+    return f"{job_dir(job_id)}/{SNAPSHOTS}/{iteration:06d}.{ext}"
+
+
 def split_job_path(rel: str) -> tuple[str, str] | None:
     """'jobs/<id>/<name>' -> (id, name); anything else (e.g. a nested file) -> None."""
     parts = rel.split("/")
@@ -52,7 +64,11 @@ def split_job_path(rel: str) -> tuple[str, str] | None:
 def outputs_missing(row: dict[str, Any], names: dict[str, int]) -> bool:
     """A committed job that optimised (its row names an image) whose image or trace is gone or
     empty; ``names`` maps the job folder's file names to sizes."""
-    return bool(row.get("image_uri")) and any(names.get(n, 0) == 0 for n in OUTPUTS)
+    image = row.get("image_uri")
+    if not image:
+        return False
+    wanted = (str(image).rsplit("/", 1)[-1], TRACE)  # the image in whatever format it was saved
+    return any(names.get(n, 0) == 0 for n in wanted)
 
 
 def is_relative(path: str) -> bool:

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from nst_ops.spec import JobSpec
+from nst_ops.spec import INITS, JobSpec
 from nst_ops.vocab import RowMode
 
 from .errors import ManifestError
@@ -214,11 +214,11 @@ def _map_paths(table: pa.Table, fn: Callable[[str], str]) -> pa.Table:
             return [conv(x) for x in v]
         return fn(v) if isinstance(v, str) and _is_relative_path(v) else v
 
-    for name in ("content_uri", "style_uri", "weights"):
+    for name in ("content_uri", "style_uri", "weights", "init"):
         if name not in table.column_names:
             continue
         col = table.column(name)
-        values = [conv(v) for v in col.to_pylist()]
+        values = [v if v in INITS else conv(v) for v in col.to_pylist()]
         table = table.set_column(table.column_names.index(name), name, pa.array(values, col.type))
     return table
 

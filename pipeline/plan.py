@@ -74,7 +74,7 @@ def make_plan(
 ) -> Plan:
     files = store.job_files()
     done = store.committed(files)
-    uris = {u for j in jobs if j.id in done for u in (j.content_uri, *j.style_uris) if u}
+    uris = {u for j in jobs if j.id in done for u in j.input_uris}
     current = input_fingerprints(sorted(uris), so) if uris and not force else {}
     plan = Plan([], {}, done)
     for j in jobs:

@@ -31,7 +31,7 @@ def pending(job: Job) -> dict[str, Any]:
     return row(job, Status.PENDING, committed=False)
 
 
-def outcome_fields(job: Job, outcome: Outcome) -> dict[str, Any]:
+def outcome_fields(job: Job, outcome: Outcome, ext: str = "png") -> dict[str, Any]:
     """What an optimisation adds: status, losses, and the outputs' paths (relative to the run
     root, so a moved or copied run still reads back)."""
     return {
@@ -39,9 +39,11 @@ def outcome_fields(job: Job, outcome: Outcome) -> dict[str, Any]:
         "error": outcome.reason,
         "iterations_run": outcome.iterations,
         "diverged_at": outcome.diverged_at,
+        "converged_at": outcome.converged_at,
         **{f"final_{k}": v for k, v in outcome.final.items() if k != "iteration"},
-        "image_uri": layout.job_path(job.id, layout.IMAGE),
+        "image_uri": layout.job_path(job.id, layout.image_name(ext)),
         "trace_uri": layout.job_path(job.id, layout.TRACE),
+        "snapshots": [layout.snapshot_path(job.id, i, ext) for i, _ in outcome.snapshots],
     }
 
 

@@ -119,10 +119,15 @@ class _Inputs:
     def of(self, job: Job) -> Ready:
         uri = job.content_uri
         content = self.image(uri) if uri and job.spec.uses_content else None
+        if job.spec.init_image:
+            self.image(job.spec.init_image)  # read now: a missing start image fails the job
         return job, content, [self.image(u) for u in job.style_uris]
 
+    def start(self, job: Job) -> torch.Tensor | None:
+        return self.image(job.spec.init_image) if job.spec.init_image else None
+
     def record(self, job: Job) -> dict[str, Any]:
-        uris = [u for u in (job.content_uri, *job.style_uris) if u and self.prints.get(u)]
+        uris = [u for u in job.input_uris if self.prints.get(u)]
         return {"inputs": [{"uri": u, "fingerprint": self.prints[u]} for u in uris]}
 
     def cache_keys(self, job: Job) -> InputKeys:
@@ -185,6 +190,7 @@ def _run_batch(
             [s for _, _, s in batch],
             _TARGETS,
             [inputs.cache_keys(j) for j in jobs],
+            inits=[inputs.start(j) for j in jobs],
         )
     except Exception as e:  # noqa: BLE001
         return {j.id: _finish(j, None, {**extra, **inputs.record(j), **_fail(e)}, t0, store)
@@ -197,6 +203,7 @@ def _run_batch(
             t0,
             store,
             _scorer(inputs.opts, item, device),
+            (inputs.opts.image_format, inputs.opts.image_quality),
         )
         for item, o in zip(batch, outcomes, strict=True)
     }
@@ -233,18 +240,22 @@ def _finish(
     started: float,
     store: storage.Store,
     score: Scorer | None = None,
+    fmt: tuple[str, int] = ("png", 95),
 ) -> dict[str, Any]:
-    """Write a job's image, trace, job.json and finally its commit marker; return its row."""
+    """Write a job's image (and snapshots) in ``fmt`` (format, quality), its trace, job.json and
+    finally its commit marker; return its row. Scores are taken from the image as saved."""
     row = record.row(job, Status.FAILED, **info)
-    png = images.encode_png(outcome.image) if outcome is not None else b""
+    data = images.encode(outcome.image, *fmt) if outcome is not None else b""
     if outcome is not None:
-        row.update(record.outcome_fields(job, outcome))
+        row.update(record.outcome_fields(job, outcome, images.FORMATS[fmt[0]][1]))
         if score is not None:
-            row.update(score(png))
+            row.update(score(data))
     row["seconds"] = round(time.time() - started, 3)
     try:
         if outcome is not None:
-            store.put(row["image_uri"], png)
+            store.put(row["image_uri"], data)
+            for (_, snap), path in zip(outcome.snapshots, row["snapshots"], strict=True):
+                store.put(path, images.encode(snap, *fmt))
             store.put_table(row["trace_uri"], _trace_table(outcome.trace))
         store.put_json(layout.job_path(job.id, layout.RECORD), record.job_json(row, started))
         store.put_json(layout.job_path(job.id, layout.MARKER), row)  # last: now it counts as done
