@@ -1,13 +1,19 @@
-"""Benchmark: ours vs the straightforward baseline (bench/baseline.py), measured in one run.
+"""Benchmark: ours vs the real peers, measured in one run on one machine.
 
-    python bench/run.py                 # CPU: 128 px
-    python bench/run.py --device cuda   # CUDA: 512 px, plus TFLOP/s and memory
+    python bench/run.py                     # CPU: per-iteration at 128 and 256 px, GEMM peak,
+                                            # 16-job time to quality (128 px by default)
+    python bench/run.py --ttq-size 256      # the time-to-quality grid at 256 px (slower)
+    python bench/run.py --device cuda       # CUDA: 512 px, plus TFLOP/s and memory
 
-Prints a Markdown table and writes bench/results/<device>.{md,json}. Every figure is a ratio
-against the baseline measured in the same run, on the same machine, with the same layers, size,
-iterations and optimizer. Two layer configurations are measured:
-  gatys: content conv4_2, style conv1_1..conv5_1 (the study's), random weights;
-  real:  content relu3_1, style relu1_1, relu2_1, relu3_1, the shipped ImageNet VGG19 weights.
+Peers, fed the same weights, layers and images: the PyTorch tutorial as published
+(bench/tutorial.py: trimmed after its last loss, its own L-BFGS loop) and pystiche 1.0.1 where it
+installs (`pip install -e ".[bench]"`, bench/peers.py). Every ratio is peer time / our time from
+this run (> 1: we are faster). Per-iteration figures are one loss + gradient evaluation, the
+median of interleaved repeats after warm-up. Writes bench/results/<device>.{md,json}.
+
+Layer sets: gatys = content conv4_2, style conv1_1..conv5_1 (random weights: the shipped file
+stops at conv3_1); real = content relu3_1, style relu1_1, relu2_1, relu3_1 (the shipped ImageNet
+VGG19 weights).
 """
 
 from __future__ import annotations
@@ -16,19 +22,32 @@ import argparse
 import json
 import os
 import platform
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from baseline import load_vgg19, run_baseline  # noqa: E402
+import peers  # noqa: E402
+import tutorial  # noqa: E402
 
+from nst_ops.layers import deepest, feature_hw, layer_table  # noqa: E402
 from nst_ops.spec import JobSpec  # noqa: E402
-from nst_ops.transfer import stylize, stylize_batch  # noqa: E402
+from nst_ops.transfer import (  # noqa: E402
+    compute_targets,
+    fit_longer_side,
+    hw_of,
+    make_objective,
+    resize,
+    stylize_batch,
+)
 from nst_ops.vgg import VGGFeatures, layer_names  # noqa: E402
 from pipeline.images import decode  # noqa: E402
 from pipeline.weights import load_state_dict  # noqa: E402
@@ -46,203 +65,102 @@ def load(path: Path) -> torch.Tensor:
     return decode(path.read_bytes(), str(path))
 
 
-def inputs(size: int):
-    from nst_ops.transfer import fit_longer_side, resize
-
-    contents = [fit_longer_side(load(p), size)[0] for p in sorted((IMAGES / "content").glob("*"))]
-    styles = [fit_longer_side(load(p), size)[0] for p in sorted((IMAGES / "style").glob("*"))]
-    hw = contents[0].shape[-2:]
-    return [resize(c, tuple(hw))[0] for c in contents], [resize(s, tuple(hw))[0] for s in styles]
+def pair(size: int, ci: int = 0, si: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A content (longer side ``size``) and a style resized to it, both (1,3,H,W)."""
+    c = fit_longer_side(load(sorted((IMAGES / "content").glob("*"))[ci]), size)
+    s = resize(load(sorted((IMAGES / "style").glob("*"))[si]), tuple(c.shape[-2:]))
+    return c, s
 
 
-def weights_for(config: str):
+def weights_for(config: str) -> tuple[dict | None, str]:
     if config == "real" and WEIGHTS.exists():
         return load_state_dict(str(WEIGHTS)), str(WEIGHTS)
     return None, "random:0"
 
 
-def ours_net(config, sd, device, amp=False):
-    cl, sl = CONFIGS[config]
-    net = VGGFeatures("vgg19", cl + sl, state_dict=sd, seed=0, amp=amp)
-    return net.optimised_for(device)
-
-
-def bench_spec(config: str, wname: str, size: int, iters: int, **kw) -> JobSpec:
-    cl, sl = CONFIGS[config]
-    return JobSpec(
-        weights=wname, content_layers=cl, style_layers=sl, size=size, iterations=iters, **kw
-    )
-
-
-def sync(device):
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
 
 
-def baseline_features(sd, device):
-    return load_vgg19(
-        {f"features.{k.removeprefix('features.')}": v for k, v in sd.items()} if sd else None,
-        device,
-    )
-
-
-def amp_loss_difference(config, sd, wname, size, c, s, device) -> float:
-    """|L_amp(x) - L_fp32(x)| / L_fp32(x) on one image x (content blended with noise)."""
-    from nst_ops.transfer import compute_targets, make_objective
-
-    cl, sl = CONFIGS[config]
-    spec = JobSpec(weights=wname, content_layers=cl, style_layers=sl, size=size)
-    c4, s4 = c[None].to(device), s[None].to(device)
-    x = 0.5 * (c4 + torch.rand(c4.shape, generator=torch.Generator().manual_seed(0)).to(device))
-    targets = compute_targets(ours_net(config, sd, device), spec, c4, [s4], tuple(c4.shape[-2:]))
-    values = []
-    for amp in (False, True):
-        with torch.no_grad():
-            objective = make_objective(ours_net(config, sd, device, amp), [spec], targets)
-            values.append(float(objective(x).total[0]))
-    return abs(values[1] - values[0]) / values[0]
-
-
-def per_iteration(config, size, iters, device, batch):
-    """(a) seconds per iteration: baseline vs ours (fp32 and amp), alone and batched."""
-    cl, sl = CONFIGS[config]
-    sd, wname = weights_for(config)
-    contents, styles = inputs(size)
-    c, s = contents[0], styles[0]
-    feats = baseline_features(sd, device)
-    run_baseline(feats, c, s, cl, sl, 2, device=device)  # warm-up
-    sync(device)
-    t = time.perf_counter()
-    run_baseline(feats, c, s, cl, sl, iters, device=device)
-    sync(device)
-    base = (time.perf_counter() - t) / iters
-    spec = bench_spec(config, wname, size, iters, optimizer="adam", log_every=10**6)
-    warm = JobSpec.from_dict({**spec.to_dict(), "iterations": 2})
-    out = {
-        "baseline_s": base,
-        "batch": batch,
-        "amp_rel_loss_diff": amp_loss_difference(config, sd, wname, size, c, s, device),
-    }
-    for amp in (False, True):
-        tag = "_amp" if amp else ""
-        net = ours_net(config, sd, device, amp)
-        stylize(warm, net, c, [s])
-        sync(device)
-        t = time.perf_counter()
-        stylize(spec, net, c, [s])
-        sync(device)
-        out[f"ours{tag}_s"] = (time.perf_counter() - t) / iters
-        t = time.perf_counter()
-        stylize_batch([spec] * batch, net, [c] * batch, [[s]] * batch)
-        sync(device)
-        out[f"ours{tag}_batched_s"] = (time.perf_counter() - t) / iters / batch
-        out[f"speedup{tag}"] = base / out[f"ours{tag}_s"]
-        out[f"speedup{tag}_batched"] = base / out[f"ours{tag}_batched_s"]
-    return out
-
-
-def grid_throughput(config, size, iters, device, num_cpus):
-    """(b) 16 jobs sharing 2 style images: baseline job by job vs ours through the pipeline."""
-    import ray
-
-    from pipeline.execute import Resources, init_ray, run_jobs
-    from pipeline.grid import expand
-    from pipeline.jobs import RunOptions
-
-    cl, sl = CONFIGS[config]
-    sd, wname = weights_for(config)
-    contents, styles = inputs(size)
-    cfiles = sorted((IMAGES / "content").glob("*"))[:2]
-    sfiles = sorted((IMAGES / "style").glob("*"))[:2]
-    weights = [1e5, 1e6, 1e7, 1e8]  # 2 contents x 2 styles x 4 style weights = 16 jobs
-    feats = baseline_features(sd, device)
-    t = time.perf_counter()
-    for ci in range(2):
-        for si in range(2):
-            for beta in weights:
-                run_baseline(
-                    feats, contents[ci], styles[si], cl, sl, iters, beta=beta, device=device
-                )
-    sync(device)
-    base_s = time.perf_counter() - t
-
-    init_ray(None, num_cpus=num_cpus, num_gpus=1 if device.type == "cuda" else 0)
-    out = {"jobs": 16, "baseline_s": base_s, "baseline_jobs_per_min": 16 / base_s * 60}
-    for amp in (False, True):
-        tag = "_amp" if amp else ""
-        rows = [
-            {
-                "content_uri": str(c),
-                "style_uri": str(s),
-                "optimizer": "adam",
-                "style_weight": weights,
-                "weights": wname,
-                "content_layers": list(cl),
-                "style_layers": list(sl),
-                "size": size,
-                "iterations": iters,
-                "log_every": iters,
-                "amp": amp,
-            }
-            for c in cfiles
-            for s in sfiles
-        ]
-        jobs = expand(pa.Table.from_pylist(rows))
-        with tempfile.TemporaryDirectory() as tmp:
-            # Start every worker (one tiny task per CPU, each building its network) before
-            # timing: a long grid pays that once, and the baseline's network is built untimed.
-            warm = [
-                {**rows[0], "iterations": 1, "seed": i, "style_weight": 1.0}
-                for i in range(num_cpus)
-            ]
-            run_jobs(
-                expand(pa.Table.from_pylist(warm)),
-                RunOptions(out=tmp + "/warm"),
-                Resources(batch_size=1),
-                progress=False,
-            )
+def interleaved(steps: dict[str, Callable[[], object]], device, repeats: int) -> dict[str, float]:
+    """Median seconds per call of each step, calls interleaved so load hits all alike."""
+    for fn in steps.values():  # warm-up: first calls allocate and pick kernels
+        fn(), fn()
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    for _ in range(repeats):
+        for name, fn in steps.items():
+            sync(device)
             t = time.perf_counter()
-            summary = run_jobs(
-                jobs, RunOptions(out=tmp + "/grid"), Resources(batch_size=8), progress=False
-            )
-            secs = time.perf_counter() - t
-        assert all(r["status"] == "ok" for r in summary.rows), summary.rows
-        out[f"ours{tag}_s"] = secs
-        out[f"ours{tag}_jobs_per_min"] = 16 / secs * 60
-        out[f"speedup{tag}"] = base_s / secs
-    ray.shutdown()
-    return out
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
-def time_to_quality(size, iters, device):
-    """(c) wall time for ours (L-BFGS) to reach the baseline's final loss after ``iters``."""
-    config = "real" if WEIGHTS.exists() else "gatys"
+def ours_step(config, sd, wname, c, s, device, channels_last: bool, amp: bool = False):
+    """One evaluation of our objective (loss + gradient), in a given layout."""
     cl, sl = CONFIGS[config]
+    net = VGGFeatures("vgg19", cl + sl, state_dict=sd, seed=0, amp=amp)
+    net.optimised_for(device, channels_last)
+    spec = JobSpec(weights=wname, content_layers=cl, style_layers=sl, size=max(c.shape[-2:]))
+    targets = compute_targets(net, spec, c, [s], tuple(c.shape[-2:]))
+    objective = make_objective(net, [spec], targets)
+    x = c.clone().requires_grad_(True)
+
+    def step():
+        x.grad = None
+        objective(x).total.sum().backward()
+
+    return step
+
+
+def tutorial_step(config, sd, c, s, device):
+    cl, sl = CONFIGS[config]
+    cnn = tutorial.features(sd, device=str(device))
+    model, sls, cls = tutorial.get_style_model_and_losses(cnn, s, c, cl, sl)
+    x = c.clone().requires_grad_(True)
+
+    def step():
+        x.grad = None
+        tutorial.loss_and_grad(model, sls, cls, x)
+
+    return step
+
+
+def per_iteration(config: str, size: int, device: torch.device, repeats: int) -> dict:
+    """Seconds per loss+gradient evaluation: tutorial, pystiche, ours (fp32 in both layouts,
+    and amp in the layout our policy picks for this device)."""
     sd, wname = weights_for(config)
-    contents, styles = inputs(size)
-    feats = baseline_features(sd, device)
-    t = time.perf_counter()
-    _, base_final, _ = run_baseline(
-        feats, contents[0], styles[0], cl, sl, iters, optimizer="lbfgs", device=device
-    )
-    sync(device)
-    base_s = time.perf_counter() - t
-    result = {
-        "weights": "real (shipped conv1_1..conv3_1)" if sd else "random",
-        "config": config,
-        "baseline_final_total": base_final,
-        "baseline_s": base_s,
+    c, s = (t.to(device) for t in pair(size))
+    cl, sl = CONFIGS[config]
+    steps = {
+        "tutorial": tutorial_step(config, sd, c, s, device),
+        "ours fp32 contiguous": ours_step(config, sd, wname, c, s, device, False),
+        "ours fp32 channels_last": ours_step(config, sd, wname, c, s, device, True),
     }
-    for amp in (False, True):
-        tag = "_amp" if amp else ""
-        spec = bench_spec(config, wname, size, iters, optimizer="lbfgs", log_every=1, amp=amp)
-        out = stylize(spec, ours_net(config, sd, device, amp), contents[0], [styles[0]])
-        points = [*out.trace, out.final]  # trace rows: each step's loss; final: the last image's
-        reached = next((r["seconds"] for r in points if r["total"] <= base_final), None)
-        result[f"ours{tag}_final_total"] = out.final["total"]
-        result[f"ours{tag}_s_to_reach"] = reached
-        result[f"speedup{tag}"] = base_s / reached if reached else None
-    return result
+    if peers.pystiche_available() and device.type == "cpu":
+        steps["pystiche"] = peers.pystiche_step(sd, c, s, cl, sl)[0]
+    channels_last = VGGFeatures.prefers_channels_last(device)
+    steps["ours amp"] = ours_step(config, sd, wname, c, s, device, channels_last, amp=True)
+    t = interleaved(steps, device, repeats)
+    ours = t["ours fp32 channels_last" if channels_last else "ours fp32 contiguous"]
+    flops = 2 * conv_flops(tuple(c.shape[-2:]), deepest("vgg19", cl + sl))
+    return {"size": size, "seconds": t, "ours_fp32_s": ours, "policy_channels_last": channels_last,
+            "gflops_per_eval": flops / 1e9}  # fmt: skip
+
+
+def gemm_peak(device: torch.device) -> dict[str, float]:
+    """This machine's fp32 and bf16 matrix-multiply throughput (GFLOP/s), the physical limit
+    the convolutions are held against."""
+    out = {}
+    n = 2048 if device.type == "cpu" else 8192
+    for dtype in (torch.float32, torch.bfloat16):
+        a = torch.rand(n, n, device=device, dtype=dtype)
+        b = torch.rand(n, n, device=device, dtype=dtype)
+        secs = interleaved({"mm": lambda a=a, b=b: torch.mm(a, b)}, device, 5)["mm"]
+        out[str(dtype).removeprefix("torch.")] = 2 * n**3 / secs / 1e9
+    return out
 
 
 def conv_flops(size_hw, last="conv5_1") -> float:
@@ -259,7 +177,7 @@ def conv_flops(size_hw, last="conv5_1") -> float:
             continue
         flops += 2 * cin * v * 9 * h * w
         cin = v
-        if names[i] == last:
+        if last in (names[i], names[i + 1]):  # the conv or its relu
             break
         i += 2
     return flops
@@ -289,7 +207,7 @@ def saved_activation_gib(size: int, batch: int) -> float:
     """Bytes autograd keeps for the backward of one optimisation step (Gatys layers), measured
     with saved-tensor hooks: the device-independent part of a job's peak memory."""
     cl, sl = CONFIGS["gatys"]
-    net = ours_net("gatys", None, torch.device("cpu"))
+    net = VGGFeatures("vgg19", cl + sl, seed=0)
     x = torch.rand(batch, 3, size, size, requires_grad=True)
     seen: dict[int, int] = {}
 
@@ -323,7 +241,7 @@ def memory_estimate(size: int, budget_gib: float) -> dict:
 def cuda_memory(size, device, budget_gib):
     """Peak memory of one job at ``size`` and the largest batch that fits ``budget_gib``."""
     cl, sl = CONFIGS["gatys"]
-    net = ours_net("gatys", None, device)
+    net = VGGFeatures("vgg19", cl + sl, seed=0).optimised_for(device)
     c = torch.rand(3, size, size)
     per = {}
     for b in (1, 2, 4):
@@ -349,33 +267,110 @@ def cuda_memory(size, device, budget_gib):
     }
 
 
+def _tutorial_equivalent(config: str, c_hw: tuple[int, int], beta_t: float) -> dict:
+    """Our α, β and w_l that make our objective equal (up to one constant factor) to the
+    tutorial's: its content term is mse(F, P) = Σ(F-P)²/(N·M), its style term per layer
+    mse(G/NM, A/NM) = Σ(G-A)²/(N⁴M²); ours are ½Σ(F-P)² and Σ(G-A)²/(4N²M²)."""
+    cl, sl = CONFIGS[config]
+    channels = {n: c for n, _, c, _ in layer_table("vgg19")}
+    h, w = feature_hw("vgg19", cl[0], c_hw)
+    alpha = 2.0 / (channels[cl[0]] * h * w)
+    return {"content_weight": alpha, "style_weight": 1.0,
+            "style_layer_weights": [4.0 * beta_t / channels[n] ** 2 for n in sl]}  # fmt: skip
+
+
+def time_to_quality(size: int, steps: int, device: torch.device, jobs_dir: Path) -> dict:
+    """16 jobs (contents x 2 styles x 2 β), real-weights layers: the tutorial's loop (300 L-BFGS
+    steps, one job after another) vs `nst run` (L-BFGS with early stopping, the same objective)
+    from command to last image. Quality: each result's scores under one fixed evaluator,
+    relative to the tutorial's result for the same job: q = mean(content/content_t,
+    style/style_t); q <= 1 means as close to both as the tutorial got."""
+    from nst_ops.evaluator import Evaluator
+    from pipeline import images
+    from pipeline.scoring import score_png
+
+    config = "real"
+    sd, wname = weights_for(config)
+    cl, sl = CONFIGS[config]
+    ev = Evaluator(weights=wname)
+    cfiles = sorted((IMAGES / "content").glob("*"))
+    sfiles = sorted((IMAGES / "style").glob("*"))[:2]
+    betas = (1e5, 1e6)
+    grid = [(ci, si, b) for ci in range(len(cfiles)) for si in range(len(sfiles)) for b in betas]
+    grid = (grid * (16 // len(grid) + 1))[:16]  # 16 jobs (inputs repeat with few images)
+    t0 = time.perf_counter()
+    cnn = tutorial.features(sd)
+    tut = {}
+    for k, (ci, si, beta) in enumerate(grid):
+        c, s = pair(size, ci, si)
+        x = tutorial.run_style_transfer(cnn, c, s, c.clone(), cl, sl, steps, beta)
+        (jobs_dir / f"tutorial{k}.png").write_bytes(images.encode_png(x.detach()[0]))
+        tut[k] = x.detach()[0]
+    tut_s = time.perf_counter() - t0
+    rows = []
+    for k, (ci, si, beta) in enumerate(grid):
+        c, _ = pair(size, ci, si)
+        rows.append({"content_uri": str(cfiles[ci]), "style_uri": str(sfiles[si]),
+                     "job_name": f"j{k}", "weights": wname, "content_layers": list(cl),
+                     "style_layers": list(sl), "size": size, "optimizer": "lbfgs",
+                     "init": "content", "iterations": steps, "tol": 1e-3, "tol_window": 20,
+                     "seed": k, **_tutorial_equivalent(config, hw_of(c), beta)})  # fmt: skip
+    pq.write_table(pa.Table.from_pylist(rows), jobs_dir / "m.parquet")
+    cmd = [sys.executable, "-m", "pipeline.cli", "run", str(jobs_dir / "m.parquet"),
+           "--out", str(jobs_dir / "ours"), "--no-progress",
+           "--evaluator", json.dumps(ev.to_dict())]  # fmt: skip
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True)
+    ours_s = time.perf_counter() - t0
+    results = {
+        r["job_name"]: r for r in pq.read_table(jobs_dir / "ours/results.parquet").to_pylist()
+    }
+    qs, iters = [], []
+    for k, (ci, si, _) in enumerate(grid):
+        c, s = pair(size, ci, si)
+        spec = JobSpec(weights=wname, content_layers=cl, style_layers=sl)
+        t = score_png(ev, images.encode_png(tut[k]), spec, c[0], [s[0]], torch.device("cpu"))
+        r = results[f"j{k}"]
+        qs.append(
+            (r["score_content"] / t["score_content"] + r["score_style"] / t["score_style"]) / 2
+        )
+        iters.append(r["iterations_run"])
+    return {"size": size, "jobs": 16, "tutorial_steps": steps, "tutorial_s": tut_s,
+            "ours_s": ours_s, "speedup": tut_s / ours_s, "q_median": statistics.median(qs),
+            "q_max": max(qs), "reached": sum(q <= 1.0 for q in qs),
+            "ours_iterations_median": statistics.median(iters)}  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--iters", type=int, default=None)
+    ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--configs", default="gatys,real")
+    ap.add_argument("--ttq-size", type=int, default=128)
+    ap.add_argument("--ttq-steps", type=int, default=300)
+    ap.add_argument("--no-ttq", action="store_true", help="skip the 16-job time to quality")
     ap.add_argument("--budget-gib", type=float, default=20.0)
     args = ap.parse_args()
     device = torch.device(args.device)
     cpu = device.type == "cpu"
-    size = 128 if cpu else 512
-    iters = args.iters or (20 if cpu else 50)
-    threads = torch.get_num_threads()
-    results = {
+    results: dict = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-        f", torch {torch.__version__}, {threads} threads",
+        f", torch {torch.__version__}, {torch.get_num_threads()} threads"
+        + ("" if cpu else f", {torch.cuda.get_device_name()}"),
         "device": str(device),
-        "size": size,
-        "iterations": iters,
+        "pystiche": peers.pystiche_available(),
+        "gemm_gflops": gemm_peak(device),
     }
-    if not cpu:
-        results["machine"] += f", {torch.cuda.get_device_name()}"
-    for config in args.configs.split(","):
-        results[f"per_iteration_{config}"] = per_iteration(config, size, iters, device, batch=4)
-        results[f"grid_{config}"] = grid_throughput(
-            config, size, iters * 2, device, num_cpus=os.cpu_count()
-        )
-    results["time_to_quality"] = time_to_quality(size, 100 if cpu else 200, device)
+    for size in (128, 256) if cpu else (512,):
+        for config in args.configs.split(","):
+            results[f"per_iteration_{config}_{size}"] = per_iteration(
+                config, size, device, args.repeats
+            )
+    if not args.no_ttq and cpu:
+        with tempfile.TemporaryDirectory() as tmp:
+            results["time_to_quality"] = time_to_quality(
+                args.ttq_size, args.ttq_steps, device, Path(tmp)
+            )
     results["activation_memory"] = memory_estimate(512, args.budget_gib)
     if not cpu:
         results["tflops"] = cuda_tflops(512, 4, device)
@@ -389,69 +384,61 @@ def main() -> None:
 
 
 def render(r: dict) -> str:
+    peak = r["gemm_gflops"]
     lines = [
-        f"### {r['device']} · {r['size']} px · {r['machine']}",
+        f"### {r['device']} · {r['machine']}",
         "",
-        "| measure | baseline | ours | ratio (baseline / ours) |",
-        "| --- | --- | --- | --- |",
+        f"GEMM peak measured in this run: fp32 {peak['float32']:.0f} GFLOP/s, "
+        f"bf16 {peak['bfloat16']:.0f} GFLOP/s. pystiche: {r['pystiche'] or 'not installed'}.",
+        "",
+        "| layers, size | tutorial | pystiche | ours fp32 (contiguous / channels_last) | "
+        "tutorial ÷ ours | pystiche ÷ ours | ours amp | tutorial ÷ ours amp | "
+        "fp32 GEMM-peak fraction | amp bf16-peak fraction |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key, v in r.items():
-        if key.startswith("per_iteration_"):
-            cfg = key.removeprefix("per_iteration_")
-            for tag, name in (("", "fp32"), ("_amp", "amp")):
-                for b, label in (
-                    ("", "alone"),
-                    ("_batched", f"per image in a batch of {v['batch']}"),
-                ):
-                    lines.append(
-                        f"| per-iteration, {cfg} layers, Adam, {name}, {label} | "
-                        f"{v['baseline_s'] * 1e3:.1f} ms | "
-                        f"{v[f'ours{tag}{b}_s'] * 1e3:.1f} ms | "
-                        f"**{v[f'speedup{tag}{b}']:.2f}×** |"
-                    )
-            lines.append(
-                f"| amp loss vs fp32 on the same image, {cfg} layers | | "
-                f"{v['amp_rel_loss_diff']:.1e} relative | |"
-            )
-        if key.startswith("grid_"):
-            cfg = key.removeprefix("grid_")
-            for tag, name in (("", "fp32"), ("_amp", "amp")):
-                lines.append(
-                    f"| grid of 16 jobs sharing 2 styles, {cfg} layers, {name}, jobs/min | "
-                    f"{v['baseline_jobs_per_min']:.1f} | "
-                    f"{v[f'ours{tag}_jobs_per_min']:.1f} | **{v[f'speedup{tag}']:.2f}×** |"
-                )
-    q = r["time_to_quality"]
-    for tag, name in (("", "fp32"), ("_amp", "amp")):
-        secs = q[f"ours{tag}_s_to_reach"]
-        reach = f"{secs:.1f} s" if secs else "not reached"
-        ratio = f"**{q[f'speedup{tag}']:.2f}×**" if secs else "—"
+        if not key.startswith("per_iteration_"):
+            continue
+        t, ours, gf = v["seconds"], v["ours_fp32_s"], v["gflops_per_eval"]
+        py = t.get("pystiche")
         lines.append(
-            f"| time to the baseline's final loss {q['baseline_final_total']:.4g} "
-            f"({q['config']} layers, {q['weights']} weights, L-BFGS, {name}) | "
-            f"{q['baseline_s']:.1f} s | {reach} | {ratio} |"
+            f"| {key.split('_')[2]}, {v['size']} px | {t['tutorial'] * 1e3:.0f} ms | "
+            + (f"{py * 1e3:.0f} ms" if py else "—")
+            + f" | {t['ours fp32 contiguous'] * 1e3:.0f} / {t['ours fp32 channels_last'] * 1e3:.0f}"
+            f" ms | **{t['tutorial'] / ours:.2f}×** | "
+            + (f"**{py / ours:.2f}×**" if py else "—")
+            + f" | {t['ours amp'] * 1e3:.0f} ms | {t['tutorial'] / t['ours amp']:.2f}× | "
+            f"{gf / ours / peak['float32']:.0%} | {gf / t['ours amp'] / peak['bfloat16']:.0%} |"
         )
-    a = r.get("activation_memory")
-    if a:
+    q = r.get("time_to_quality")
+    if q:
         lines += [
             "",
-            f"Activation memory (autograd's saved tensors, Gatys layers, {a['size']} px): "
-            f"{a['saved_gib_batch1']:.2f} GiB for one image, {a['gib_per_image']:.2f} GiB per "
-            f"extra image; in {a['budget_gib']:g} GiB (1 GiB kept for the rest) a batch of "
-            f"{a['largest_batch_in_budget']} fits.",
+            f"Time to quality, {q['jobs']} jobs at {q['size']} px (real-weights layers): the "
+            f"tutorial's loop ({q['tutorial_steps']} L-BFGS steps each, one after another) "
+            f"{q['tutorial_s']:.0f} s; `nst run` (same objective, L-BFGS, early stopping at "
+            f"tol 1e-3, median {q['ours_iterations_median']:.0f} iterations) {q['ours_s']:.0f} s: "
+            f"**{q['speedup']:.2f}×**. Quality under one evaluator relative to the tutorial's "
+            f"result for the same job (≤ 1: as close to content and style): median "
+            f"{q['q_median']:.3f}, worst {q['q_max']:.3f}; {q['reached']}/{q['jobs']} jobs ≤ 1.",
         ]
+    mem = r["activation_memory"]
+    lines += [
+        "",
+        f"Activation memory (autograd's saved tensors, Gatys layers, 512 px): "
+        f"{mem['saved_gib_batch1']:.2f} GiB for one image, {mem['gib_per_image']:.2f} GiB per "
+        f"extra image; in {mem['budget_gib']:.0f} GiB (1 GiB kept for the rest) a batch of "
+        f"{mem['largest_batch_in_budget']} fits.",
+    ]
     if "tflops" in r:
+        tf, m = r["tflops"], r["memory"]
         lines += [
             "",
-            f"Achieved TFLOP/s, VGG19 to conv5_1, 512 px, batch 4, fwd+bwd: "
-            f"TF32 {r['tflops']['tf32']:.1f}, bf16 {r['tflops']['bf16']:.1f}.",
+            f"CUDA: VGG19 to conv5_1, batch 4, 512 px: {tf['tf32']:.1f} TFLOP/s (TF32), "
+            f"{tf['bf16']:.1f} TFLOP/s (bf16). Peak memory by batch: "
+            + ", ".join(f"{b}: {g:.2f} GiB" for b, g in m["peak_gib_by_batch"].items())
+            + f"; {m['gib_per_extra_image']:.2f} GiB per extra image.",
         ]
-        m = r["memory"]
-        lines.append(
-            f"Memory: peak {m['peak_gib_by_batch']} GiB by batch; "
-            f"{m['gib_per_extra_image']:.2f} GiB per extra image; "
-            f"largest batch in {m['budget_gib']} GiB: {m['largest_batch_in_budget']}."
-        )
     return "\n".join(lines) + "\n"
 
 

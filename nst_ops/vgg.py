@@ -81,11 +81,24 @@ class VGGFeatures(nn.Module):
         self.eval()
         self.channels_last = False
 
-    def optimised_for(self, device: torch.device | str) -> VGGFeatures:
-        """Move to ``device`` in channels_last layout (faster convolutions on CUDA and, by a few
-        percent, on CPU). Only the layout changes: results equal the default layout's."""
-        self.to(device).to(memory_format=torch.channels_last)
-        self.channels_last = True
+    @staticmethod
+    def prefers_channels_last(device: torch.device | str) -> bool:
+        """channels_last where it is faster: on CUDA (tensor-core convolutions want NHWC). On
+        CPU it was slower in most configurations measured by bench/run.py (oneDNN converts
+        layouts around the non-convolution ops), so CPU keeps the default layout."""
+        return torch.device(device).type == "cuda"
+
+    def optimised_for(
+        self, device: torch.device | str, channels_last: bool | None = None
+    ) -> VGGFeatures:
+        """Move to ``device`` in the layout that is faster there (or the one asked for). Only
+        the layout changes: results equal the default layout's to float rounding."""
+        self.to(device)
+        if channels_last is None:
+            channels_last = self.prefers_channels_last(device)
+        self.channels_last = channels_last
+        if self.channels_last:
+            self.to(memory_format=torch.channels_last)
         return self
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:

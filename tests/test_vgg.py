@@ -89,7 +89,8 @@ def test_wrong_shape_tensor_is_refused_naming_the_tensor():
 def test_channels_last_layout_gives_the_same_features():
     x = torch.rand(2, 3, 32, 32)
     a = VGGFeatures("vgg19", ["relu3_1", "conv1_1"], seed=2)
-    b = VGGFeatures("vgg19", ["relu3_1", "conv1_1"], seed=2).optimised_for("cpu")
+    b = VGGFeatures("vgg19", ["relu3_1", "conv1_1"], seed=2).optimised_for("cpu", True)
+    assert b.features[0].weight.is_contiguous(memory_format=torch.channels_last)
     for name, fa in a(x).items():
         # other kernels, other summation order: float32 rounding relative to the feature scale
         torch.testing.assert_close(b(x)[name], fa, rtol=1e-4, atol=1e-5 * fa.abs().max().item())
