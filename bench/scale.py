@@ -1,13 +1,17 @@
 """Scale: `nst status`, `nst run` with nothing to do, and a resume, over 10k/100k committed jobs
 on S3 (moto's S3 server on loopback), with request counts, wall time and driver peak RSS.
 
-    python bench/scale.py --jobs 10000 100000
+    python bench/scale.py --jobs 10000                  # S3 (moto server), request counts
+    python bench/scale.py --jobs 100000 --store local   # driver memory at 100k jobs
 
 Committed jobs are synthesised (image, trace, job.json and _COMMIT exactly as a worker writes
 them, with the inputs' real fingerprints) straight into moto's in-memory backend; the commands
 then run as a user runs them, as subprocesses talking HTTP to the server, which counts every
 request by kind (LIST, GET, HEAD, PUT, DELETE). The resume adds 2 new jobs to the manifest and
-reports when the first of them started (its job.json `started_at`) after the command began."""
+reports when the first of them started (its job.json `started_at`) after the command began.
+moto's server is one Python process: at 100k jobs it, not the pipeline, sets the pace (a
+100k-marker first read took over 25 minutes there), so the 100k driver-memory figure is
+measured on a local folder with the same layout (``--store local``)."""
 
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import logging
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -71,55 +76,77 @@ def _kind(environ: dict) -> str:
     return method
 
 
-def synthesise(n: int) -> tuple[str, list[str]]:
-    """A manifest of n jobs (contents x styles) and n committed jobs; returns its URI and the
-    URIs of 2 extra contents for the resume."""
-    backend = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
-    backend.create_bucket(BUCKET, "us-east-1")
-    styles = [f"s3://{BUCKET}/in/style/s{i}.png" for i in range(10)]
-    contents = [f"s3://{BUCKET}/in/content/c{i}.png" for i in range(n // len(styles) + 2)]
-    for i, uri in enumerate(styles + contents):
-        backend.put_object(BUCKET, uri.split("/", 3)[3], png_bytes(seed=i))
-    rows = [{**TINY, "content_uri": c, "style_uri": s} for c in contents[:-2] for s in styles]
-    jobs = expand(pa.Table.from_pylist(rows), max_jobs=10**7)
-    etag = {
-        u: backend.get_object(BUCKET, u.split("/", 3)[3]).etag.strip('"') for u in styles + contents
-    }
-    for job in jobs:
-        inputs = [
-            {"uri": u, "fingerprint": f"etag:{etag[u]}"} for u in (job.content_uri, *job.style_uris)
-        ]
-        row = record.row(
-            job,
-            Status.OK,
-            inputs=inputs,
-            final_total=1.0,
-            seconds=1.0,
-            image_uri=layout.job_path(job.id, layout.IMAGE),
-            trace_uri=layout.job_path(job.id, layout.TRACE),
-        )
-        for name, data in (
-            (layout.IMAGE, b"png"),
-            (layout.TRACE, b"parquet"),
-            (layout.RECORD, json.dumps(row).encode()),
-            (layout.MARKER, json.dumps(row).encode()),
-        ):
-            backend.put_object(BUCKET, f"run/{layout.job_path(job.id, name)}", data)
-    buf = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(rows), buf)
-    backend.put_object(BUCKET, "manifest.parquet", buf.getvalue())
-    extra = [{**TINY, "content_uri": c, "style_uri": styles[0]} for c in contents[-2:]]
-    buf = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(rows + extra), buf)
-    backend.put_object(BUCKET, "manifest2.parquet", buf.getvalue())
-    return f"s3://{BUCKET}/manifest.parquet", contents[-2:]
+class S3Target:
+    """moto's in-memory backend: objects written without HTTP, read back over HTTP."""
+
+    def __init__(self) -> None:
+        self.backend = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
+        self.backend.create_bucket(BUCKET, "us-east-1")
+
+    def uri(self, key: str) -> str:
+        return f"s3://{BUCKET}/{key}"
+
+    def put(self, key: str, data: bytes) -> None:
+        self.backend.put_object(BUCKET, key, data)
+
+    def fingerprint(self, key: str) -> str:
+        return "etag:" + self.backend.get_object(BUCKET, key).etag.strip('"')
 
 
-def timed(cmd: list[str], env: dict, server: CountingServer) -> dict[str, Any]:
+class LocalTarget:
+    """A local folder: the same layout on disk (for the 100k-job driver-memory figure, where
+    moto's single-threaded server, not the pipeline, would set the pace)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def uri(self, key: str) -> str:
+        return str(self.root / key)
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self.root / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+    def fingerprint(self, key: str) -> str:
+        from pipeline.storage import fingerprint_of
+
+        return fingerprint_of(self.uri(key)) or ""
+
+
+def synthesise(n: int, target: S3Target | LocalTarget) -> str:
+    """A manifest of n jobs (contents x styles), n committed jobs, and manifest2 with 2 more
+    jobs for the resume; returns the manifest's URI."""
+    styles = [f"in/style/s{i}.png" for i in range(10)]
+    contents = [f"in/content/c{i}.png" for i in range(n // len(styles) + 2)]
+    for i, key in enumerate(styles + contents):
+        target.put(key, png_bytes(seed=i))
+    prints = {target.uri(k): target.fingerprint(k) for k in styles + contents}
+    s_uris, c_uris = [target.uri(k) for k in styles], [target.uri(k) for k in contents]
+    rows = [{**TINY, "content_uri": c, "style_uri": s} for c in c_uris[:-2] for s in s_uris]
+    for job in expand(pa.Table.from_pylist(rows), max_jobs=10**7):
+        inputs = [{"uri": u, "fingerprint": prints[u]} for u in job.input_uris]
+        row = record.row(job, Status.OK, inputs=inputs, final_total=1.0, seconds=1.0,
+                         image_uri=layout.job_path(job.id, layout.IMAGE),
+                         trace_uri=layout.job_path(job.id, layout.TRACE))  # fmt: skip
+        marker = json.dumps(row).encode()
+        for name, data in ((layout.IMAGE, b"png"), (layout.TRACE, b"parquet"),
+                           (layout.RECORD, marker), (layout.MARKER, marker)):  # fmt: skip
+            target.put(f"run/{layout.job_path(job.id, name)}", data)
+    extra = [{**TINY, "content_uri": c, "style_uri": s_uris[0]} for c in c_uris[-2:]]
+    for name, table in (("manifest.parquet", rows), ("manifest2.parquet", rows + extra)):
+        buf = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(table), buf)
+        target.put(name, buf.getvalue())
+    return target.uri("manifest.parquet")
+
+
+def timed(cmd: list[str], env: dict, server: CountingServer | None) -> dict[str, Any]:
     """Run a command; its wall time, peak RSS and requests. The peak is the kernel's high-water
     mark of the command's own memory (VmHWM, reset at exec), read until it exits: wait4's
     ru_maxrss would include the forked copy of this (large) benchmark process."""
-    server.counts.clear()
+    if server is not None:
+        server.counts.clear()
     start = time.time()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     peak = 0
@@ -132,7 +159,7 @@ def timed(cmd: list[str], env: dict, server: CountingServer) -> dict[str, Any]:
     return {
         "seconds": round(time.time() - start, 1),
         "rss_mib": peak // 1024,
-        "requests": dict(server.counts),
+        "requests": dict(server.counts) if server else {},
         "started": start,
     }
 
@@ -147,70 +174,69 @@ def _hwm_kib(pid: int) -> int:
     return 0
 
 
-def bench(n: int, server: CountingServer, endpoint: str) -> dict[str, Any]:
+def bench(n: int, target: S3Target | LocalTarget, server: CountingServer | None,
+          env: dict[str, str]) -> dict[str, Any]:  # fmt: skip
     t0 = time.time()
-    manifest, _ = synthesise(n)
-    made = time.time() - t0
-    opts = json.dumps({"endpoint_url": endpoint})
-    env = {**os.environ, **ENV, "NST_STORAGE_OPTIONS": opts, "RAY_AUTH_MODE": "disabled"}
+    manifest = synthesise(n, target)
+    res: dict[str, Any] = {"jobs": n, "synthesised_s": round(time.time() - t0, 1)}
     nst = [sys.executable, "-m", "pipeline.cli"]
-    out = f"s3://{BUCKET}/run"
-    res = {"jobs": n, "synthesised_s": round(made, 1)}
+    out = target.uri("run")
     time.sleep(3)  # the markers are older than what follows, as in a run that took a while
     # first: no results.parquet yet (a driver killed before writing it), so every marker is read
     res["run, nothing to do"] = timed([*nst, "run", manifest, "--out", out], env, server)
     res["status"] = timed([*nst, "status", out], env, server)
-    resume = timed(
-        [
-            *nst,
-            "run",
-            manifest.replace("manifest", "manifest2"),
-            "--out",
-            out,
-            "--gpus-per-job",
-            "0",
-        ],
-        env,
-        server,
-    )
-    firsts = [json.loads(k.value) for key, k in _records(n)]
-    first = min(r["started_at"] for r in firsts)
-    resume["first_task_after_s"] = round(first - resume["started"], 1)
+    again = [*nst, "run", manifest.replace("manifest", "manifest2"), "--out", out]
+    resume = timed([*again, "--gpus-per-job", "0"], env, server)
+    done = pq.read_table(io.BytesIO(_read(target, "run/results.parquet"))).to_pylist()
+    starts = [r["started_at"] for r in _new_records(target, done) if r.get("started_at")]
+    resume["first_task_after_s"] = round(min(starts) - resume["started"], 1)
     res["resume (+2 jobs)"] = resume
     return res
 
 
-def _records(n: int) -> list[tuple[str, Any]]:
-    """job.json of the jobs the resume ran (the only ones with started_at)."""
-    bucket = s3_backends[DEFAULT_ACCOUNT_ID]["aws"].buckets[BUCKET]
-    return [
-        (k, v)
-        for k, v in bucket.keys.items()
-        if k.endswith(layout.RECORD) and b"started_at" in v.value
-    ]
+def _read(target: S3Target | LocalTarget, key: str) -> bytes:
+    if isinstance(target, LocalTarget):
+        return (target.root / key).read_bytes()
+    return bytes(target.backend.get_object(BUCKET, key).value)
+
+
+def _new_records(target: S3Target | LocalTarget, rows: list[dict]) -> list[dict]:
+    """job.json of the jobs the resume ran (synthesised ones have no started_at)."""
+    ran = [r["job_id"] for r in rows if r.get("device")]
+    return [json.loads(_read(target, f"run/{layout.job_path(j, layout.RECORD)}")) for j in ran]
 
 
 def main() -> None:
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
     ap = argparse.ArgumentParser()
     ap.add_argument("--jobs", type=int, nargs="+", default=[10_000])
+    ap.add_argument("--store", choices=("s3", "local"), default="s3")
     a = ap.parse_args()
     for n in a.jobs:
-        server = CountingServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        endpoint = "http://{}:{}".format(*server.get_host_and_port())
-        r = bench(n, server, endpoint)
-        server.stop()
-        s3_backends[DEFAULT_ACCOUNT_ID]["aws"].reset()
-        print(f"\n## {n:,} committed jobs (synthesised in {r['synthesised_s']} s)")
+        env = {**os.environ, **ENV, "RAY_AUTH_MODE": "disabled"}
+        server = None
+        if a.store == "s3":
+            server = CountingServer(ip_address="127.0.0.1", port=0, verbose=False)
+            server.start()
+            endpoint = "http://{}:{}".format(*server.get_host_and_port())
+            env["NST_STORAGE_OPTIONS"] = json.dumps({"endpoint_url": endpoint})
+            target: S3Target | LocalTarget = S3Target()
+        else:
+            target = LocalTarget(Path(tempfile.mkdtemp()))
+        r = bench(n, target, server, env)
+        if server is not None:
+            server.stop()
+            s3_backends[DEFAULT_ACCOUNT_ID]["aws"].reset()
+        print(f"\n## {n:,} committed jobs on {a.store} (synthesised in {r['synthesised_s']} s)")
         print("| command | seconds | driver peak RSS | requests |")
         print("|---|---|---|---|")
         for cmd in ("run, nothing to do", "status", "resume (+2 jobs)"):
             m = r[cmd]
-            reqs = ", ".join(f"{k} {v}" for k, v in sorted(m["requests"].items()))
+            reqs = ", ".join(f"{k} {v}" for k, v in sorted(m["requests"].items())) or "—"
             first = m.get("first_task_after_s")
             extra = f" (first task at {first} s)" if first is not None else ""
-            print(f"| nst {cmd} | {m['seconds']}{extra} | {m['rss_mib']} MiB | {reqs} |")
+            print(f"| nst {cmd} | {m['seconds']}{extra} | {m['rss_mib']} MiB | {reqs} |",
+                  flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":
