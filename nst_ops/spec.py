@@ -48,7 +48,8 @@ PARAM_HELP: dict[str, str] = {
     "log_every": "trace a row every N iterations",
     "divergence_factor": "a loss above this x best counts as a spike",
     "divergence_patience": "iterations a spike may last before the job counts as diverged",
-    "amp": "bf16 convolutions on CUDA / CPUs with bf16 units (losses stay fp32)",
+    "amp": "bf16 convolutions (losses stay fp32): true, false, or auto (on where the device has "
+    "bf16 units: CUDA with bf16, CPUs with AVX512-BF16/AMX)",
     "tol": "early stopping: stop when the best loss improved by less than this fraction over "
     "the last tol_window iterations (0 = off)",
     "tol_window": "iterations over which tol measures the improvement",
@@ -137,7 +138,7 @@ class JobSpec:
     log_every: int = 10
     divergence_factor: float = 100.0
     divergence_patience: int = 50
-    amp: bool = False
+    amp: bool | str = False  # True, False or "auto" (resolved by the worker for its device)
     tol: float = 0.0
     tol_window: int = 20
     save_every: int = 0
@@ -155,6 +156,7 @@ class JobSpec:
         for check in (
             self._check_choices,
             self._check_init,
+            self._check_amp,
             self._check_weights_source,
             self._check_layers,
             self._check_numbers,
@@ -168,6 +170,10 @@ class JobSpec:
             v, options = getattr(self, name), choices(name) or ()
             if v not in options:
                 raise SpecError(f"unknown {name} {v!r}; choose one of {', '.join(options)}")
+
+    def _check_amp(self) -> None:
+        if not (isinstance(self.amp, bool) or self.amp == "auto"):
+            raise SpecError(f"amp must be true, false or auto, got {self.amp!r}")
 
     def _check_init(self) -> None:
         if not isinstance(self.init, str) or not self.init:

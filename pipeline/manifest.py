@@ -107,6 +107,8 @@ def check_schema(schema: pa.Schema) -> None:
             p = PARAMS[name]
             kind = p.kind.__name__
             ok = _arrow_ok(p.kind, leaf) and depth <= (2 if p.is_seq else 1)
+            if name == "amp":  # true/false, or the text "auto"
+                ok = ok or (_arrow_ok(str, leaf) and depth <= 1)
             want = (
                 f"list of {kind} (or a list of such lists for a grid)"
                 if p.is_seq

@@ -137,3 +137,35 @@ def test_new_parameters_at_their_defaults_keep_existing_job_ids():
     for name, default in ADDED_LATER.items():
         assert getattr(spec, name) == default
     assert json.dumps(ADDED_LATER)  # plain values only
+
+
+def test_amp_auto_turns_bf16_on_only_where_the_device_has_bf16_units(monkeypatch):
+    from nst_ops.spec import SpecError
+    from pipeline import worker
+
+    assert job_spec(amp="auto").amp == "auto"
+    with pytest.raises(SpecError, match="amp must be true, false or auto"):
+        job_spec(amp="yes")
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(worker, "_cpu_has_bf16", lambda: True)
+    assert worker.amp_enabled("auto", cpu) is True
+    monkeypatch.setattr(worker, "_cpu_has_bf16", lambda: False)
+    assert worker.amp_enabled("auto", cpu) is False
+    assert worker.amp_enabled(True, cpu) is True and worker.amp_enabled(False, cpu) is False
+
+
+@pytest.mark.usefixtures("ray_cpu")
+def test_amp_auto_from_a_csv_manifest_runs_and_records_what_it_used(tmp_path):
+    from pipeline import worker
+
+    c = write_images(tmp_path / "c", 1, "c")[0]
+    s = write_images(tmp_path / "s", 1, "s")[0]
+    (tmp_path / "m.csv").write_text(
+        "content_uri,style_uri,weights,size,iterations,amp,content_layers,style_layers\n"
+        f"{c},{s},random:0,16,2,auto,relu2_1,relu1_1\n"
+    )
+    done = nst("run", tmp_path / "m.csv", "--out", tmp_path / "o", "--no-progress")
+    assert done.exit_code == 0, done.output
+    (row,) = pq.read_table(tmp_path / "o" / "results.parquet").to_pylist()
+    assert row["status"] == "ok" and row["amp"] == "auto"
+    assert row["amp_used"] == worker._cpu_has_bf16()
