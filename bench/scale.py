@@ -183,9 +183,10 @@ def bench(n: int, target: S3Target | LocalTarget, server: CountingServer | None,
     out = target.uri("run")
     time.sleep(3)  # the markers are older than what follows, as in a run that took a while
     # first: no results.parquet yet (a driver killed before writing it), so every marker is read
-    res["run, nothing to do"] = timed([*nst, "run", manifest, "--out", out], env, server)
+    limit = ["--max-jobs", str(2 * n)]
+    res["run, nothing to do"] = timed([*nst, "run", manifest, "--out", out, *limit], env, server)
     res["status"] = timed([*nst, "status", out], env, server)
-    again = [*nst, "run", manifest.replace("manifest", "manifest2"), "--out", out]
+    again = [*nst, "run", manifest.replace("manifest", "manifest2"), "--out", out, *limit]
     resume = timed([*again, "--gpus-per-job", "0"], env, server)
     done = pq.read_table(io.BytesIO(_read(target, "run/results.parquet"))).to_pylist()
     starts = [r["started_at"] for r in _new_records(target, done) if r.get("started_at")]
