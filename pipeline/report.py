@@ -7,6 +7,7 @@ is HTML-escaped: job names and tags are data, never markup.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from collections import Counter
 from collections.abc import Sequence
@@ -315,6 +316,10 @@ def _curve_sample(
 
 
 def _effect_view(e: Effect) -> dict[str, Any]:
+    """An axis's values with their median scores, as text and as bars (log scale across the
+    axis's values; shorter is better), so the effect reads at a glance."""
+    rows = sorted(e.values, key=lambda x: _order(x[0]))
+    bars = [_bars([r[2 + i] for r in rows]) for i in range(2)]
     return {
         "axis": e.axis,
         "rows": [
@@ -323,12 +328,22 @@ def _effect_view(e: Effect) -> dict[str, Any]:
                 "n": n,
                 "content": _fmt(mc),
                 "style": _fmt(ms),
+                "content_bar": bars[0][k],
+                "style_bar": bars[1][k],
                 "best_content": e.best.get("score_content") == v and mc is not None,
                 "best_style": e.best.get("score_style") == v and ms is not None,
             }
-            for v, n, mc, ms in sorted(e.values, key=lambda x: _order(x[0]))
+            for k, (v, n, mc, ms) in enumerate(rows)
         ],
     }
+
+
+def _bars(values: list[float | None], short: int = 6, long: int = 80) -> list[int]:
+    logs = [math.log10(v) if v and v > 0 else None for v in values]
+    known = [x for x in logs if x is not None]
+    lo, hi = (min(known), max(known)) if known else (0.0, 0.0)
+    span = (hi - lo) or 1.0
+    return [0 if x is None else round(short + (x - lo) / span * (long - short)) for x in logs]
 
 
 def _evaluator_line(store: storage.Store) -> str:
