@@ -321,13 +321,17 @@ def write_results(
     done: dict[str, dict],
     evaluator: dict[str, Any] | None = None,
 ) -> list[dict]:
-    """results.parquet: this run's rows, the committed rows it kept, the rest pending."""
+    """results.parquet: this run's rows, the committed rows it kept, the rest pending. Kept
+    rows are updated in place, not copied: at 100k jobs a copy of every row is ~250 MB."""
     rows = []
     for j in jobs:
         if j.id in fresh:
             rows.append(fresh[j.id])
         elif j.id in done:  # outcome from the marker; names and tags from today's manifest
-            rows.append({**done[j.id], **j.to_record(), "committed": True})
+            row = done[j.id]
+            row.update(j.to_record())
+            row["committed"] = True
+            rows.append(row)
         else:
             rows.append(record.pending(j))
     put_results(store, normalise(rows), evaluator)

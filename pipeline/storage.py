@@ -39,6 +39,7 @@ def join(root: str, *parts: str) -> str:
     return "/".join([root.rstrip("/"), *parts])
 
 
+READ_BATCH = 2000  # markers read per batched call (concurrent on object stores)
 DEFAULT_ATTEMPTS = 4  # tries per storage operation (transient errors only), with backoff
 
 
@@ -129,13 +130,13 @@ class Store:
         known = self._results_index(files, marked)
         rows = {k: known[k] for k in marked if k in known}
         paths = [join(self.root, layout.job_path(k, MARKER)) for k in marked if k not in known]
-        blobs = self.fs.cat(paths, on_error="omit") if paths else {}
-        for data in blobs.values():
-            try:
-                row = json.loads(data)
-            except ValueError:
-                continue  # an unreadable marker means not committed
-            rows[row["job_id"]] = row
+        for i in range(0, len(paths), READ_BATCH):  # parsed batch by batch: bytes never pile up
+            for data in self.fs.cat(paths[i : i + READ_BATCH], on_error="omit").values():
+                try:
+                    row = json.loads(data)
+                except ValueError:
+                    continue  # an unreadable marker means not committed
+                rows[row["job_id"]] = row
         return rows
 
     def _results_index(self, files: JobFiles, marked: list[str]) -> dict[str, dict]:
