@@ -126,3 +126,10 @@ def synthetic_run(root: Path, n: int, seed: int = 0) -> Path:
                  "content_layer": "relu3_1", "style_layers": ["relu1_1"]}  # fmt: skip
     write_results(Store(str(root)), jobs, {}, rows, evaluator)
     return root
+
+
+def nst_cmd(*args) -> list[str]:
+    """`nst ARGS` as a separate process (for tests that kill, interrupt or time it)."""
+    import sys
+
+    return [sys.executable, "-m", "pipeline.cli", *(str(a) for a in args)]

@@ -7,14 +7,13 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import table, write_images
+from helpers import nst_cmd, table, write_images
 from raycluster import ENV, LocalCluster
 
 pytestmark = pytest.mark.slow
@@ -57,21 +56,8 @@ def test_a_late_gpu_node_gets_the_gpu_tasks_and_a_killed_node_loses_no_job(tmp_p
     # each job takes seconds, so the kill below lands while jobs are still to do
     pq.write_table(table(rows, iterations=150, size=32), tmp_path / "m.parquet")
     out = tmp_path / "o"
-    cmd = [
-        sys.executable,
-        "-m",
-        "pipeline.cli",
-        "run",
-        str(tmp_path / "m.parquet"),
-        "--out",
-        str(out),
-        "--address",
-        cluster.address,
-        "--gpus-per-job",
-        "1",
-        "--batch-size",
-        "1",
-    ]
+    cmd = nst_cmd("run", tmp_path / "m.parquet", "--out", out, "--address", cluster.address,
+                  "--gpus-per-job", "1", "--batch-size", "1")  # fmt: skip
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait_for(lambda: (out / "jobs.parquet").exists(), "the run to start", proc)

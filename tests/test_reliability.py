@@ -5,7 +5,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 
@@ -13,7 +12,7 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 import torch
-from helpers import nst, png_bytes, run_manifest, table, write_images
+from helpers import nst, nst_cmd, png_bytes, run_manifest, table, write_images
 from PIL import Image
 
 from nst_ops.vgg import VGGFeatures
@@ -84,18 +83,7 @@ def six_job_run(tmp_path, optimizer: str) -> tuple[list[str], object]:
     ]
     pq.write_table(table(rows, optimizer=optimizer, size=32), tmp_path / "m.parquet")
     out = tmp_path / "out"
-    cmd = [
-        sys.executable,
-        "-m",
-        "pipeline.cli",
-        "run",
-        str(tmp_path / "m.parquet"),
-        "--out",
-        str(out),
-        "--num-cpus",
-        "1",
-        "--no-progress",
-    ]
+    cmd = nst_cmd("run", tmp_path / "m.parquet", "--out", out, "--num-cpus", "1", "--no-progress")
     return cmd, out
 
 
@@ -306,7 +294,7 @@ def test_ctrl_c_stops_cleanly_keeping_completed_jobs(tmp_path):
     ]
     pq.write_table(table(rows, optimizer="lbfgs", size=32), tmp_path / "m.parquet")
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "pipeline.cli", "run", str(tmp_path / "m.parquet")]
+    cmd = nst_cmd("run", tmp_path / "m.parquet")
     cmd += ["--out", str(out), "--num-cpus", "1", "--no-progress"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for_commits(out, 1)

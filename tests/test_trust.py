@@ -381,3 +381,21 @@ def test_light_commands_never_import_torch_or_ray(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.usefixtures("ray_cpu")
+def test_a_finished_run_never_starts_ray_and_a_resume_does(tmp_path, monkeypatch):
+    from pipeline import execute
+
+    c = write_images(tmp_path / "c", 2, "c")
+    s = write_images(tmp_path / "s", 1, "s")[0]
+    rows = [{"content_uri": c[0], "style_uri": s}]
+    result, out = run_manifest(tmp_path, rows)
+    assert result.exit_code == 0, result.output
+    started: list[bool] = []
+    real = execute.init_ray
+    monkeypatch.setattr(execute, "init_ray", lambda *a, **k: (started.append(True), real(*a, **k)))
+    again = nst("run", tmp_path / "m.parquet", "--out", out, "--no-progress")
+    assert again.exit_code == 0 and "0 to run" in again.output and started == []
+    result, _ = run_manifest(tmp_path, [*rows, {"content_uri": c[1], "style_uri": s}])
+    assert result.exit_code == 0 and "1 to run (new 1)" in result.output and started == [True]
