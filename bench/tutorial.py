@@ -139,4 +139,5 @@ def run_style_transfer(cnn, content_img, style_img, input_img, content_layers, s
         optimizer.step(closure)
     with torch.no_grad():
         input_img.clamp_(0, 1)
+    run_style_transfer.evaluations = run[0]  # type: ignore[attr-defined]  (ours: 300 -> 320)
     return input_img

@@ -457,8 +457,7 @@ def run(
     jobs = _load_jobs(manifest_uri, so, max_jobs)
     store = _run_root(out, so)
     with lease.held(store):
-        start = functools.partial(init_ray, address, num_cpus, quiet=not _DEBUG["on"])
-        plan = _plan_starting_ray(jobs, store, force, retry_failed, so, start)
+        plan = make_plan(jobs, store, force, retry_failed, so)
         console.print(f"plan: {_plan_line(plan, len(jobs))}", highlight=False)
         ev = _evaluator(evaluator, [j.spec for j in jobs])
         opts = RunOptions(
@@ -468,7 +467,8 @@ def run(
         res = Resources(
             gpus_per_job, cpus_per_job, max_retries, None, batch_size, bool(address), gpu_wait
         )
-        if plan.todo:
+        if plan.todo:  # only then: a finished run never starts Ray
+            init_ray(address, num_cpus, quiet=not _DEBUG["on"])
             _say_where(res)
         summary = run_jobs(jobs, opts, res, progress=progress, plan=plan)
     code = _report_run(summary, out, strict)
@@ -476,23 +476,6 @@ def run(
         _write_summary(summary_json, so, summary, time.time() - started, code)
     if code:
         raise typer.Exit(code)
-
-
-def _plan_starting_ray(
-    jobs: list, store: storage.Store, force: bool, retry: bool, so: dict | None, start: Any
-) -> Plan:
-    """The plan, with Ray started only if there is work. Where work is likely (results.parquet
-    missing or shorter than the manifest, or --force/--retry-failed) Ray starts while the plan
-    is made, so its start-up (5-7 s) overlaps the listing; a finished run never starts it."""
-    if force or retry or results.row_count(store) < len(jobs):
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            future = pool.submit(make_plan, jobs, store, force, retry, so)
-            start()
-            return future.result()
-    plan = make_plan(jobs, store, force, retry, so)
-    if plan.todo:
-        start()
-    return plan
 
 
 def _report_run(summary: Summary, out: str, strict: bool) -> int:

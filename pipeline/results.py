@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from nst_ops.vocab import Status
 
@@ -59,15 +58,6 @@ def put_results(store: storage.Store, table: pa.Table, evaluator: dict[str, Any]
         meta = {**(table.schema.metadata or {}), EVALUATOR_KEY: json.dumps(evaluator).encode()}
         table = table.replace_schema_metadata(meta)
     store.put_table(RESULTS, table)
-
-
-def row_count(store: storage.Store) -> int:
-    """Rows of results.parquet from its footer alone (0 if there is none or it is unreadable)."""
-    try:
-        with store.fs.open(storage.join(store.root, RESULTS), "rb") as f:
-            return int(pq.read_metadata(f).num_rows)
-    except (OSError, pa.ArrowException):
-        return 0
 
 
 def evaluator_of(store: storage.Store) -> dict[str, Any] | None:
