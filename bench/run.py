@@ -329,9 +329,11 @@ def time_to_quality(size: int, steps: int, device: torch.device, jobs_dir: Path)
     }
     qs, iters = [], []
     for k, (ci, si, _) in enumerate(grid):
-        c, s = pair(size, ci, si)
+        # the evaluator's inputs exactly as the worker gives them for our result: the files as
+        # decoded (it resizes them itself), never the bench's pre-resized tensors
         spec = JobSpec(weights=wname, content_layers=cl, style_layers=sl)
-        t = score_png(ev, images.encode_png(tut[k]), spec, c[0], [s[0]], torch.device("cpu"))
+        inputs = load(cfiles[ci]), [load(sfiles[si])]
+        t = score_png(ev, images.encode_png(tut[k]), spec, *inputs, torch.device("cpu"))
         r = results[f"j{k}"]
         qs.append(
             (r["score_content"] / t["score_content"] + r["score_style"] / t["score_style"]) / 2
