@@ -279,7 +279,9 @@ def _tutorial_equivalent(config: str, c_hw: tuple[int, int], beta_t: float) -> d
             "style_layer_weights": [4.0 * beta_t / channels[n] ** 2 for n in sl]}  # fmt: skip
 
 
-def time_to_quality(size: int, steps: int, device: torch.device, jobs_dir: Path) -> dict:
+def time_to_quality(
+    size: int, steps: int, device: torch.device, jobs_dir: Path, levers: dict | None = None
+) -> dict:
     """16 jobs (contents x 2 styles x 2 β), real-weights layers: the tutorial's loop (300 L-BFGS
     steps, one job after another) vs `nst run` (L-BFGS with early stopping, the same objective)
     from command to last image. Quality: each result's scores under one fixed evaluator,
@@ -316,7 +318,8 @@ def time_to_quality(size: int, steps: int, device: torch.device, jobs_dir: Path)
                      "style_layers": list(sl), "size": size, "optimizer": "lbfgs",
                      "init": "content", "iterations": max(evaluations), "tol": 1e-3,
                      "tol_window": 20,
-                     "seed": k, **_tutorial_equivalent(config, hw_of(c), beta)})  # fmt: skip
+                     "seed": k, **_tutorial_equivalent(config, hw_of(c), beta),
+                     **(levers or {})})  # fmt: skip
     pq.write_table(pa.Table.from_pylist(rows), jobs_dir / "m.parquet")
     cmd = [sys.executable, "-m", "pipeline.cli", "run", str(jobs_dir / "m.parquet"),
            "--out", str(jobs_dir / "ours"), "--no-progress",
@@ -342,6 +345,7 @@ def time_to_quality(size: int, steps: int, device: torch.device, jobs_dir: Path)
     return {"size": size, "jobs": 16, "tutorial_steps": steps, "tutorial_s": tut_s,
             "tutorial_evaluations": max(evaluations),
             "ours_s": ours_s, "speedup": tut_s / ours_s, "q_median": statistics.median(qs),
+            "levers": levers or {},
             "q_max": max(qs), "reached": sum(q <= 1.0 for q in qs),
             "ours_iterations_median": statistics.median(iters)}  # fmt: skip
 
@@ -355,6 +359,10 @@ def main() -> None:
     ap.add_argument("--ttq-steps", type=int, default=300)
     ap.add_argument("--no-ttq", action="store_true", help="skip the 16-job time to quality")
     ap.add_argument("--only-ttq", action="store_true", help="only the 16-job time to quality")
+    ap.add_argument(
+        "--ttq-levers", default="{}",
+        help='our job parameters over the default, e.g. \'{"amp": true, "multires": 2}\'',
+    )  # fmt: skip
     ap.add_argument("--budget-gib", type=float, default=20.0)
     args = ap.parse_args()
     device = torch.device(args.device)
@@ -375,7 +383,7 @@ def main() -> None:
     if not args.no_ttq and cpu:
         with tempfile.TemporaryDirectory() as tmp:
             results["time_to_quality"] = time_to_quality(
-                args.ttq_size, args.ttq_steps, device, Path(tmp)
+                args.ttq_size, args.ttq_steps, device, Path(tmp), json.loads(args.ttq_levers)
             )
     results["activation_memory"] = memory_estimate(512, args.budget_gib)
     if not cpu:
@@ -425,7 +433,8 @@ def render(r: dict) -> str:
             f"{q.get('tutorial_evaluations', '?')} loss evaluations, one job after another) "
             f"{q['tutorial_s']:.0f} s; `nst run` (same objective, L-BFGS, early stopping at "
             f"tol 1e-3, budget = the tutorial's evaluations, median "
-            f"{q['ours_iterations_median']:.0f} iterations) {q['ours_s']:.0f} s: "
+            f"{q['ours_iterations_median']:.0f} iterations, levers {q.get('levers') or 'none'}) "
+            f"{q['ours_s']:.0f} s: "
             f"**{q['speedup']:.2f}×**. Quality under one evaluator relative to the tutorial's "
             f"result for the same job (≤ 1: as close to content and style): median "
             f"{q['q_median']:.3f}, worst {q['q_max']:.3f}; {q['reached']}/{q['jobs']} jobs ≤ 1.",
