@@ -1,0 +1,71 @@
+"""Threads per worker on a small machine: Ray's default (each task gets OMP_NUM_THREADS = its
+num_cpus, so 2 one-thread workers on 2 cores) against one 2-thread worker, and against
+oversubscribed 2-thread workers with spinning and with passive OpenMP waits.
+
+    python bench/threads.py [--jobs 8] [--repeats 2]
+
+Each setting runs the same `nst run` (L-BFGS jobs, shipped weights, 96 px) from scratch in a
+subprocess; prints wall seconds (median of --repeats, and the range)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+ROOT = Path(__file__).resolve().parent.parent
+WEIGHTS = ROOT / "manifests/weights/vgg19_tv_features_conv1_1-conv3_1.pth"
+IMAGES = ROOT / "manifests/images"
+
+SETTINGS = {
+    "Ray default: 2 workers x 1 thread (--cpus-per-job 1)": ({}, ["--cpus-per-job", "1"]),
+    "1 worker x 2 threads (--cpus-per-job 2)": ({}, ["--cpus-per-job", "2"]),
+    "2 workers x 2 threads, spinning waits": (
+        {"OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "ACTIVE"}, ["--cpus-per-job", "1"]),
+    "2 workers x 2 threads, passive waits": (
+        {"OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE"}, ["--cpus-per-job", "1"]),
+}  # fmt: skip
+
+
+def manifest(path: Path, jobs: int) -> None:
+    contents = sorted((IMAGES / "content").glob("*"))
+    styles = sorted((IMAGES / "style").glob("*"))
+    rows = [{"content_uri": str(contents[i % len(contents)]), "style_uri": str(styles[i % 2]),
+             "weights": str(WEIGHTS), "content_layers": ["relu3_1"], "init": "content",
+             "style_layers": ["relu1_1", "relu2_1", "relu3_1"], "size": 96, "iterations": 60,
+             "optimizer": "lbfgs", "seed": i} for i in range(jobs)]  # fmt: skip
+    pq.write_table(pa.Table.from_pylist(rows), path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--jobs", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=2)
+    a = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp())
+    manifest(tmp / "m.parquet", a.jobs)
+    times: dict[str, list[float]] = {k: [] for k in SETTINGS}
+    for r in range(a.repeats):  # interleaved, so load hits all settings alike
+        for i, (name, (env, args)) in enumerate(SETTINGS.items()):
+            base = {k: v for k, v in os.environ.items() if not k.startswith("OMP_")}
+            cmd = [sys.executable, "-m", "pipeline.cli", "run", str(tmp / "m.parquet"),
+                   "--out", str(tmp / f"o{r}-{i}"), "--no-progress", *args]  # fmt: skip
+            start = time.perf_counter()
+            subprocess.run(cmd, check=True, capture_output=True, env={**base, **env})
+            times[name].append(time.perf_counter() - start)
+    print(f"| {a.jobs} L-BFGS jobs, 96 px, {os.cpu_count()} cores | seconds (median) | range |")
+    print("|---|---|---|")
+    for name, ts in times.items():
+        print(f"| {name} | {statistics.median(ts):.1f} | {min(ts):.1f}-{max(ts):.1f} |")
+
+
+if __name__ == "__main__":
+    main()
