@@ -289,7 +289,7 @@ def time_to_quality(
     style/style_t); q <= 1 means as close to both as the tutorial got."""
     from nst_ops.evaluator import Evaluator
     from pipeline import images
-    from pipeline.scoring import score_png
+    from pipeline.scoring import score_image
 
     config = "real"
     sd, wname = weights_for(config)
@@ -336,7 +336,7 @@ def time_to_quality(
         # decoded (it resizes them itself), never the bench's pre-resized tensors
         spec = JobSpec(weights=wname, content_layers=cl, style_layers=sl)
         inputs = load(cfiles[ci]), [load(sfiles[si])]
-        t = score_png(ev, images.encode_png(tut[k]), spec, *inputs, torch.device("cpu"))
+        t = score_image(ev, images.encode_png(tut[k]), spec, *inputs, torch.device("cpu"))
         r = results[f"j{k}"]
         qs.append(
             (r["score_content"] / t["score_content"] + r["score_style"] / t["score_style"]) / 2

@@ -13,6 +13,10 @@ from typing import Any
 from .layers import check_layers
 from .spec import JobSpec
 
+# The columns scoring writes: the two scores, then which evaluator and any problem.
+SCORES = ("score_content", "score_style")
+SCORE_FIELDS = (*SCORES, "score_by", "score_error")
+
 
 @dataclass(frozen=True)
 class Evaluator:

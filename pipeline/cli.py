@@ -509,6 +509,14 @@ def _say_where(res: Any) -> None:
         console.print("no GPU on this machine: jobs run on the CPU", highlight=False)
 
 
+def _existing_run(out: str, so: dict | None) -> storage.Store:
+    """The store of a run that exists (status and score refuse a path that holds none)."""
+    store = storage.Store(out, so)
+    if not results.is_run(store):
+        raise NstError(f"not a run: {out} (no jobs.parquet, results.parquet or jobs/ under it)")
+    return store
+
+
 def _run_root(out: str, so: dict | None) -> storage.Store:
     store = storage.Store(out, so)
     if store.fs.isfile(store.root):
@@ -553,9 +561,7 @@ def status(
 
     Example: nst status results/demo
     """
-    store = storage.Store(out, _storage(storage_options))
-    if not results.is_run(store):
-        raise NstError(f"not a run: {out} (no jobs.parquet, results.parquet or jobs/ under it)")
+    store = _existing_run(out, _storage(storage_options))
     rows, total = results.collect(store)
     counts = Counter(r["status"] for r in rows)
     counts[Status.PENDING.value] = max(0, total - len(rows))
@@ -756,9 +762,7 @@ def score(
     from .scoring import rescore, spec_of
     from .worker import pick_device
 
-    store = storage.Store(out, _storage(storage_options))
-    if not results.is_run(store):
-        raise NstError(f"not a run: {out} (no jobs.parquet, results.parquet or jobs/ under it)")
+    store = _existing_run(out, _storage(storage_options))
     recorded = results.evaluator_of(store)
     rows = list(store.committed().values())
     base = _evaluator(evaluator, [spec_of(r) for r in rows], recorded)

@@ -23,10 +23,7 @@ from PIL import Image
 
 from . import layout, storage
 from .ranking import members
-
-
-def _key(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, default=str)
+from .ranking import value_key as _key
 
 
 def _order(value: Any) -> tuple:

@@ -25,13 +25,11 @@ RESULTS_TABLE = "results.parquet"
 REPORT = "report.html"
 LEASE = "_LEASE"
 JOBS_DIR = "jobs"
-IMAGE = "image.png"
 TRACE = "trace.parquet"
 RECORD = "job.json"
 MARKER = "_COMMIT"
 SNAPSHOTS = "snapshots"
 THUMBS = "report_cache/thumbs"  # `nst report`'s thumbnails, <job_id>-<commit time>.jpg
-OUTPUTS = (IMAGE, TRACE)  # what a job that optimised (ok or diverged) must still have
 
 
 def job_dir(job_id: str) -> str:
@@ -47,6 +45,9 @@ def job_path(job_id: str, name: str) -> str:
 def image_name(ext: str = "png") -> str:
     """The result's file name: image.png, or image.<ext> for another output format."""
     return f"image.{ext}"
+
+
+IMAGE = image_name()  # the PNG default
 
 
 def snapshot_path(job_id: str, iteration: int, ext: str = "png") -> str:

@@ -14,7 +14,12 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-SCORES = ("score_content", "score_style")
+from nst_ops.evaluator import SCORES
+
+
+def value_key(value: Any) -> str:
+    """An axis value as a hashable, comparable key (lists and numbers alike)."""
+    return json.dumps(value, sort_keys=True, default=str)
 
 
 class Rank(str, Enum):
@@ -85,7 +90,7 @@ def effects(rows: Sequence[dict[str, Any]], axes: Sequence[str]) -> list[Effect]
         groups: dict[str, list[dict[str, Any]]] = {}
         for r in rows:
             for v in members(r, axis):
-                groups.setdefault(json.dumps(v, sort_keys=True, default=str), []).append(r)
+                groups.setdefault(value_key(v), []).append(r)
         values = []
         for key, group in groups.items():
             meds = [_median(group, k) for k in SCORES]

@@ -23,8 +23,9 @@ from nst_ops.vocab import Status
 
 from . import figures, layout, storage
 from .errors import NstError
-from .figures import _key, _order, label
+from .figures import _order, label
 from .ranking import Effect, Rank, effects, members, pareto_front, ranked
+from .ranking import value_key as _key
 from .results import collect, evaluator_of
 
 INPUT_AXES = ("content_uri", "style_uris")
@@ -241,7 +242,6 @@ def _decide(scored: list[dict[str, Any]], axes: list[str], o: ReportOptions) -> 
     front = pareto_front(scored)
     return {
         "scatter": figures.scatter(scored, front, color),
-        "front": [r["job_id"] for r in front],
         "ranking": ranked(scored, o.rank, len(scored)),
         "effects": effects(scored, settings),
         "color": color,

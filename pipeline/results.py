@@ -8,6 +8,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from nst_ops.evaluator import SCORE_FIELDS
 from nst_ops.vocab import Status
 
 from . import layout, storage
@@ -94,8 +95,7 @@ def merge_scores(
     store: storage.Store, scored: list[dict[str, Any]], evaluator: dict[str, Any]
 ) -> None:
     """results.parquet with the new scores of ``scored`` (other rows as they were)."""
-    fields = ("score_content", "score_style", "score_by", "score_error")
-    new = {r["job_id"]: {k: r.get(k) for k in fields} for r in scored}
+    new = {r["job_id"]: {k: r.get(k) for k in SCORE_FIELDS} for r in scored}
     rows = store.get_table(RESULTS).to_pylist() if store.exists(RESULTS) else []
     known = {r["job_id"] for r in rows}
     rows = [{**r, **new.get(r["job_id"], {})} for r in rows]

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from nst_ops.evaluate import scores
-from nst_ops.evaluator import Evaluator
+from nst_ops.evaluator import SCORE_FIELDS, SCORES, Evaluator
 from nst_ops.spec import JobSpec
 from nst_ops.transfer import fit_longer_side, hw_of, resize
 from nst_ops.vgg import VGGFeatures
@@ -19,7 +19,6 @@ from nst_ops.vgg import VGGFeatures
 from . import images, layout, storage, weights
 from .errors import NstError
 
-SCORES = ("score_content", "score_style")
 _NETS: dict[tuple[Evaluator, str], VGGFeatures] = {}
 
 
@@ -35,18 +34,19 @@ def network(ev: Evaluator, device: torch.device) -> VGGFeatures:
     return _NETS[key]
 
 
-def score_png(
+def score_image(
     ev: Evaluator,
-    png: bytes,
+    data: bytes,
     spec: JobSpec,
     content: torch.Tensor | None,
     styles: Sequence[torch.Tensor],
     device: torch.device,
 ) -> dict[str, Any]:
-    """Scores of a saved result (as stored: 8-bit) against its decoded inputs (3,H,W): content
-    at the result's size, styles with their longer side at the result's longer side."""
+    """Scores of a saved result (as stored: 8-bit, in its file format) against its decoded
+    inputs (3,H,W): content at the result's size, styles with their longer side at the
+    result's longer side."""
     try:
-        x = images.decode(png, "result").unsqueeze(0).to(device)
+        x = images.decode(data, "result").unsqueeze(0).to(device)
         hw = hw_of(x)
         c = None
         if content is not None and spec.uses_content:
@@ -78,11 +78,11 @@ def rescore(
         try:
             content = image(row["content_uri"]) if spec.uses_content else None
             styles = [image(u) for u in row.get("style_uris") or []]
-            png = storage.read_bytes(store.resolve(row["image_uri"]), store.options)
+            data = storage.read_bytes(store.resolve(row["image_uri"]), store.options)
         except (OSError, NstError) as e:
             row.update(dict.fromkeys(SCORES), score_error=f"could not read: {e}", score_by=ev.key)
             continue
-        row.update(score_png(ev, png, spec, content, styles, device))
+        row.update(score_image(ev, data, spec, content, styles, device))
         _rewrite(store, row)
     return list(rows.values())
 
@@ -99,7 +99,7 @@ def _rewrite(store: storage.Store, row: dict[str, Any]) -> None:
         rec = json.loads(store.get(record_path))
     except (OSError, ValueError):
         rec = {}
-    scored = {k: row.get(k) for k in (*SCORES, "score_by", "score_error")}
+    scored = {k: row.get(k) for k in SCORE_FIELDS}
     store.put_json(record_path, {**rec, **scored})
     marker = {k: v for k, v in row.items() if k != "committed"}
     store.put_json(layout.job_path(row["job_id"], layout.MARKER), marker)

@@ -242,7 +242,7 @@ def _scorer(opts: RunOptions, item: Ready, device: torch.device) -> Scorer | Non
         return None
     ev = Evaluator.from_dict(opts.evaluator)
     job, content, styles = item
-    return lambda png: scoring.score_png(ev, png, job.spec, content, styles, device)
+    return lambda png: scoring.score_image(ev, png, job.spec, content, styles, device)
 
 
 def _batches(ready: list[Ready], batch_size: int) -> Iterator[list[Ready]]:
