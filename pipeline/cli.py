@@ -770,7 +770,7 @@ def score(
         raise NstError("--evaluator none: nothing to score with")
     ev = Evaluator.from_dict(base)
     dev = torch.device(device) if device else pick_device()
-    scored = rescore(store, ev, dev, max_pixels)
+    scored = rescore(store, rows, ev, dev, max_pixels)  # the rows listed above: one listing
     results.merge_scores(store, scored, base)
     n = sum(r.get("score_style") is not None for r in scored)
     out_console.print(f"scored {n} of {len(scored)} committed jobs under evaluator {ev.key}")

@@ -29,7 +29,8 @@ def collect(store: storage.Store) -> tuple[list[dict[str, Any]], int]:
     its own files. A committed job whose image or trace is gone is flagged ``outputs_missing``.
     """
     files = store.job_files()
-    rows = list(store.committed(files).values())
+    table = store.read_results()  # read once: the committed rows and the failures both use it
+    rows = list(store.committed(files, table).values())
     for r in rows:
         r["_committed_at"] = files.marker_mtime.get(r["job_id"])  # not stored: for caches
         if layout.outputs_missing(r, files.get(r["job_id"], {})):
@@ -38,15 +39,13 @@ def collect(store: storage.Store) -> tuple[list[dict[str, Any]], int]:
             if r.get(key):
                 r[key] = store.resolve(r[key])
     total = len(rows)
-    if store.exists(RESULTS):
+    if table is not None:
         known = {r["job_id"] for r in rows}
         rows += [
-            r
-            for r in store.get_table(RESULTS).to_pylist()
-            if r["job_id"] not in known and r.get("status") != Status.PENDING
+            r for r in table.rows if r["job_id"] not in known and r.get("status") != Status.PENDING
         ]
     if store.exists(JOBS):
-        total = store.get_table(JOBS).num_rows
+        total = store.table_footer(JOBS).num_rows
     return rows, max(total, len(rows))
 
 
@@ -65,7 +64,7 @@ def evaluator_of(store: storage.Store) -> dict[str, Any] | None:
     """The evaluator recorded in results.parquet (None: none recorded)."""
     if not store.exists(RESULTS):
         return None
-    meta = store.get_table(RESULTS).schema.metadata or {}
+    meta = store.table_footer(RESULTS).metadata or {}  # the footer: not the whole table
     return json.loads(meta[EVALUATOR_KEY]) if EVALUATOR_KEY in meta else None
 
 

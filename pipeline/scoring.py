@@ -59,11 +59,14 @@ def score_image(
 
 
 def rescore(
-    store: storage.Store, ev: Evaluator, device: torch.device, max_pixels: int
+    store: storage.Store,
+    rows: list[dict[str, Any]],
+    ev: Evaluator,
+    device: torch.device,
+    max_pixels: int,
 ) -> list[dict[str, Any]]:
-    """`nst score`: score every committed result again under ``ev`` without optimising; each
+    """`nst score`: score the committed ``rows`` again under ``ev`` without optimising; each
     job.json and marker is rewritten whole with the new scores. Returns the updated rows."""
-    rows = store.committed()
     decoded: dict[str, torch.Tensor] = {}
 
     def image(uri: str) -> torch.Tensor:
@@ -71,7 +74,7 @@ def rescore(
             decoded[uri] = images.decode(storage.read_bytes(uri, store.options), uri, max_pixels)
         return decoded[uri]
 
-    for row in rows.values():
+    for row in rows:
         if not row.get("image_uri"):
             continue
         spec = spec_of(row)
@@ -84,7 +87,7 @@ def rescore(
             continue
         row.update(score_image(ev, data, spec, content, styles, device))
         _rewrite(store, row)
-    return list(rows.values())
+    return rows
 
 
 def spec_of(row: dict[str, Any]) -> JobSpec:

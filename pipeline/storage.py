@@ -14,6 +14,7 @@ import json
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -99,6 +100,22 @@ class Store:
     def get_table(self, path: str) -> pa.Table:
         return pq.read_table(io.BytesIO(self.get(path)))
 
+    def table_footer(self, path: str) -> pq.FileMetaData:
+        """A Parquet file's metadata (row count, schema and its metadata) from its footer
+        alone: a few ranged reads, not the whole table."""
+        with self.fs.open(join(self.root, path), "rb") as f:
+            return pq.read_metadata(f)
+
+    def read_results(self) -> ResultsTable | None:
+        """results.parquet's rows and when it was written (None: absent or unreadable)."""
+        path = join(self.root, layout.RESULTS_TABLE)
+        try:
+            written = modified(self.fs.info(path))
+            rows = self.get_table(layout.RESULTS_TABLE).to_pylist()
+        except (OSError, pa.ArrowException):
+            return None  # the markers say the same
+        return ResultsTable(rows, written)
+
     def resolve(self, path: str) -> str:
         """A stored relative path as a full URL under this root (absolute ones unchanged)."""
         return self.url(path) if layout.is_relative(path) else path
@@ -120,14 +137,16 @@ class Store:
                     out.marker_mtime[parts[0]] = modified(info)
         return out
 
-    def committed(self, files: JobFiles | None = None) -> dict[str, dict]:
+    def committed(
+        self, files: JobFiles | None = None, results: ResultsTable | None = None
+    ) -> dict[str, dict]:
         """Result rows of every job whose commit marker exists. Rows come from results.parquet
-        where its row is committed and the marker is older than the table (one read instead of
-        one per job: 10,000 markers are 10,000 requests on S3); other markers are read, in one
-        batched call."""
+        (``results`` if the caller has read it already) where its row is committed and the
+        marker is older than the table (one read instead of one per job: 10,000 markers are
+        10,000 requests on S3); other markers are read in batches."""
         files = self.job_files() if files is None else files
         marked = [job_id for job_id, names in files.items() if MARKER in names]
-        known = self._results_index(files, marked)
+        known = self._results_index(files, marked, results)
         rows = {k: known[k] for k in marked if k in known}
         paths = [join(self.root, layout.job_path(k, MARKER)) for k in marked if k not in known]
         for i in range(0, len(paths), READ_BATCH):  # parsed batch by batch: bytes never pile up
@@ -139,28 +158,29 @@ class Store:
                 rows[row["job_id"]] = row
         return rows
 
-    def _results_index(self, files: JobFiles, marked: list[str]) -> dict[str, dict]:
+    def _results_index(
+        self, files: JobFiles, marked: list[str], results: ResultsTable | None
+    ) -> dict[str, dict]:
         """Committed rows of results.parquet whose marker has not changed since it was written
-        (marker older than the table by a margin wider than any store's timestamp rounding)."""
-        path = join(self.root, layout.RESULTS_TABLE)
-        try:
-            written = modified(self.fs.info(path))
-        except FileNotFoundError:
-            return {}
+        (marker older than the table by a margin wider than any store's timestamp rounding).
+        The table is read only when some marker is older than it."""
+        if results is None:
+            try:
+                written = modified(self.fs.info(join(self.root, layout.RESULTS_TABLE)))
+            except FileNotFoundError:
+                return {}
+        else:
+            written = results.written
         if written is None or not marked:
             return {}
         wanted = {
             k for k in marked if (t := files.marker_mtime.get(k)) is not None and t < written - 2
         }
-        if not wanted:
+        if not wanted or (results is None and (results := self.read_results()) is None):
             return {}
-        try:
-            table = self.get_table(layout.RESULTS_TABLE)
-        except (OSError, pa.ArrowException):
-            return {}  # unreadable: the markers say the same
         return {
             r["job_id"]: r
-            for r in table.to_pylist()
+            for r in results.rows
             if r.get("job_id") in wanted and r.get("committed") and _plain(r)
         }
 
@@ -172,6 +192,12 @@ class Store:
                 self.fs.rm(paths)
             except FileNotFoundError:
                 pass
+
+
+@dataclass
+class ResultsTable:
+    rows: list[dict[str, Any]]
+    written: float | None  # modification time (seconds since the epoch)
 
 
 class JobFiles(dict[str, dict[str, int]]):
