@@ -124,34 +124,51 @@ def _cells(
     return out
 
 
-def _sheet(
+Picked = list[tuple[str, list[str], list[list[dict[str, Any]]], list[int]]]
+
+
+def _pick(
     layout_: list[tuple[str, list[tuple[str, list[dict[str, Any]]]]]],
     axes: tuple[str | None, str | None],
     per_cell: int,
     position: dict[str, int],
-    thumbs: dict[str, str | None],
-) -> Sheet:
-    """One row per value of the row axis, one column per value of the column axis; at most
-    ``per_cell`` tiles per cell, the best by the report's ranking first."""
-    row_axis, col_axis = axes
-    cvals = [cv for cv, _ in layout_[0][1]] if layout_ else []
-    col_labels = (
-        [f"{col_axis} = {label(json.loads(c), col_axis)}" for c in cvals] if col_axis else [""]
-    )
-    out, hidden_total = [], 0
+) -> Picked:
+    """The tiles the sheet shows, chosen once (so exactly these get thumbnails): per row value,
+    the parameters that vary within the row, at most ``per_cell`` jobs per cell (best by the
+    report's ranking, then by those parameters) and how many each cell hides."""
+    out: Picked = []
     for rv, cells in layout_:
-        group = [r for _, hits in cells for r in hits]
-        shown = [a for a in varying_axes(group) if a not in axes]
-        tiles, hidden = [], []
+        shown = [a for a in varying_axes([r for _, hits in cells for r in hits]) if a not in axes]
+        chosen, hidden = [], []
         for _, hits in cells:
             hits = sorted(hits, key=lambda r: (position.get(r["job_id"], len(position)),
                                                tuple(_order(r.get(a)) for a in shown)))  # fmt: skip
-            tiles.append([_tile(r, shown, thumbs) for r in hits[:per_cell]])
+            chosen.append(hits[:per_cell])
             hidden.append(max(0, len(hits) - per_cell))
-        hidden_total += sum(hidden)
-        name = f"{row_axis} = {label(json.loads(rv), row_axis)}" if row_axis else ""
-        out.append(SheetRow(name, tiles, hidden))
-    return Sheet(row_axis, col_axis, col_labels, out, hidden_total)
+        out.append((rv, shown, chosen, hidden))
+    return out
+
+
+def _sheet(
+    picked: Picked,
+    axes: tuple[str | None, str | None],
+    col_values: list[str],
+    thumbs: dict[str, str | None],
+) -> Sheet:
+    """One row per value of the row axis, one column per value of the column axis."""
+    row_axis, col_axis = axes
+    col_labels = (
+        [f"{col_axis} = {label(json.loads(c), col_axis)}" for c in col_values] if col_axis else [""]
+    )
+    rows = [
+        SheetRow(
+            f"{row_axis} = {label(json.loads(rv), row_axis)}" if row_axis else "",
+            [[_tile(r, shown, thumbs) for r in cell] for cell in chosen],
+            hidden,
+        )
+        for rv, shown, chosen, hidden in picked
+    ]
+    return Sheet(row_axis, col_axis, col_labels, rows, sum(sum(h) for *_, h in picked))
 
 
 def _per_cell(layout_: list, max_tiles: int) -> int:
@@ -258,9 +275,9 @@ def render(
     d = _decide(scored, axes, o)
     position = {r["job_id"]: i for i, r in enumerate(d["ranking"])}
     cells = _cells(results, row_axis, col_axis)
-    per_cell = _per_cell(cells, o.max_tiles)
+    picked = _pick(cells, (row_axis, col_axis), _per_cell(cells, o.max_tiles), position)
     top = d["ranking"][: o.top]
-    on_sheet = [r for _, cs in cells for _, hits in cs for r in _best(hits, position, per_cell)]
+    on_sheet = [r for _, _, chosen, _ in picked for cell in chosen for r in cell]
     pictured = {r["job_id"]: r for r in [*top, *on_sheet] if r.get("image_uri")}
     thumbs = figures.thumbnails(store, list(pictured.values()))
     curve_axes = [a for a in axes if a not in INPUT_AXES][-4:]
@@ -280,7 +297,7 @@ def render(
         effects=[_effect_view(e) for e in d["effects"]],
         rank=o.rank.value,
         top=[_tile(r, grid_cols, thumbs) for r in top],
-        sheet=_sheet(cells, (row_axis, col_axis), per_cell, position, thumbs),
+        sheet=_sheet(picked, (row_axis, col_axis), _axis_values(results, col_axis), thumbs),
         also_varying=", ".join(a for a in axes if a not in (row_axis, col_axis)),
         grid_cols=grid_cols,
         jobs=[_job_line(r, grid_cols) for r in results],
@@ -291,10 +308,6 @@ def render(
         ],
         curves={j: figures.compact_curve(t) for j, t in traces.items() if j in pictured},
     )
-
-
-def _best(hits: list[dict[str, Any]], position: dict[str, int], n: int) -> list[dict[str, Any]]:
-    return sorted(hits, key=lambda r: position.get(r["job_id"], len(position)))[:n]
 
 
 def _curve_sample(

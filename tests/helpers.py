@@ -81,7 +81,7 @@ def run_manifest(tmp_path: Path, rows: list[dict], *args: str, **common):
     return nst("run", tmp_path / "m.parquet", "--out", out, "--no-progress", *args), out
 
 
-def synthetic_run(root: Path, n: int, seed: int = 0) -> Path:
+def synthetic_run(root: Path, n: int, seed: int = 0, scored: bool = True) -> Path:
     """A finished run of ``n`` scored jobs written as workers write them (image, trace, job.json,
     marker, then results.parquet), without optimising: for report tests and benchmarks.
     Axes: style_weight (4 values) x lr (2) x content (n/8 images); scores trade off."""
@@ -106,8 +106,10 @@ def synthetic_run(root: Path, n: int, seed: int = 0) -> Path:
         tilt = np.log10(beta) - 4.5 + rng.normal(0, 0.4)
         style = -tilt - 6 + rng.normal(0, 0.3)  # noise: not every job is on the Pareto front
         scores = {"score_content": float(10 ** (tilt - 3)), "score_style": float(10**style)}
+        if not scored:  # a run from before scores existed
+            scores = {}
         row = record.row(job, Status.OK, final_total=float(rng.lognormal()), seconds=1.0,
-                         **scores, score_by="synthetic", inputs=[],
+                         **scores, score_by="synthetic" if scored else None, inputs=[],
                          image_uri=layout.job_path(job.id, layout.IMAGE),
                          trace_uri=layout.job_path(job.id, layout.TRACE))  # fmt: skip
         d = root / layout.job_dir(job.id)

@@ -192,3 +192,16 @@ def test_tiles_order_numbers_by_value_and_layer_lists_by_length():
     assert sorted([1e8, 1e5, 1e6, 2], key=_order) == [2, 1e5, 1e6, 1e8]
     sweep = [["conv1_1", "conv2_1", "conv3_1"], ["conv1_1"], ["conv1_1", "conv2_1"]]
     assert [len(v) for v in sorted(sweep, key=_order)] == [1, 2, 3]
+
+
+def test_every_tile_of_a_sampled_sheet_gets_its_thumbnail_even_without_scores(tmp_path):
+    """Unscored jobs tie in the ranking: the tiles shown and the thumbnails made must still be
+    the same jobs (a tile without one would wrongly read "output missing")."""
+    from helpers import synthetic_run
+
+    # 12 contents per cell, 3 tiles each: c10 sorts before c2 by name, not by row order
+    run = synthetic_run(tmp_path / "run", 96, scored=False)
+    assert nst("report", str(run), "--max-tiles", "24").exit_code == 0
+    page = (run / "report.html").read_text()
+    assert "more tiles hidden" in page
+    assert "output missing" not in page and "no image" not in page
