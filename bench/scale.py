@@ -4,14 +4,15 @@ on S3 (moto's S3 server on loopback), with request counts, wall time and driver 
     python bench/scale.py --jobs 10000                  # S3 (moto server), request counts
     python bench/scale.py --jobs 100000 --store local   # driver memory at 100k jobs
 
-Committed jobs are synthesised (image, trace, job.json and _COMMIT exactly as a worker writes
-them, with the inputs' real fingerprints) straight into moto's in-memory backend; the commands
-then run as a user runs them, as subprocesses talking HTTP to the server, which counts every
-request by kind (LIST, GET, HEAD, PUT, DELETE). The resume adds 2 new jobs to the manifest and
-reports when the first of them started (its job.json `started_at`) after the command began.
-moto's server is one Python process: at 100k jobs it, not the pipeline, sets the pace (a
-100k-marker first read took over 25 minutes there), so the 100k driver-memory figure is
-measured on a local folder with the same layout (``--store local``)."""
+Committed jobs are synthesised (image and result.parquet exactly as a worker writes them, with
+the inputs' real fingerprints; ``--v1``: the four-file form of earlier runs, for comparison)
+straight into moto's in-memory backend; the commands then run as a user runs them, as
+subprocesses talking HTTP to the server, which counts every request by kind (LIST, GET, HEAD,
+PUT, DELETE). The resume adds 2 new jobs to the manifest and reports when the first of them
+started (its record's `started_at`) after the command began. moto's server is one Python
+process: at 100k jobs it, not the pipeline, sets the pace (a 100k-marker first read took over
+25 minutes there), so the 100k driver-memory figure is measured on a local folder with the
+same layout (``--store local``)."""
 
 from __future__ import annotations
 
@@ -114,7 +115,24 @@ class LocalTarget:
         return fingerprint_of(self.uri(key)) or ""
 
 
-def synthesise(n: int, target: S3Target | LocalTarget) -> str:
+TRACE_OF = {False: layout.RESULT, True: layout.V1_TRACE}
+TRACE = pa.table({"iteration": [0, 1, 2], "total": [3.0, 2.0, 1.0], "content": [1.0, 1.0, 1.0],
+                  "style": [2.0, 1.0, 0.0]})  # fmt: skip  # the trace of TINY's 2 iterations
+
+
+def _committed_files(row: dict[str, Any], v1: bool) -> dict[str, bytes]:
+    """A committed job's files after its image, marker last: result.parquet, or with ``v1``
+    the four-file form of runs before November 2026 (trace.parquet, job.json, _COMMIT)."""
+    rec = {**row, "versions": record.versions(), "started_at": None, "finished_at": time.time()}
+    if not v1:
+        return {layout.RESULT: record.result_file(TRACE, rec)}
+    buf = io.BytesIO()
+    pq.write_table(TRACE, buf)
+    return {layout.V1_TRACE: buf.getvalue(), layout.V1_RECORD: record.to_json(rec),
+            layout.V1_MARKER: record.to_json(row)}  # fmt: skip
+
+
+def synthesise(n: int, target: S3Target | LocalTarget, v1: bool = False) -> str:
     """A manifest of n jobs (contents x styles), n committed jobs, and manifest2 with 2 more
     jobs for the resume; returns the manifest's URI."""
     styles = [f"in/style/s{i}.png" for i in range(10)]
@@ -128,10 +146,9 @@ def synthesise(n: int, target: S3Target | LocalTarget) -> str:
         inputs = [{"uri": u, "fingerprint": prints[u]} for u in job.input_uris]
         row = record.row(job, Status.OK, inputs=inputs, final_total=1.0, seconds=1.0,
                          image_uri=layout.job_path(job.id, layout.IMAGE),
-                         trace_uri=layout.job_path(job.id, layout.TRACE))  # fmt: skip
-        marker = json.dumps(row).encode()
-        for name, data in ((layout.IMAGE, b"png"), (layout.TRACE, b"parquet"),
-                           (layout.RECORD, marker), (layout.MARKER, marker)):  # fmt: skip
+                         trace_uri=layout.job_path(job.id, TRACE_OF[v1]))  # fmt: skip
+        files = {layout.IMAGE: b"png", **_committed_files(row, v1)}
+        for name, data in files.items():
             target.put(f"run/{layout.job_path(job.id, name)}", data)
     extra = [{**TINY, "content_uri": c, "style_uri": s_uris[0]} for c in c_uris[-2:]]
     for name, table in (("manifest.parquet", rows), ("manifest2.parquet", rows + extra)):
@@ -175,9 +192,9 @@ def _hwm_kib(pid: int) -> int:
 
 
 def bench(n: int, target: S3Target | LocalTarget, server: CountingServer | None,
-          env: dict[str, str]) -> dict[str, Any]:  # fmt: skip
+          env: dict[str, str], v1: bool = False) -> dict[str, Any]:  # fmt: skip
     t0 = time.time()
-    manifest = synthesise(n, target)
+    manifest = synthesise(n, target, v1)
     res: dict[str, Any] = {"jobs": n, "synthesised_s": round(time.time() - t0, 1)}
     nst = [sys.executable, "-m", "pipeline.cli"]
     out = target.uri("run")
@@ -202,9 +219,10 @@ def _read(target: S3Target | LocalTarget, key: str) -> bytes:
 
 
 def _new_records(target: S3Target | LocalTarget, rows: list[dict]) -> list[dict]:
-    """job.json of the jobs the resume ran (synthesised ones have no started_at)."""
+    """Records of the jobs the resume ran (synthesised ones have no started_at)."""
     ran = [r["job_id"] for r in rows if r.get("device")]
-    return [json.loads(_read(target, f"run/{layout.job_path(j, layout.RECORD)}")) for j in ran]
+    paths = [f"run/{layout.job_path(j, layout.RESULT)}" for j in ran]
+    return [record.read_record(_read(target, p)) for p in paths]
 
 
 def main() -> None:
@@ -212,6 +230,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--jobs", type=int, nargs="+", default=[10_000])
     ap.add_argument("--store", choices=("s3", "local"), default="s3")
+    ap.add_argument("--v1", action="store_true", help="runs in the earlier four-file form")
     a = ap.parse_args()
     for n in a.jobs:
         env = {**os.environ, **ENV, "RAY_AUTH_MODE": "disabled"}
@@ -224,11 +243,13 @@ def main() -> None:
             target: S3Target | LocalTarget = S3Target()
         else:
             target = LocalTarget(Path(tempfile.mkdtemp()))
-        r = bench(n, target, server, env)
+        r = bench(n, target, server, env, a.v1)
         if server is not None:
             server.stop()
             s3_backends[DEFAULT_ACCOUNT_ID]["aws"].reset()
-        print(f"\n## {n:,} committed jobs on {a.store} (synthesised in {r['synthesised_s']} s)")
+        form = "4 objects per job (earlier runs)" if a.v1 else "2 objects per job"
+        print(f"\n## {n:,} committed jobs on {a.store}, {form} "
+              f"(synthesised in {r['synthesised_s']} s)")  # fmt: skip
         print("| command | seconds | driver peak RSS | requests |")
         print("|---|---|---|---|")
         for cmd in ("run, nothing to do", "status", "resume (+2 jobs)"):

@@ -24,7 +24,7 @@ from nst_ops.presets import PRESETS
 from nst_ops.spec import PARAM_HELP, JobSpec, SpecError, choices
 from nst_ops.vocab import BAD_STATUSES, Mode, RowMode, Status
 
-from . import images, lease, manifest, results, storage
+from . import images, layout, lease, manifest, results, storage
 from .errors import NstError
 from .grid import DEFAULT_MAX_JOBS, expand
 from .plan import Plan, make_plan
@@ -582,6 +582,29 @@ def status(
 
 @app.command()
 @cli_errors
+def show(
+    out: Annotated[str, typer.Argument(metavar="OUT")],
+    job_id: Annotated[str, typer.Argument(metavar="JOB_ID", help="As `nst status` lists it.")],
+    storage_options: StorageOpt = None,
+) -> None:
+    """A committed job's whole record as JSON: parameters, status, error, timings, inputs and
+    their fingerprints, scores, node and GPU ids, library versions.
+
+    Example: nst show results/demo 3f2a9c1e0b7d4e21
+    """
+    store = _existing_run(out, _storage(storage_options))
+    try:
+        layout.job_dir(job_id)  # refuses anything that is not an id
+        rec = store.job_record(job_id)
+    except ValueError as e:
+        raise NstError(f"job {job_id}: {e}") from None
+    except FileNotFoundError:
+        raise NstError(f"job {job_id}: not committed in {out}") from None
+    print(json.dumps(rec, indent=1, default=str))
+
+
+@app.command()
+@cli_errors
 def transfer(
     content: Annotated[str | None, typer.Argument(help="Content image (path/URL); '-' for none.")],
     style: Annotated[str, typer.Argument(help="Style image (path/URL).")],
@@ -750,8 +773,8 @@ def score(
     """Score every committed result again under one evaluator, without optimising again.
 
     The evaluator defaults to the one results.parquet records (else the default rule); fields
-    given with --evaluator replace its fields. Markers, job.json and results.parquet get the
-    new scores.
+    given with --evaluator replace its fields. Each job's record (result.parquet) and
+    results.parquet get the new scores.
 
     Example: nst score results/demo --evaluator '{"pooling": "avg"}'
     """

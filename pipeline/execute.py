@@ -217,7 +217,7 @@ def run_jobs(
     store = storage.Store(opts.out, opts.storage_options, opts.storage_attempts)
     plan = plan or make_plan(jobs, store, force, retry_failed, opts.storage_options)
     store.put_table(JOBS, normalise([j.to_record() for j in jobs]))
-    store.delete_markers([j.id for j in plan.todo if j.id in plan.done])
+    store.uncommit([j.id for j in plan.todo if j.id in plan.done], plan.files)
     bar = RunProgress(len(plan.todo), progress)
     fresh: dict[str, dict[str, Any]] = {}
     interrupted, error = False, None

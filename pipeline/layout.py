@@ -10,10 +10,15 @@ between buckets or downloaded and still read back (readers resolve them against 
     report_cache/thumbs/         thumbnails `nst report` made (reused while a job is unchanged)
     jobs/<job_id>/image.png      the result (best image; for diverged jobs the best before it);
                                  image.jpg / .webp / .tiff with another --image-format
-    jobs/<job_id>/trace.parquet  the loss trace
-    jobs/<job_id>/job.json       the job's record: parameters, status, timings, inputs, versions
     jobs/<job_id>/snapshots/<iteration>.png   with save_every: the image every N iterations
-    jobs/<job_id>/_COMMIT        the result row as JSON, written last: a job is done iff it exists
+    jobs/<job_id>/result.parquet the loss trace (one row per iteration) with the job's record
+                                 (parameters, status, timings, inputs, scores, versions) as JSON
+                                 in its metadata; written last: a job is done iff it exists
+
+Two objects per job, so reading a run back lists 2 keys per job (S3: one LIST per 500 jobs).
+Runs written before November 2026 have four per job (image, trace.parquet, job.json, and the
+row as JSON in _COMMIT, written last); they are read as they are, and a job of theirs that is
+run again is written in the current form (its old files deleted when it is un-committed).
 """
 
 from __future__ import annotations
@@ -25,9 +30,9 @@ RESULTS_TABLE = "results.parquet"
 REPORT = "report.html"
 LEASE = "_LEASE"
 JOBS_DIR = "jobs"
-TRACE = "trace.parquet"
-RECORD = "job.json"
-MARKER = "_COMMIT"
+RESULT = "result.parquet"  # the trace + the job's record; the commit marker
+V1_TRACE, V1_RECORD, V1_MARKER = "trace.parquet", "job.json", "_COMMIT"  # earlier runs
+MARKERS = (RESULT, V1_MARKER)  # a job folder holding either is committed
 SNAPSHOTS = "snapshots"
 THUMBS = "report_cache/thumbs"  # `nst report`'s thumbnails, <job_id>-<commit time>.jpg
 
@@ -62,13 +67,24 @@ def split_job_path(rel: str) -> tuple[str, str] | None:
     return parts[1], parts[2]
 
 
+def marker_of(names: dict[str, int] | set[str]) -> str | None:
+    """The commit marker a job folder holds (the current form first), if any."""
+    return next((m for m in MARKERS if m in names), None)
+
+
+def uncommit_paths(job_id: str, names: dict[str, int] | set[str]) -> list[str]:
+    """What to delete to un-commit a job: its marker, and an earlier run's record and trace
+    (which would be stale once the job is written again in the current form)."""
+    return [job_path(job_id, n) for n in (RESULT, V1_MARKER, V1_RECORD, V1_TRACE) if n in names]
+
+
 def outputs_missing(row: dict[str, Any], names: dict[str, int]) -> bool:
     """A committed job that optimised (its row names an image) whose image or trace is gone or
     empty; ``names`` maps the job folder's file names to sizes."""
     image = row.get("image_uri")
     if not image:
         return False
-    wanted = (str(image).rsplit("/", 1)[-1], TRACE)  # the image in whatever format it was saved
+    wanted = [str(u).rsplit("/", 1)[-1] for u in (image, row.get("trace_uri")) if u]
     return any(names.get(n, 0) == 0 for n in wanted)
 
 

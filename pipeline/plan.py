@@ -35,6 +35,7 @@ class Plan:
     done: dict[str, dict[str, Any]]  # committed rows (before this run)
     not_retried: int = 0  # failed or diverged jobs kept as they are (no --retry-failed)
     missing_outputs: list[str] = field(default_factory=list)
+    files: storage.JobFiles = field(default_factory=storage.JobFiles)  # the listing it read
 
     def counts(self) -> Counter[str]:
         return Counter(r.value for r in self.reasons.values())
@@ -76,7 +77,7 @@ def make_plan(
     done = store.committed(files)
     uris = {u for j in jobs if j.id in done for u in j.input_uris}
     current = input_fingerprints(sorted(uris), so) if uris and not force else {}
-    plan = Plan([], {}, done)
+    plan = Plan([], {}, done, files=files)
     for j in jobs:
         row = done.get(j.id)
         reason = None

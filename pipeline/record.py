@@ -1,21 +1,28 @@
-"""A job's record, built in one place: the result row (results.parquet and the commit marker)
-and job.json (the row plus versions and timings). Parameters appear once, flattened."""
+"""A job's record, built and read back in one place: the result row (results.parquet) and the
+record (the row plus versions and timings), which travels in the metadata of the job's
+result.parquet next to its loss trace. Parameters appear once, flattened."""
 
 from __future__ import annotations
 
 import functools
+import io
+import json
 import platform
 import time
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from nst_ops.vocab import Status
 
 from . import layout
-from .jobs import Job
 
-if TYPE_CHECKING:  # keeps reading a run back free of torch
+if TYPE_CHECKING:  # keeps reading a run back free of torch (and storage free of a cycle)
     from nst_ops.optim import Outcome
+
+    from .jobs import Job
 
 
 def row(job: Job, status: Status, **fields: Any) -> dict[str, Any]:
@@ -42,13 +49,59 @@ def outcome_fields(job: Job, outcome: Outcome, ext: str = "png") -> dict[str, An
         "converged_at": outcome.converged_at,
         **{f"final_{k}": v for k, v in outcome.final.items() if k != "iteration"},
         "image_uri": layout.job_path(job.id, layout.image_name(ext)),
-        "trace_uri": layout.job_path(job.id, layout.TRACE),
+        "trace_uri": layout.job_path(job.id, layout.RESULT),
         "snapshots": [layout.snapshot_path(job.id, i, ext) for i, _ in outcome.snapshots],
     }
 
 
+RECORD_KEY = b"nst_record"  # result.parquet metadata key holding the record as JSON
+PROCESS_FIELDS = ("versions", "started_at", "finished_at")  # in the record, not in the row
+
+
 def job_json(result: dict[str, Any], started: float) -> dict[str, Any]:
     return {**result, "versions": versions(), "started_at": started, "finished_at": time.time()}
+
+
+def result_file(trace: pa.Table, rec: dict[str, Any]) -> bytes:
+    """result.parquet: the trace as the table (readable by any Parquet reader), the record as
+    JSON in its metadata (one object per job instead of three)."""
+    meta = {**(trace.schema.metadata or {}), RECORD_KEY: to_json(rec)}
+    buf = io.BytesIO()
+    pq.write_table(trace.replace_schema_metadata(meta), buf)
+    return buf.getvalue()
+
+
+def read_record(data: bytes) -> dict[str, Any]:
+    """The record in a result.parquet's bytes (from its footer; the trace is not decoded)."""
+    meta = pq.read_metadata(pa.BufferReader(data)).metadata or {}
+    if RECORD_KEY not in meta:
+        raise ValueError("result.parquet without a job record")
+    rec: dict[str, Any] = json.loads(meta[RECORD_KEY])
+    return rec
+
+
+def with_record(data: bytes, rec: dict[str, Any]) -> bytes:
+    """The same result.parquet (same trace) with another record (`nst score` rewrites)."""
+    return result_file(pq.read_table(pa.BufferReader(data)), rec)
+
+
+def row_of(rec: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in rec.items() if k not in PROCESS_FIELDS}
+
+
+def marker_row(name: str, data: bytes) -> dict[str, Any]:
+    """The result row a commit marker holds, in either form (ValueError: unreadable)."""
+    if name == layout.V1_MARKER:
+        row: dict[str, Any] = json.loads(data)
+        return row
+    try:
+        return row_of(read_record(data))
+    except pa.ArrowException as e:
+        raise ValueError(f"unreadable {name}: {e}") from e
+
+
+def to_json(obj: Any) -> bytes:
+    return json.dumps(obj, indent=1, default=str, allow_nan=True).encode()
 
 
 @functools.cache

@@ -16,7 +16,7 @@ from nst_ops.spec import JobSpec
 from nst_ops.transfer import fit_longer_side, hw_of, resize
 from nst_ops.vgg import VGGFeatures
 
-from . import images, layout, storage, weights
+from . import images, layout, record, storage, weights
 from .errors import NstError
 
 _NETS: dict[tuple[Evaluator, str], VGGFeatures] = {}
@@ -66,7 +66,7 @@ def rescore(
     max_pixels: int,
 ) -> list[dict[str, Any]]:
     """`nst score`: score the committed ``rows`` again under ``ev`` without optimising; each
-    job.json and marker is rewritten whole with the new scores. Returns the updated rows."""
+    job's record is rewritten whole with the new scores. Returns the updated rows."""
     decoded: dict[str, torch.Tensor] = {}
 
     def image(uri: str) -> torch.Tensor:
@@ -96,13 +96,24 @@ def spec_of(row: dict[str, Any]) -> JobSpec:
 
 
 def _rewrite(store: storage.Store, row: dict[str, Any]) -> None:
-    """job.json, then the marker (still last), each written whole."""
-    record_path = layout.job_path(row["job_id"], layout.RECORD)
+    """The record with the new scores, written whole: result.parquet (same trace), or for a
+    job of an earlier run its job.json, then its marker (still last)."""
+    scored = {k: row.get(k) for k in SCORE_FIELDS}
+    result = layout.job_path(row["job_id"], layout.RESULT)
+    try:
+        data = store.get(result)
+    except FileNotFoundError:
+        _rewrite_v1(store, row, scored)
+        return
+    store.put(result, record.with_record(data, {**record.read_record(data), **scored}))
+
+
+def _rewrite_v1(store: storage.Store, row: dict[str, Any], scored: dict[str, Any]) -> None:
+    record_path = layout.job_path(row["job_id"], layout.V1_RECORD)
     try:
         rec = json.loads(store.get(record_path))
     except (OSError, ValueError):
         rec = {}
-    scored = {k: row.get(k) for k in SCORE_FIELDS}
     store.put_json(record_path, {**rec, **scored})
     marker = {k: v for k, v in row.items() if k != "committed"}
-    store.put_json(layout.job_path(row["job_id"], layout.MARKER), marker)
+    store.put_json(layout.job_path(row["job_id"], layout.V1_MARKER), marker)

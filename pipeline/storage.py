@@ -3,7 +3,8 @@
 Every object is written whole with ``pipe`` (one PUT), never through a buffered file that would
 upload a partial object on ``close()`` after an exception. Reading a run back costs one recursive
 listing of ``jobs/`` (one LIST request per 1,000 keys on S3), one read of results.parquet, and
-reads of only the markers written since it.
+reads of only the markers written since it. Each job is two objects (its image and its
+result.parquet), so 10,000 jobs are 20 LIST requests.
 The layout itself lives in :mod:`pipeline.layout`.
 """
 
@@ -23,10 +24,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
-from . import layout
+from . import layout, record
 
 T = TypeVar("T")
-MARKER = layout.MARKER
 NOT_TRANSIENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 
 
@@ -90,7 +90,7 @@ class Store:
         return self.fs.unstrip_protocol(join(self.root, path))
 
     def put_json(self, path: str, obj: Any) -> None:
-        self.put(path, json.dumps(obj, indent=1, default=str, allow_nan=True).encode())
+        self.put(path, record.to_json(obj))
 
     def put_table(self, path: str, table: pa.Table) -> None:
         buf = io.BytesIO()
@@ -133,9 +133,17 @@ class Store:
             parts = layout.split_job_path(f"{layout.JOBS_DIR}/{path[len(base) :].lstrip('/')}")
             if parts:
                 out.setdefault(parts[0], {})[parts[1]] = int(info.get("size") or 0)
-                if parts[1] == MARKER:
+                if parts[1] in layout.MARKERS:
                     out.marker_mtime[parts[0]] = modified(info)
         return out
+
+    def job_record(self, job_id: str) -> dict[str, Any]:
+        """A committed job's whole record (FileNotFoundError: not committed)."""
+        try:
+            return record.read_record(self.get(layout.job_path(job_id, layout.RESULT)))
+        except FileNotFoundError:
+            rec: dict[str, Any] = json.loads(self.get(layout.job_path(job_id, layout.V1_RECORD)))
+            return rec
 
     def committed(
         self, files: JobFiles | None = None, results: ResultsTable | None = None
@@ -145,14 +153,15 @@ class Store:
         marker is older than the table (one read instead of one per job: 10,000 markers are
         10,000 requests on S3); other markers are read in batches."""
         files = self.job_files() if files is None else files
-        marked = [job_id for job_id, names in files.items() if MARKER in names]
-        known = self._results_index(files, marked, results)
-        rows = {k: known[k] for k in marked if k in known}
-        paths = [join(self.root, layout.job_path(k, MARKER)) for k in marked if k not in known]
+        markers = {k: m for k, names in files.items() if (m := layout.marker_of(names))}
+        known = self._results_index(files, list(markers), results)
+        rows = {k: known[k] for k in markers if k in known}
+        todo = [layout.job_path(k, m) for k, m in markers.items() if k not in known]
+        paths = [join(self.root, p) for p in todo]
         for i in range(0, len(paths), READ_BATCH):  # parsed batch by batch: bytes never pile up
-            for data in self.fs.cat(paths[i : i + READ_BATCH], on_error="omit").values():
+            for path, data in self.fs.cat(paths[i : i + READ_BATCH], on_error="omit").items():
                 try:
-                    row = json.loads(data)
+                    row = record.marker_row(path.rsplit("/", 1)[-1], data)
                 except ValueError:
                     continue  # an unreadable marker means not committed
                 rows[row["job_id"]] = row
@@ -184,9 +193,12 @@ class Store:
             if r.get("job_id") in wanted and r.get("committed") and _plain(r)
         }
 
-    def delete_markers(self, job_ids: list[str]) -> None:
-        """Un-commit jobs in one batched delete (S3: one request per 1,000 keys)."""
-        paths = [join(self.root, layout.job_path(j, MARKER)) for j in job_ids]
+    def uncommit(self, job_ids: list[str], files: JobFiles) -> None:
+        """Un-commit jobs in one batched delete (S3: one request per 1,000 keys); ``files`` is
+        the listing that found them committed."""
+        paths = [
+            join(self.root, p) for j in job_ids for p in layout.uncommit_paths(j, files.get(j, {}))
+        ]
         if paths:
             try:
                 self.fs.rm(paths)

@@ -269,8 +269,9 @@ def _finish(
     score: Scorer | None = None,
     fmt: tuple[str, int] = ("png", 95),
 ) -> dict[str, Any]:
-    """Write a job's image (and snapshots) in ``fmt`` (format, quality), its trace, job.json and
-    finally its commit marker; return its row. Scores are taken from the image as saved."""
+    """Write a job's image (and snapshots) in ``fmt`` (format, quality), then its
+    result.parquet (trace + record), which commits it; return its row. Scores are taken from
+    the image as saved."""
     row = record.row(job, Status.FAILED, **info)
     data = images.encode(outcome.image, *fmt) if outcome is not None else b""
     if outcome is not None:
@@ -283,9 +284,9 @@ def _finish(
             store.put(row["image_uri"], data)
             for (_, snap), path in zip(outcome.snapshots, row["snapshots"], strict=True):
                 store.put(path, images.encode(snap, *fmt))
-            store.put_table(row["trace_uri"], _trace_table(outcome.trace))
-        store.put_json(layout.job_path(job.id, layout.RECORD), record.job_json(row, started))
-        store.put_json(layout.job_path(job.id, layout.MARKER), row)  # last: now it counts as done
+        trace = _trace_table(outcome.trace if outcome is not None else [])
+        result = record.result_file(trace, record.job_json(row, started))
+        store.put(layout.job_path(job.id, layout.RESULT), result)  # last: now it counts as done
         row["committed"] = True
     except OSError as e:
         row.update(

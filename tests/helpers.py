@@ -81,14 +81,42 @@ def run_manifest(tmp_path: Path, rows: list[dict], *args: str, **common):
     return nst("run", tmp_path / "m.parquet", "--out", out, "--no-progress", *args), out
 
 
-def synthetic_run(root: Path, n: int, seed: int = 0, scored: bool = True) -> Path:
-    """A finished run of ``n`` scored jobs written as workers write them (image, trace, job.json,
-    marker, then results.parquet), without optimising: for report tests and benchmarks.
-    Axes: style_weight (4 values) x lr (2) x content (n/8 images); scores trade off."""
+def _write_record(folder: Path, trace: pa.Table, row: dict, v1: bool) -> None:
+    """A committed job's trace and record, marker last, in the current form or the v1 one."""
     import json
 
     import pyarrow.parquet as pq
 
+    from pipeline import layout, record
+
+    rec = {**row, "versions": {}, "started_at": 0.0, "finished_at": 1.0}
+    if not v1:
+        (folder / layout.RESULT).write_bytes(record.result_file(trace, rec))
+        return
+    pq.write_table(trace, folder / layout.V1_TRACE)
+    (folder / layout.V1_RECORD).write_text(json.dumps(rec))
+    (folder / layout.V1_MARKER).write_text(json.dumps(row))
+
+
+def committed_records(out: Path) -> dict[str, dict]:
+    """job id -> the whole record of every committed job of a local run (either form)."""
+    from pipeline.storage import Store
+
+    store = Store(str(out))
+    return {k: store.job_record(k) for k in store.committed()}
+
+
+def markers(out: Path) -> list[Path]:
+    """The commit markers of a local run (the current form)."""
+    return sorted(out.glob("jobs/*/result.parquet"))
+
+
+def synthetic_run(root: Path, n: int, seed: int = 0, scored: bool = True, v1: bool = False) -> Path:
+    """A finished run of ``n`` scored jobs written as workers write them (image, then
+    result.parquet, then results.parquet; with ``v1`` as runs before November 2026 were
+    written: image, trace.parquet, job.json, _COMMIT), without optimising: for report tests
+    and benchmarks. Axes: style_weight (4 values) x lr (2) x content (n/8 images); scores
+    trade off."""
     from nst_ops.spec import JobSpec
     from nst_ops.vocab import Status
     from pipeline import layout, record
@@ -99,6 +127,7 @@ def synthetic_run(root: Path, n: int, seed: int = 0, scored: bool = True) -> Pat
     root.mkdir(parents=True, exist_ok=True)
     jobs, rows = [], {}
     betas, lrs = (1e3, 1e4, 1e5, 1e6), (0.01, 0.1)
+    trace_name = layout.V1_TRACE if v1 else layout.RESULT
     for i in range(n):
         beta, lr = betas[i % 4], lrs[(i // 4) % 2]
         spec = JobSpec(weights="random:0", optimizer="adam", style_weight=beta, lr=lr, size=32)
@@ -111,15 +140,13 @@ def synthetic_run(root: Path, n: int, seed: int = 0, scored: bool = True) -> Pat
         row = record.row(job, Status.OK, final_total=float(rng.lognormal()), seconds=1.0,
                          **scores, score_by="synthetic" if scored else None, inputs=[],
                          image_uri=layout.job_path(job.id, layout.IMAGE),
-                         trace_uri=layout.job_path(job.id, layout.TRACE))  # fmt: skip
+                         trace_uri=layout.job_path(job.id, trace_name))  # fmt: skip
         d = root / layout.job_dir(job.id)
         d.mkdir(parents=True, exist_ok=True)
         (d / layout.IMAGE).write_bytes(png_bytes(32, 32, seed=i))
         its = list(range(0, 101, 10))
         total = [float(10 ** (2 - k / 50 + rng.normal(0, 0.05))) for k in its]
-        pq.write_table(pa.table({"iteration": its, "total": total}), d / layout.TRACE)
-        (d / layout.RECORD).write_text(json.dumps(row))
-        (d / layout.MARKER).write_text(json.dumps(row))
+        _write_record(d, pa.table({"iteration": its, "total": total}), row, v1)
         jobs.append(job)
         rows[job.id] = row
     from pipeline.storage import Store

@@ -56,10 +56,10 @@ def test_run_writes_results_resumes_and_a_broken_row_fails_alone(ray_cpu, tmp_pa
         assert trace[-1]["iteration"] == 2 and r["final_total"] > 0
     assert pq.read_table(out / "jobs.parquet").num_rows == 5
 
-    markers = {p: p.stat().st_mtime_ns for p in out.glob("jobs/*/_COMMIT")}
+    markers = {p: p.stat().st_mtime_ns for p in out.glob("jobs/*/result.parquet")}
     again = nst("run", str(manifest), "--out", str(out), "--no-progress")
     assert again.exit_code == 0 and "5 jobs (5 already done)" in again.output
-    assert {p: p.stat().st_mtime_ns for p in out.glob("jobs/*/_COMMIT")} == markers
+    assert {p: p.stat().st_mtime_ns for p in out.glob("jobs/*/result.parquet")} == markers
 
     status = nst("status", str(out))
     assert "failed: 1" in status.output and "ok: 4" in status.output
@@ -167,13 +167,11 @@ def test_run_reads_and_writes_through_a_real_s3_endpoint(ray_cpu, s3_endpoint, t
     assert sorted(r["status"] for r in results) == ["failed", "ok", "ok"]
     missing = next(r for r in results if r["status"] == "failed")
     assert missing["error"] == "s3://nst-test/in/missing.png: input not found"
-    assert len(fs.glob("nst-test/out/jobs/*/_COMMIT")) == 3
+    assert len(fs.glob("nst-test/out/jobs/*/result.parquet")) == 3
     for r in (r for r in results if r["status"] == "ok"):
         assert fs.exists(f"nst-test/out/{r['image_uri']}")
-    records = fs.cat(fs.glob("nst-test/out/jobs/*/*"))  # every job.json, marker and trace
-    assert (
-        len(records) == 3 * 2 + 2 * 2
-    )  # 3 committed jobs: job.json + marker; 2 ok: + image, trace
+    records = fs.cat(fs.glob("nst-test/out/jobs/*/*"))  # every result.parquet and image
+    assert len(records) == 3 + 2  # 3 committed jobs: result.parquet; 2 ok: + image
     blob = json.dumps(results) + "".join(v.decode(errors="replace") for v in records.values())
     assert "testing" not in blob and s3_endpoint not in blob  # no credentials or options leak
 

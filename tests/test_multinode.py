@@ -4,7 +4,6 @@ loses no job (its tasks are retried elsewhere, committed jobs are not recomputed
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import tempfile
@@ -13,18 +12,15 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import nst_cmd, table, write_images
+from helpers import committed_records, nst_cmd, table, write_images
 from raycluster import ENV, LocalCluster
 
 pytestmark = pytest.mark.slow
 
 
 def _committed(out: Path) -> dict[str, dict]:
-    """job id -> job.json of every committed job."""
-    return {
-        p.parent.name: json.loads((p.parent / "job.json").read_text())
-        for p in (out / "jobs").glob("*/_COMMIT")
-    }
+    """job id -> the record of every committed job."""
+    return committed_records(out)
 
 
 def _wait_for(condition, what: str, proc: subprocess.Popen, limit: float = 240.0) -> None:

@@ -89,7 +89,7 @@ def six_job_run(tmp_path, optimizer: str) -> tuple[list[str], object]:
 
 def wait_for_commits(out, n: int, timeout: float = 240) -> None:
     deadline = time.time() + timeout
-    while len(list(out.glob("jobs/*/_COMMIT"))) < n and time.time() < deadline:
+    while len(list(out.glob("jobs/*/result.parquet"))) < n and time.time() < deadline:
         time.sleep(0.2)
 
 
@@ -108,13 +108,13 @@ def test_a_killed_driver_resumes_with_only_the_missing_jobs(tmp_path):
             pass
     proc.wait()
     psutil.wait_procs(family, timeout=10)
-    before = {p.parent.name: p.stat().st_mtime_ns for p in out.glob("jobs/*/_COMMIT")}
+    before = {p.parent.name: p.stat().st_mtime_ns for p in out.glob("jobs/*/result.parquet")}
     assert len(before) == 2, f"{len(before)} jobs committed before the kill"
 
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     assert f"6 jobs ({len(before)} already done)" in again.stdout
-    after = {p.parent.name: p.stat().st_mtime_ns for p in out.glob("jobs/*/_COMMIT")}
+    after = {p.parent.name: p.stat().st_mtime_ns for p in out.glob("jobs/*/result.parquet")}
     assert len(after) == 6
     assert all(after[j] == t for j, t in before.items())  # none redone
     rows = pq.read_table(out / "results.parquet").to_pylist()
@@ -302,7 +302,7 @@ def test_ctrl_c_stops_cleanly_keeping_completed_jobs(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "interrupted" in err and "run again to resume" in err
-    committed = {p.parent.name for p in out.glob("jobs/*/_COMMIT")}
+    committed = {p.parent.name for p in out.glob("jobs/*/result.parquet")}
     rows = pq.read_table(out / "results.parquet").to_pylist()
     assert len(rows) == 6 and {r["job_id"] for r in rows if r["status"] == "ok"} == committed
     assert len(committed) == 1

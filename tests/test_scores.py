@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import nst, run_manifest, write_images
 
-from pipeline import layout
+from pipeline.storage import Store
 
 pytestmark = pytest.mark.usefixtures("ray_cpu")
 
@@ -55,9 +55,8 @@ def test_every_ok_job_gets_scores_and_the_run_records_its_evaluator(beta_run):
     assert ev["weights"] == "random:0" and ev["content_layer"] == "relu3_1"
     for job_id, r in rows.items():
         assert r["score_style"] > 0
-        marker = json.loads((beta_run / layout.job_path(job_id, layout.MARKER)).read_text())
-        assert marker["score_style"] == r["score_style"]
-        record = json.loads((beta_run / layout.job_path(job_id, layout.RECORD)).read_text())
+        record = Store(str(beta_run)).job_record(job_id)
+        assert record["score_style"] == r["score_style"]
         assert record["score_by"] == r["score_by"]
 
 
@@ -104,8 +103,8 @@ def test_nst_score_with_another_evaluator_rewrites_scores_and_metadata(beta_run,
     assert meta["pooling"] == "avg" and meta["content_layer"] == "relu1_1"
     some = next(j for j, r in before.items() if r["score_content"] is not None)
     assert after[some]["score_content"] != before[some]["score_content"]
-    marker = json.loads((copy / layout.job_path(some, layout.MARKER)).read_text())
-    assert marker["score_content"] == after[some]["score_content"]
+    record = Store(str(copy)).job_record(some)
+    assert record["score_content"] == after[some]["score_content"]
 
 
 def test_a_bad_evaluator_is_refused_before_running(tmp_path):

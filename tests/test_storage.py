@@ -1,16 +1,18 @@
 """Writes are whole objects, retried on transient errors; the commit marker comes last."""
 
-import json
+import io
 import os
 import time
 
 import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 from helpers import TINY, png_bytes
 
 from nst_ops.spec import JobSpec
-from pipeline import layout, storage
+from pipeline import layout, record, storage
 from pipeline.jobs import Job, RunOptions
 from pipeline.worker import run_job
 
@@ -52,8 +54,11 @@ def test_a_job_runs_in_process_with_memory_inputs_and_outputs(inputs):
     assert row["status"] == "ok" and row["committed"]
     store = storage.Store("memory://out")
     assert store.committed()[job.id]["status"] == "ok"
-    for name in ("image.png", "trace.parquet", "job.json"):
+    for name in ("image.png", "result.parquet"):
         assert store.exists(f"jobs/{job.id}/{name}")
+    trace = pq.read_table(io.BytesIO(store.get(f"jobs/{job.id}/result.parquet")))
+    assert trace.column("iteration").to_pylist()[-1] == job.spec.iterations
+    assert store.job_record(job.id)["versions"]["torch"]
 
 
 def test_transient_write_failures_are_retried_and_the_marker_is_written_last(inputs):
@@ -61,8 +66,8 @@ def test_transient_write_failures_are_retried_and_the_marker_is_written_last(inp
     job = Job(spec(), inputs[0], (inputs[1],), 0)
     row = run_job(job, RunOptions(out="flaky://out1"))
     assert row["status"] == "ok" and row["committed"]
-    assert FlakyFS.writes[-1].endswith(f"{job.id}/_COMMIT")
-    assert len(FlakyFS.writes) == 4  # image, trace, job.json, marker
+    assert FlakyFS.writes[-1].endswith(f"{job.id}/result.parquet")
+    assert len(FlakyFS.writes) == 2  # image, then the trace + record that commits it
 
 
 def test_persistent_write_failure_is_recorded_as_failed_without_a_marker(inputs):
@@ -79,9 +84,13 @@ def test_readers_ignore_jobs_without_a_commit_marker():
     store = storage.Store("memory://partial")
     store.put("jobs/aaaa/image.png", b"half")
     store.put("jobs/aaaa/job.json", b"{}")
-    store.put_json("jobs/bbbb/_COMMIT", {"job_id": "bbbb", "status": "ok"})
+    store.put_json("jobs/bbbb/_COMMIT", {"job_id": "bbbb", "status": "ok"})  # an earlier run's
     store.put("jobs/cccc/_COMMIT", b"{not json")
-    assert set(store.committed()) == {"bbbb"}
+    store.put("jobs/dddd/result.parquet", b"PAR1 half")
+    trace = pa.table({"iteration": [0]})
+    store.put("jobs/eeee/result.parquet", record.result_file(trace, {"job_id": "eeee"}))
+    store.put("jobs/ffff/result.parquet", record.result_file(trace, {})[:-20])  # cut short
+    assert set(store.committed()) == {"bbbb", "eeee"}
 
 
 def test_bad_input_becomes_a_failed_record_naming_the_uri(inputs):
@@ -91,8 +100,8 @@ def test_bad_input_becomes_a_failed_record_naming_the_uri(inputs):
     assert (
         row["status"] == "failed" and row["error"] == "memory://in/empty.png: empty file (0 bytes)"
     )
-    record = json.loads(storage.Store("memory://out3").get(f"jobs/{job.id}/job.json"))
-    assert record["error"] == row["error"] and record["versions"]["torch"]
+    rec = storage.Store("memory://out3").job_record(job.id)
+    assert rec["error"] == row["error"] and rec["versions"]["torch"]
 
 
 def test_job_ids_that_are_not_plain_hex_never_become_paths():
@@ -128,8 +137,9 @@ def _committed_run(tmp_path, n: int = 3):
     rows = {}
     for j in jobs:
         rows[j.id] = {"job_id": j.id, "status": "ok", "inputs": [], "final_total": 1.0}
-        store.put_json(layout.job_path(j.id, layout.MARKER), rows[j.id])
-        marker = tmp_path / "run" / layout.job_path(j.id, layout.MARKER)
+        rec = record.result_file(pa.table({"iteration": [0]}), rows[j.id])
+        store.put(layout.job_path(j.id, layout.RESULT), rec)
+        marker = tmp_path / "run" / layout.job_path(j.id, layout.RESULT)
         os.utime(marker, (time.time() - 60, time.time() - 60))
     write_results(store, jobs, {}, rows)
     return store, jobs
@@ -157,11 +167,12 @@ def test_rereading_a_finished_run_reads_results_parquet_not_every_marker(tmp_pat
 
 def test_a_marker_written_after_results_parquet_is_read(tmp_path, monkeypatch):
     store, jobs = _committed_run(tmp_path)
-    store.put_json(
-        layout.job_path(jobs[0].id, layout.MARKER),
-        {"job_id": jobs[0].id, "status": "diverged", "inputs": []},
-    )  # redone after the table was written
-    (tmp_path / "run" / layout.job_path(jobs[1].id, layout.MARKER)).unlink()  # un-committed
+    redone = {"job_id": jobs[0].id, "status": "diverged", "inputs": []}
+    store.put(  # redone after the table was written
+        layout.job_path(jobs[0].id, layout.RESULT),
+        record.result_file(pa.table({"iteration": [0]}), redone),
+    )
+    (tmp_path / "run" / layout.job_path(jobs[1].id, layout.RESULT)).unlink()  # un-committed
     read = _marker_reads(monkeypatch, store)
     done = store.committed()
     assert [p.rsplit("/", 2)[-2] for p in read] == [jobs[0].id]

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import s3fs
 import torch
-from helpers import nst, png_bytes, run_manifest, table, write_images
+from helpers import committed_records, nst, png_bytes, run_manifest, table, write_images
 
 from pipeline import lease, storage
 from pipeline.cli import QUICK_START
@@ -87,7 +87,7 @@ def test_a_changed_input_is_redone_and_counted(ray_cpu, tmp_path):
     c, s = write_images(tmp_path, 2, "f")
     res, out = run_manifest(tmp_path, [{"content_uri": c, "style_uri": s}])
     assert res.exit_code == 0, res.output
-    (record,) = [json.loads(p.read_text()) for p in out.glob("jobs/*/job.json")]
+    (record,) = committed_records(out).values()
     assert {i["uri"] for i in record["inputs"]} == {c, s}
     first = next(out.glob("jobs/*/image.png")).read_bytes()
     Path(c).write_bytes(png_bytes(seed=99))  # same URI, new bytes
