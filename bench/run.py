@@ -3,6 +3,7 @@
     python bench/run.py                     # CPU: per-iteration at 128 and 256 px, GEMM peak,
                                             # 16-job time to quality (128 px by default)
     python bench/run.py --ttq-size 256      # the time-to-quality grid at 256 px (slower)
+    python bench/run.py --only-ttq --ttq-levers '{}' '{"multires": 2}'   # lever sets, one run
     python bench/run.py --device cuda       # CUDA: 512 px, plus TFLOP/s and memory
 
 Peers, fed the same weights, layers and images: the PyTorch tutorial as published
@@ -280,60 +281,94 @@ def _tutorial_equivalent(config: str, c_hw: tuple[int, int], beta_t: float) -> d
 
 
 def time_to_quality(
-    size: int, steps: int, device: torch.device, jobs_dir: Path, levers: dict | None = None
+    size: int,
+    steps: int,
+    device: torch.device,
+    jobs_dir: Path,
+    lever_sets: list[dict],
+    n_jobs: int = 16,
 ) -> dict:
-    """16 jobs (contents x 2 styles x 2 β), real-weights layers: the tutorial's loop (300 L-BFGS
-    steps, one job after another) vs `nst run` (L-BFGS with early stopping, the same objective)
-    from command to last image. Quality: each result's scores under one fixed evaluator,
-    relative to the tutorial's result for the same job: q = mean(content/content_t,
-    style/style_t); q <= 1 means as close to both as the tutorial got."""
+    """n jobs (contents x 2 styles x 2 β), real-weights layers: the tutorial's loop (300 L-BFGS
+    steps, one job after another) vs `nst run` (L-BFGS, the same objective) with each lever set,
+    from command to last image, all against the same tutorial results. Quality: each result's
+    scores under one fixed evaluator, relative to the tutorial's result for the same job:
+    q = mean(content/content_t, style/style_t); q <= 1 means as close to both as the tutorial
+    got."""
     from nst_ops.evaluator import Evaluator
-    from pipeline import images
-    from pipeline.scoring import score_image
 
-    config = "real"
-    sd, wname = weights_for(config)
-    cl, sl = CONFIGS[config]
-    ev = Evaluator(weights=wname)
+    ev = Evaluator(weights=weights_for("real")[1])
     cfiles = sorted((IMAGES / "content").glob("*"))
     sfiles = sorted((IMAGES / "style").glob("*"))[:2]
-    betas = (1e5, 1e6)
-    grid = [(ci, si, b) for ci in range(len(cfiles)) for si in range(len(sfiles)) for b in betas]
-    grid = (grid * (16 // len(grid) + 1))[:16]  # 16 jobs (inputs repeat with few images)
+    grid = [
+        (ci, si, b) for ci in range(len(cfiles)) for si in range(len(sfiles)) for b in (1e5, 1e6)
+    ]
+    grid = (grid * (n_jobs // len(grid) + 1))[:n_jobs]  # inputs repeat with few images
     t0 = time.perf_counter()
+    tut, evaluations = _tutorial_results(grid, size, steps)
+    out = {"size": size, "jobs": n_jobs, "tutorial_steps": steps,
+           "tutorial_s": time.perf_counter() - t0, "tutorial_evaluations": evaluations,
+           "runs": []}  # fmt: skip
+    for k, levers in enumerate(lever_sets):
+        run_dir = jobs_dir / f"ours{k}"
+        run_dir.mkdir()
+        rows = _ttq_rows(grid, size, evaluations, cfiles, sfiles, levers)
+        pq.write_table(pa.Table.from_pylist(rows), run_dir / "m.parquet")
+        cmd = [sys.executable, "-m", "pipeline.cli", "run", str(run_dir / "m.parquet"),
+               "--out", str(run_dir / "out"), "--no-progress",
+               "--evaluator", json.dumps(ev.to_dict())]  # fmt: skip
+        t1 = time.perf_counter()
+        subprocess.run(cmd, check=True, capture_output=True)
+        ours_s = time.perf_counter() - t1
+        res = pq.read_table(run_dir / "out/results.parquet").to_pylist()
+        qs, iters = _qualities(ev, grid, tut, {r["job_name"]: r for r in res}, cfiles, sfiles)
+        speedup = out["tutorial_s"] / ours_s
+        out["runs"].append({"levers": levers, "ours_s": ours_s, "speedup": speedup,
+                            "q_median": statistics.median(qs), "q_max": max(qs),
+                            "reached": sum(q <= 1.0 for q in qs),
+                            "ours_iterations_median": statistics.median(iters)})  # fmt: skip
+    return out
+
+
+def _tutorial_results(grid: list, size: int, steps: int) -> tuple[dict, int]:
+    """The tutorial's result for every job, one after another, and its evaluations per job."""
+    sd, _ = weights_for("real")
+    cl, sl = CONFIGS["real"]
     cnn = tutorial.features(sd)
     tut, evaluations = {}, []
     for k, (ci, si, beta) in enumerate(grid):
         c, s = pair(size, ci, si)
         x = tutorial.run_style_transfer(cnn, c, s, c.clone(), cl, sl, steps, beta)
         evaluations.append(tutorial.run_style_transfer.evaluations)
-        (jobs_dir / f"tutorial{k}.png").write_bytes(images.encode_png(x.detach()[0]))
         tut[k] = x.detach()[0]
-    tut_s = time.perf_counter() - t0
+    return tut, max(evaluations)
+
+
+def _ttq_rows(grid, size, evaluations, cfiles, sfiles, levers) -> list[dict]:
+    """Our manifest for the grid: the tutorial's objective, its evaluation budget, then the
+    lever set (which may replace the budget, e.g. iterations per multires level)."""
+    wname = weights_for("real")[1]
+    cl, sl = CONFIGS["real"]
     rows = []
     for k, (ci, si, beta) in enumerate(grid):
         c, _ = pair(size, ci, si)
         rows.append({"content_uri": str(cfiles[ci]), "style_uri": str(sfiles[si]),
                      "job_name": f"j{k}", "weights": wname, "content_layers": list(cl),
                      "style_layers": list(sl), "size": size, "optimizer": "lbfgs",
-                     "init": "content", "iterations": max(evaluations), "tol": 1e-3,
-                     "tol_window": 20,
-                     "seed": k, **_tutorial_equivalent(config, hw_of(c), beta),
-                     **(levers or {})})  # fmt: skip
-    pq.write_table(pa.Table.from_pylist(rows), jobs_dir / "m.parquet")
-    cmd = [sys.executable, "-m", "pipeline.cli", "run", str(jobs_dir / "m.parquet"),
-           "--out", str(jobs_dir / "ours"), "--no-progress",
-           "--evaluator", json.dumps(ev.to_dict())]  # fmt: skip
-    t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, capture_output=True)
-    ours_s = time.perf_counter() - t0
-    results = {
-        r["job_name"]: r for r in pq.read_table(jobs_dir / "ours/results.parquet").to_pylist()
-    }
+                     "init": "content", "iterations": evaluations, "seed": k,
+                     **_tutorial_equivalent("real", hw_of(c), beta), **levers})  # fmt: skip
+    return rows
+
+
+def _qualities(ev, grid, tut, results, cfiles, sfiles) -> tuple[list[float], list[int]]:
+    """q per job, and iterations run; the evaluator's inputs exactly as the worker gives them
+    for our result: the files as decoded (it resizes them itself), never pre-resized tensors."""
+    from pipeline import images
+    from pipeline.scoring import score_image
+
+    wname = weights_for("real")[1]
+    cl, sl = CONFIGS["real"]
     qs, iters = [], []
     for k, (ci, si, _) in enumerate(grid):
-        # the evaluator's inputs exactly as the worker gives them for our result: the files as
-        # decoded (it resizes them itself), never the bench's pre-resized tensors
         spec = JobSpec(weights=wname, content_layers=cl, style_layers=sl)
         inputs = load(cfiles[ci]), [load(sfiles[si])]
         t = score_image(ev, images.encode_png(tut[k]), spec, *inputs, torch.device("cpu"))
@@ -342,12 +377,7 @@ def time_to_quality(
             (r["score_content"] / t["score_content"] + r["score_style"] / t["score_style"]) / 2
         )
         iters.append(r["iterations_run"])
-    return {"size": size, "jobs": 16, "tutorial_steps": steps, "tutorial_s": tut_s,
-            "tutorial_evaluations": max(evaluations),
-            "ours_s": ours_s, "speedup": tut_s / ours_s, "q_median": statistics.median(qs),
-            "levers": levers or {},
-            "q_max": max(qs), "reached": sum(q <= 1.0 for q in qs),
-            "ours_iterations_median": statistics.median(iters)}  # fmt: skip
+    return qs, iters
 
 
 def main() -> None:
@@ -357,11 +387,13 @@ def main() -> None:
     ap.add_argument("--configs", default="gatys,real")
     ap.add_argument("--ttq-size", type=int, default=128)
     ap.add_argument("--ttq-steps", type=int, default=300)
+    ap.add_argument("--ttq-jobs", type=int, default=16)
     ap.add_argument("--no-ttq", action="store_true", help="skip the 16-job time to quality")
     ap.add_argument("--only-ttq", action="store_true", help="only the 16-job time to quality")
     ap.add_argument(
-        "--ttq-levers", default="{}",
-        help='our job parameters over the default, e.g. \'{"amp": true, "multires": 2}\'',
+        "--ttq-levers", nargs="+", default=["{}"],
+        help='lever sets (job parameters over the default), each measured against the same '
+             'tutorial run, e.g. \'{}\' \'{"amp": true, "multires": 2}\'',
     )  # fmt: skip
     ap.add_argument("--budget-gib", type=float, default=20.0)
     args = ap.parse_args()
@@ -383,7 +415,12 @@ def main() -> None:
     if not args.no_ttq and cpu:
         with tempfile.TemporaryDirectory() as tmp:
             results["time_to_quality"] = time_to_quality(
-                args.ttq_size, args.ttq_steps, device, Path(tmp), json.loads(args.ttq_levers)
+                args.ttq_size,
+                args.ttq_steps,
+                device,
+                Path(tmp),
+                [json.loads(x) for x in args.ttq_levers],
+                args.ttq_jobs,
             )
     results["activation_memory"] = memory_estimate(512, args.budget_gib)
     if not cpu:
@@ -430,15 +467,23 @@ def render(r: dict) -> str:
             "",
             f"Time to quality, {q['jobs']} jobs at {q['size']} px (real-weights layers): the "
             f"tutorial's loop ({q['tutorial_steps']} L-BFGS steps each = "
-            f"{q.get('tutorial_evaluations', '?')} loss evaluations, one job after another) "
-            f"{q['tutorial_s']:.0f} s; `nst run` (same objective, L-BFGS, early stopping at "
-            f"tol 1e-3, budget = the tutorial's evaluations, median "
-            f"{q['ours_iterations_median']:.0f} iterations, levers {q.get('levers') or 'none'}) "
-            f"{q['ours_s']:.0f} s: "
-            f"**{q['speedup']:.2f}×**. Quality under one evaluator relative to the tutorial's "
-            f"result for the same job (≤ 1: as close to content and style): median "
-            f"{q['q_median']:.3f}, worst {q['q_max']:.3f}; {q['reached']}/{q['jobs']} jobs ≤ 1.",
+            f"{q['tutorial_evaluations']} loss evaluations, one job after another) "
+            f"{q['tutorial_s']:.0f} s; `nst run`, same objective, L-BFGS, budget = the "
+            "tutorial's evaluations unless the levers say otherwise. Quality under one "
+            "evaluator relative to the tutorial's result for the same job (≤ 1: as close to "
+            "content and style):",
+            "",
+            "| levers | nst run | tutorial ÷ ours | iterations (median) | q median | q worst "
+            "| jobs q ≤ 1 |",
+            "|---|---|---|---|---|---|---|",
         ]
+        for run in q["runs"]:
+            lines.append(
+                f"| {json.dumps(run['levers']) if run['levers'] else 'none'} "
+                f"| {run['ours_s']:.0f} s | **{run['speedup']:.2f}×** "
+                f"| {run['ours_iterations_median']:.0f} | {run['q_median']:.3f} "
+                f"| {run['q_max']:.3f} | {run['reached']}/{q['jobs']} |"
+            )
     mem = r["activation_memory"]
     lines += [
         "",
