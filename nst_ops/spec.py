@@ -45,6 +45,8 @@ PARAM_HELP: dict[str, str] = {
     "style_blend": "weights blending several style images",
     "preserve_color": "luminance-only transfer, keeping the content's colours",
     "multires": "coarse-to-fine levels (each halves the size)",
+    "level_iterations": "iterations of each multires level, coarsest first (default: "
+    "`iterations` at every level)",
     "log_every": "trace a row every N iterations",
     "divergence_factor": "a loss above this x best counts as a spike",
     "divergence_patience": "iterations a spike may last before the job counts as diverged",
@@ -135,6 +137,7 @@ class JobSpec:
     style_blend: tuple[float, ...] | None = None
     preserve_color: bool = False
     multires: int = 1
+    level_iterations: tuple[int, ...] | None = None
     log_every: int = 10
     divergence_factor: float = 100.0
     divergence_patience: int = 50
@@ -144,7 +147,13 @@ class JobSpec:
     save_every: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("content_layers", "style_layers", "style_layer_weights", "style_blend"):
+        for name in (
+            "content_layers",
+            "style_layers",
+            "style_layer_weights",
+            "style_blend",
+            "level_iterations",
+        ):
             v = getattr(self, name)
             if isinstance(v, str):
                 v = (v,)
@@ -221,6 +230,27 @@ class JobSpec:
             )
         if self.divergence_factor <= 1:
             raise SpecError("divergence_factor must be > 1")
+        self._check_levels()
+
+    def _check_levels(self) -> None:
+        levels = self.level_iterations
+        if levels is None:
+            return
+        if len(levels) != self.multires:
+            raise SpecError(
+                f"level_iterations has {len(levels)} values for multires={self.multires} levels"
+            )
+        if any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in levels):
+            raise SpecError(f"level_iterations must be integers >= 1, got {list(levels)}")
+
+    @property
+    def total_iterations(self) -> int:
+        """Iterations over the whole schedule (every multires level)."""
+        return sum(self.iterations_at(k) for k in range(self.multires))
+
+    def iterations_at(self, level: int) -> int:
+        """Iterations of multires level ``level`` (0 = coarsest)."""
+        return self.level_iterations[level] if self.level_iterations else self.iterations
 
     def _check_lists(self) -> None:
         if self.style_layer_weights is not None:
@@ -314,6 +344,7 @@ class JobSpec:
 LOOP_FIELDS = (
     "optimizer",
     "iterations",
+    "level_iterations",
     "log_every",
     "divergence_factor",
     "divergence_patience",

@@ -331,7 +331,8 @@ def stylize_batch(
         else:
             x0 = resize(x, hw).to(device)
         objective = make_objective(extractor, specs, targets)
-        results = optimize(objective, x0, specs, max(done), t0, on_step)
+        at_level = [dataclasses.replace(s, iterations=s.iterations_at(level)) for s in specs]
+        results = optimize(objective, x0, at_level, max(done), t0, on_step)
         for i, r in enumerate(results):
             traces[i] += [{**row, "level": level} for row in r.trace]
             snapshots[i] += r.snapshots

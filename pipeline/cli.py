@@ -682,7 +682,7 @@ def _stylize_with_progress(job: Any, opts: Any, dev: Any) -> Any:
     columns = (TextColumn("[bold]nst transfer"), BarColumn(), MofNCompleteColumn())
     extra = (TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn())
     with Progress(*columns, *extra, console=console, transient=True) as bar:
-        task = bar.add_task("transfer", total=spec.iterations * spec.multires, loss="—")
+        task = bar.add_task("transfer", total=spec.total_iterations, loss="—")
         return stylize(
             spec,
             extractor_for(job, dev),

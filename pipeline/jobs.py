@@ -22,6 +22,7 @@ ADDED_LATER: dict[str, object] = {
     "tol": 0.0,
     "tol_window": 20,
     "save_every": 0,
+    "level_iterations": None,
 }
 
 

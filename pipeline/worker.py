@@ -31,7 +31,7 @@ from .errors import NstError
 from .jobs import Job, RunOptions
 
 _EXTRACTORS: dict[tuple, VGGFeatures] = {}
-# Exceptions whose message is the whole story for the user (no traceback in job.json).
+# Exceptions whose message is the whole story for the user (no traceback in the record).
 EXPECTED = (NstError, ValueError)
 
 

@@ -30,6 +30,8 @@ from nst_ops.spec import JobSpec, SpecError
         ({"mode": "style", "preserve_color": True}, "preserve_color applies to style transfer"),
         ({"divergence_factor": 1.0}, "divergence_factor must be > 1"),
         ({"size": 32, "multires": 3}, "smaller than 16"),
+        ({"multires": 2, "level_iterations": (10,)}, "1 values for multires=2 levels"),
+        ({"multires": 2, "level_iterations": (10, 0)}, "integers >= 1"),
     ],
 )
 def test_bad_spec_raises_a_clear_error(params, message):

@@ -172,6 +172,14 @@ def test_multires_optimises_small_then_full_size(net, content, style):
     assert {r["level"] for r in out.trace} == {0, 1} and out.iterations == 8
 
 
+def test_level_iterations_give_each_multires_level_its_own_budget(net, content, style):
+    s = spec(multires=2, iterations=4, level_iterations=(5, 2), log_every=1)
+    out = stylize(s, net, content, [style])
+    levels = [r["level"] for r in out.trace if r["iteration"] > 0]
+    assert levels.count(0) == 5 and levels.count(1) == 2
+    assert out.iterations == 7 == s.total_iterations
+
+
 def test_layer_sweep_reconstructs_with_growing_layer_sets(net, style):
     assert sweep_layer_sets(LAYERS) == [LAYERS[:1], LAYERS[:2], LAYERS]
     outs = layer_sweep(spec(mode="style", iterations=3), net, style)
