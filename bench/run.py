@@ -40,6 +40,7 @@ import peers  # noqa: E402
 import tutorial  # noqa: E402
 
 from nst_ops.layers import deepest, feature_hw, layer_table  # noqa: E402
+from nst_ops.presets import LATEST_DEFAULTS  # noqa: E402
 from nst_ops.spec import JobSpec  # noqa: E402
 from nst_ops.transfer import (  # noqa: E402
     compute_targets,
@@ -315,7 +316,8 @@ def time_to_quality(
         pq.write_table(pa.Table.from_pylist(rows), run_dir / "m.parquet")
         cmd = [sys.executable, "-m", "pipeline.cli", "run", str(run_dir / "m.parquet"),
                "--out", str(run_dir / "out"), "--no-progress",
-               "--evaluator", json.dumps(ev.to_dict())]  # fmt: skip
+               "--evaluator", json.dumps(ev.to_dict()),
+               "--defaults", str(levers.get("defaults", LATEST_DEFAULTS))]  # fmt: skip
         t1 = time.perf_counter()
         subprocess.run(cmd, check=True, capture_output=True)
         ours_s = time.perf_counter() - t1
@@ -355,7 +357,8 @@ def _ttq_rows(grid, size, evaluations, cfiles, sfiles, levers) -> list[dict]:
                      "job_name": f"j{k}", "weights": wname, "content_layers": list(cl),
                      "style_layers": list(sl), "size": size, "optimizer": "lbfgs",
                      "init": "content", "iterations": evaluations, "seed": k,
-                     **_tutorial_equivalent("real", hw_of(c), beta), **levers})  # fmt: skip
+                     **_tutorial_equivalent("real", hw_of(c), beta),
+                     **{k: v for k, v in levers.items() if k != "defaults"}})  # fmt: skip
     return rows
 
 
@@ -392,8 +395,9 @@ def main() -> None:
     ap.add_argument("--only-ttq", action="store_true", help="only the 16-job time to quality")
     ap.add_argument(
         "--ttq-levers", nargs="+", default=["{}"],
-        help='lever sets (job parameters over the default), each measured against the same '
-             'tutorial run, e.g. \'{}\' \'{"amp": true, "multires": 2}\'',
+        help='lever sets (job parameters over the defaults; "defaults": the edition, default '
+             'the latest), each measured against the same tutorial run, e.g. '
+             '\'{"defaults": 1}\' \'{}\' \'{"amp": true, "multires": 2}\'',
     )  # fmt: skip
     ap.add_argument("--budget-gib", type=float, default=20.0)
     args = ap.parse_args()

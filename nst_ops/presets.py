@@ -2,6 +2,11 @@
 
 Each value carries its source, so ``nst params``-style listings and the README can say which
 values a study states (with the seed line) and which are ours.
+
+Defaults editions: what a row without a preset gets for what it does not give. A run keeps the
+edition it started with (recorded in its jobs.parquet), because job ids hash the resolved
+parameters: a default that changed under a running grid would re-id and redo every job. New
+runs get the latest edition, so better defaults reach new work without touching old runs.
 """
 
 from __future__ import annotations
@@ -56,6 +61,37 @@ STUDY: dict[str, Setting] = {
 }
 
 PRESETS: dict[str, dict[str, Setting]] = {"study": STUDY}
+
+FIRST_DEFAULTS, LATEST_DEFAULTS = 1, 2
+EDITIONS = (FIRST_DEFAULTS, LATEST_DEFAULTS)
+COARSE_TO_FINE_FROM = 256  # px: L-BFGS jobs this large start at half size (edition 2)
+LEVEL_SHARES = (0.5, 0.5)  # of `iterations`, half size then full size (bench/run.py, README)
+
+
+def edition_values(
+    edition: int, resolved: Mapping[str, Any], given: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Edition ``edition``'s values for a job whose parameters, defaults filled in, are
+    ``resolved`` and of which the row gave ``given`` (those always win).
+
+    Edition 2 changes L-BFGS jobs of >= 256 px only, where it was measured (bench/run.py,
+    README "Performance"): coarse-to-fine in 2 levels, half of ``iterations`` at half size and
+    half at full size (more low-resolution iterations measured no better), and ``amp=auto``
+    (bf16 convolutions where the device has bf16 units: the same quality 1.4x sooner). Adam
+    and SGD keep edition 1: they are batched, which multires jobs cannot be, and bf16 was not
+    measured to keep their quality."""
+    if edition not in EDITIONS:
+        raise PresetError(f"unknown defaults edition {edition!r}; choose one of {list(EDITIONS)}")
+    if edition == FIRST_DEFAULTS:
+        return {}
+    if resolved["optimizer"] != "lbfgs" or resolved["size"] < COARSE_TO_FINE_FROM:
+        return {}
+    out: dict[str, Any] = {"amp": "auto"}
+    if "multires" not in given and "level_iterations" not in given:
+        its = int(resolved["iterations"])
+        out["multires"] = 2
+        out["level_iterations"] = tuple(max(1, round(its * f)) for f in LEVEL_SHARES)
+    return out
 
 
 class PresetError(ValueError):

@@ -8,7 +8,7 @@ from typing import Any
 
 from .layers import BACKBONE_CFG, POOLINGS, check_layers
 from .optimizers import OPTIMIZERS
-from .presets import PresetError, apply_preset
+from .presets import FIRST_DEFAULTS, PresetError, apply_preset, edition_values
 from .vocab import Mode
 
 MODES = Mode.values()
@@ -329,13 +329,20 @@ class JobSpec:
         return tuple(f.name for f in fields(cls))
 
     @classmethod
-    def from_dict(cls, params: dict[str, Any], preset: str | None = None) -> JobSpec:
-        """A spec from plain values; ``preset`` fills in every parameter not given."""
+    def from_dict(
+        cls, params: dict[str, Any], preset: str | None = None, defaults: int = FIRST_DEFAULTS
+    ) -> JobSpec:
+        """A spec from plain values; ``preset`` fills in every parameter not given, else the
+        defaults edition ``defaults`` does (see nst_ops.presets)."""
         unknown = set(params) - set(cls.field_names())
         if unknown:
             raise SpecError(f"unknown parameter(s): {', '.join(sorted(unknown))}")
         try:
-            return cls(**apply_preset(preset, params))
+            values = apply_preset(preset, params)
+            if preset is None:
+                resolved = {f.name: f.default for f in fields(cls)} | values
+                values = {**edition_values(defaults, resolved, params), **values}
+            return cls(**values)
         except PresetError as e:
             raise SpecError(str(e)) from None
 

@@ -20,7 +20,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from nst_ops.layers import WeightsError
-from nst_ops.presets import PRESETS
+from nst_ops.presets import (
+    COARSE_TO_FINE_FROM,
+    EDITIONS,
+    FIRST_DEFAULTS,
+    LATEST_DEFAULTS,
+    PRESETS,
+)
 from nst_ops.spec import PARAM_HELP, JobSpec, SpecError, choices
 from nst_ops.vocab import BAD_STATUSES, Mode, RowMode, Status
 
@@ -67,6 +73,15 @@ StorageOpt = Annotated[
 ]
 MaxJobsOpt = Annotated[int, typer.Option(help="Refuse manifests that expand past this.")]
 MaxPixelsOpt = Annotated[int, typer.Option(help="Refuse input images with more pixels.")]
+DefaultsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--defaults",
+        help=f"Defaults edition for what a row does not give: 1 (runs before November 2026) or "
+        f"{LATEST_DEFAULTS} (latest: L-BFGS from 256 px coarse-to-fine with amp=auto). Default: "
+        "the edition the run at --out started with, the latest for a new run.",
+    ),
+]
 ListOpt = Annotated[list[str] | None, typer.Option(help="Folder, glob or file; repeatable.")]
 SetOpt = Annotated[
     list[str] | None,
@@ -245,7 +260,7 @@ def make_manifest(
     styles = [u for pattern in style or [] for u in manifest.list_images(pattern, so)]
     params = _params(set_ or [], grid)
     table = manifest.build_manifest(contents, styles, mode.value, params, blend, preset)
-    jobs = expand(table)  # validate every row before anything is written
+    jobs = expand(table, defaults=LATEST_DEFAULTS)  # validate every row before writing
     manifest.write_manifest(manifest.rebase_paths(table, dest), dest, so)
     out_console.print(f"wrote {dest}: {table.num_rows} rows, {len(jobs)} jobs")
 
@@ -254,8 +269,28 @@ def _warn(message: str) -> None:
     console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)
 
 
-def _load_jobs(path: str, so: dict | None, max_jobs: int) -> list:
-    return expand(manifest.read_manifest(path, so), max_jobs, warn=_warn)
+def _load_jobs(path: str, so: dict | None, max_jobs: int, defaults: int = LATEST_DEFAULTS) -> list:
+    return expand(manifest.read_manifest(path, so), max_jobs, warn=_warn, defaults=defaults)
+
+
+def _edition(store: storage.Store | None, given: int | None) -> int:
+    """The defaults edition to resolve a manifest under: the one asked for, else the one the
+    run at ``store`` started with (its job ids depend on it), else the latest."""
+    if given is not None:
+        if given not in EDITIONS:
+            raise NstError(f"--defaults {given}: choose one of {', '.join(map(str, EDITIONS))}")
+        return given
+    recorded = results.defaults_of(store) if store is not None else None
+    return LATEST_DEFAULTS if recorded is None else recorded
+
+
+def _say_edition(edition: int) -> None:
+    if edition != LATEST_DEFAULTS:
+        console.print(
+            f"defaults edition {edition} (this run's; --defaults {LATEST_DEFAULTS} for the latest, "
+            "which gives the jobs new ids)",
+            highlight=False,
+        )
 
 
 @app.command()
@@ -284,6 +319,12 @@ def params() -> None:
         "A recognisable result quickly: init=content (starts from the photo), iterations≈100, "
         "size=128. With the shipped weights use layers up to relu3_1/conv3_1."
     )
+    out_console.print(
+        f"Defaults shown are edition {FIRST_DEFAULTS}'s. New runs get edition "
+        f"{LATEST_DEFAULTS}: L-BFGS jobs of size >= {COARSE_TO_FINE_FROM} that do not say "
+        "otherwise run multires=2 (level_iterations: half of iterations per level) with "
+        "amp=auto. See --defaults on nst run."
+    )
 
 
 @app.command()
@@ -297,6 +338,7 @@ def plan(
     retry_failed: Annotated[bool, typer.Option(help="As `nst run --retry-failed`.")] = False,
     max_jobs: MaxJobsOpt = DEFAULT_MAX_JOBS,
     storage_options: StorageOpt = None,
+    defaults: DefaultsOpt = None,
 ) -> None:
     """Show how many jobs a manifest expands to and the grid axes that vary. No compute.
 
@@ -306,9 +348,12 @@ def plan(
     Example: nst plan manifests/demo.parquet --out results/demo
     """
     so = _storage(storage_options)
-    jobs = _load_jobs(manifest_uri, so, max_jobs)
-    if out is not None:
-        p = make_plan(jobs, storage.Store(out, so), force, retry_failed, so)
+    store = storage.Store(out, so) if out is not None else None
+    edition = _edition(store, defaults)
+    _say_edition(edition)
+    jobs = _load_jobs(manifest_uri, so, max_jobs, edition)
+    if store is not None:
+        p = make_plan(jobs, store, force, retry_failed, so)
         out_console.print(f"{out}: {_plan_line(p, len(jobs))}", highlight=False)
         if p.not_retried:
             out_console.print(f"{p.not_retried} failed or diverged kept (--retry-failed redoes)")
@@ -439,6 +484,7 @@ def run(
         ImageFormat, typer.Option(help="Format of result images (and snapshots).")
     ] = ImageFormat.PNG,
     image_quality: QualityOpt = 95,
+    defaults: DefaultsOpt = None,
 ) -> None:
     """Run every job of a manifest on Ray, writing images and loss traces under --out.
 
@@ -454,8 +500,10 @@ def run(
 
     started = time.time()
     so = _storage(storage_options)
-    jobs = _load_jobs(manifest_uri, so, max_jobs)
     store = _run_root(out, so)
+    edition = _edition(store, defaults)
+    _say_edition(edition)
+    jobs = _load_jobs(manifest_uri, so, max_jobs, edition)
     with lease.held(store):
         plan = make_plan(jobs, store, force, retry_failed, so)
         console.print(f"plan: {_plan_line(plan, len(jobs))}", highlight=False)
@@ -470,7 +518,7 @@ def run(
         if plan.todo:  # only then: a finished run never starts Ray
             init_ray(address, num_cpus, quiet=not _DEBUG["on"])
             _say_where(res)
-        summary = run_jobs(jobs, opts, res, progress=progress, plan=plan)
+        summary = run_jobs(jobs, opts, res, progress=progress, plan=plan, defaults=edition)
     code = _report_run(summary, out, strict)
     if summary_json:
         _write_summary(summary_json, so, summary, time.time() - started, code)
@@ -638,7 +686,7 @@ def transfer(
     params = _params(set_ or [], None)
     if any(isinstance(v, list) and not manifest.PARAMS[k].is_seq for k, v in params.items()):
         raise NstError("transfer runs one job: give one value per parameter")
-    spec = JobSpec.from_dict({**params, "mode": mode.value}, preset)
+    spec = JobSpec.from_dict({**params, "mode": mode.value}, preset, LATEST_DEFAULTS)
     cont = None if content in (None, "-") else content
     if spec.uses_content and cont is None:
         raise NstError(f"mode {mode.value!r} needs a content image (got '-')")

@@ -24,13 +24,14 @@ import ray
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from nst_ops.presets import FIRST_DEFAULTS
 from nst_ops.spec import batch_key
 from nst_ops.vocab import Status
 
 from . import record, storage
 from .jobs import Job, RunOptions
 from .plan import Plan, make_plan
-from .results import JOBS, normalise, put_results
+from .results import normalise, put_jobs, put_results
 
 DEFAULT_MAX_IN_FLIGHT = 2048  # tasks submitted ahead: the autoscaler sees the real demand
 
@@ -211,12 +212,14 @@ def run_jobs(
     progress: bool = True,
     on_result: Callable[[dict[str, Any]], None] | None = None,
     plan: Plan | None = None,
+    defaults: int = FIRST_DEFAULTS,
 ) -> Summary:
     """Run every job the plan says to (new, failed with ``retry_failed``, input changed, output
-    missing, all with ``force``); write the jobs and results tables."""
+    missing, all with ``force``); write the jobs table (recording the defaults edition the
+    jobs were resolved under) and the results table."""
     store = storage.Store(opts.out, opts.storage_options, opts.storage_attempts)
     plan = plan or make_plan(jobs, store, force, retry_failed, opts.storage_options)
-    store.put_table(JOBS, normalise([j.to_record() for j in jobs]))
+    put_jobs(store, jobs, defaults)
     store.uncommit([j.id for j in plan.todo if j.id in plan.done], plan.files)
     bar = RunProgress(len(plan.todo), progress)
     fresh: dict[str, dict[str, Any]] = {}

@@ -11,6 +11,7 @@ from typing import Any
 import pyarrow as pa
 
 from nst_ops.layers import sweep_layer_sets
+from nst_ops.presets import FIRST_DEFAULTS
 from nst_ops.spec import JobSpec, SpecError
 from nst_ops.vocab import RowMode
 
@@ -71,7 +72,7 @@ def _row_inputs(where: str, row: dict[str, Any]) -> tuple[RowMode, str | None, t
     return mode, content if mode.needs_content else None, styles if mode.needs_style else ()
 
 
-def expand_row(i: int, row: dict[str, Any]) -> Iterator[Job]:
+def expand_row(i: int, row: dict[str, Any], defaults: int = FIRST_DEFAULTS) -> Iterator[Job]:
     where = f"row {i}"
     mode, content, styles = _row_inputs(where, row)
     fixed = {k: v for k, v in row.items() if k in PARAMS and v is not None}
@@ -86,35 +87,39 @@ def expand_row(i: int, row: dict[str, Any]) -> Iterator[Job]:
         params = {**fixed, **dict(zip(axes, combo, strict=True))}
         params = {k: _coerce(k, v, where) for k, v in params.items()}
         if mode is not RowMode.LAYER_SWEEP:
-            spec = _spec(where, {**params, "mode": mode.value}, preset)
+            spec = _spec(where, {**params, "mode": mode.value}, preset, defaults)
             yield Job(spec, content, styles, i, name, tags, preset=preset)
             continue
-        base = _spec(where, {**params, "mode": RowMode.STYLE.value}, preset)
+        base = _spec(where, {**params, "mode": RowMode.STYLE.value}, preset, defaults)
         sweep = job_id(base, None, styles)
         for layers in sweep_layer_sets(base.style_layers):
             sub = replace(base, style_layers=layers, style_layer_weights=None)
             yield Job(sub, None, styles, i, name, tags, sweep_of=sweep, preset=preset)
 
 
-def _spec(where: str, params: dict[str, Any], preset: str | None) -> JobSpec:
+def _spec(where: str, params: dict[str, Any], preset: str | None, defaults: int) -> JobSpec:
     try:
-        return JobSpec.from_dict(params, preset)
+        return JobSpec.from_dict(params, preset, defaults)
     except (SpecError, TypeError) as e:
         raise ManifestError(f"{where}: {e}") from None
 
 
 def expand(
-    table: pa.Table, max_jobs: int = DEFAULT_MAX_JOBS, warn: Callable[[str], None] | None = None
+    table: pa.Table,
+    max_jobs: int = DEFAULT_MAX_JOBS,
+    warn: Callable[[str], None] | None = None,
+    defaults: int = FIRST_DEFAULTS,
 ) -> list[Job]:
-    """All jobs of a manifest. Rows that give the same job (same id) run it once; their names and
-    tags are all kept (a tag that differs becomes a list of its values), with a warning."""
+    """All jobs of a manifest, under the defaults edition ``defaults`` (the CLI picks the
+    run's). Rows that give the same job (same id) run it once; their names and tags are all
+    kept (a tag that differs becomes a list of its values), with a warning."""
     if table.num_rows == 0:
         raise ManifestError("manifest has no rows")
     jobs: dict[str, Job] = {}
     merged: dict[str, list[int]] = {}
     count = 0
     for i, row in enumerate(table.to_pylist()):
-        for job in expand_row(i, row):
+        for job in expand_row(i, row, defaults):
             count += 1
             if count > max_jobs:
                 raise ManifestError(

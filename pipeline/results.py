@@ -9,9 +9,11 @@ from typing import Any
 import pyarrow as pa
 
 from nst_ops.evaluator import SCORE_FIELDS
+from nst_ops.presets import FIRST_DEFAULTS
 from nst_ops.vocab import Status
 
 from . import layout, storage
+from .jobs import Job
 
 RESULTS = layout.RESULTS_TABLE
 JOBS = layout.JOBS_TABLE
@@ -50,6 +52,7 @@ def collect(store: storage.Store) -> tuple[list[dict[str, Any]], int]:
 
 
 EVALUATOR_KEY = b"nst_evaluator"
+DEFAULTS_KEY = b"nst_defaults"
 
 
 def put_results(store: storage.Store, table: pa.Table, evaluator: dict[str, Any] | None) -> None:
@@ -58,6 +61,24 @@ def put_results(store: storage.Store, table: pa.Table, evaluator: dict[str, Any]
         meta = {**(table.schema.metadata or {}), EVALUATOR_KEY: json.dumps(evaluator).encode()}
         table = table.replace_schema_metadata(meta)
     store.put_table(RESULTS, table)
+
+
+def put_jobs(store: storage.Store, jobs: Sequence[Job], defaults: int) -> None:
+    """jobs.parquet, with the defaults edition its jobs were resolved under in its metadata
+    (so the run resolves its manifest the same way next time)."""
+    table = normalise([j.to_record() for j in jobs])
+    meta = {**(table.schema.metadata or {}), DEFAULTS_KEY: str(defaults).encode()}
+    store.put_table(JOBS, table.replace_schema_metadata(meta))
+
+
+def defaults_of(store: storage.Store) -> int | None:
+    """The defaults edition of the run in ``store``: None where there is no run yet, the first
+    edition for runs recorded before editions existed."""
+    try:
+        meta = store.table_footer(JOBS).metadata or {}
+    except FileNotFoundError:
+        return None
+    return int(meta.get(DEFAULTS_KEY, str(FIRST_DEFAULTS).encode()))
 
 
 def evaluator_of(store: storage.Store) -> dict[str, Any] | None:

@@ -1,0 +1,84 @@
+"""Defaults editions: new runs get the latest defaults, existing runs keep the edition (and so
+the job ids) they started with."""
+
+from __future__ import annotations
+
+import pyarrow.parquet as pq
+import pytest
+from helpers import nst, run_manifest, table, write_images
+
+from nst_ops.presets import LATEST_DEFAULTS
+from nst_ops.spec import JobSpec
+from pipeline.jobs import job_id
+
+LBFGS = {"optimizer": "lbfgs", "iterations": 300}
+
+
+def test_the_latest_edition_runs_large_lbfgs_jobs_coarse_to_fine_with_amp_auto():
+    spec = JobSpec.from_dict({**LBFGS, "size": 256}, None, 2)
+    assert spec.multires == 2 and spec.level_iterations == (150, 150) and spec.amp == "auto"
+    assert spec.total_iterations == 300  # 150 at 128 px + 150 at 256 px: ~ 188 at full size
+
+
+@pytest.mark.parametrize(
+    ("params", "multires", "amp"),
+    [
+        ({**LBFGS, "size": 128}, 1, False),  # small: as edition 1
+        ({"optimizer": "adam", "size": 512}, 1, False),  # batched optimizers: as edition 1
+        ({**LBFGS, "size": 256, "multires": 1}, 1, "auto"),  # what the row gives wins
+        ({**LBFGS, "size": 256, "amp": False}, 2, False),
+        ({**LBFGS, "size": 512, "multires": 3}, 3, "auto"),
+    ],
+)
+def test_the_latest_edition_fills_only_what_a_row_does_not_give(params, multires, amp):
+    spec = JobSpec.from_dict(params, None, 2)
+    assert spec.multires == multires and spec.amp == amp
+    if "multires" in params:
+        assert spec.level_iterations is None
+
+
+def test_the_first_edition_and_presets_resolve_exactly_as_before_editions():
+    params = {**LBFGS, "size": 256}
+    assert JobSpec.from_dict(params, None, 1) == JobSpec(**params)
+    assert JobSpec.from_dict({}, "study", 2) == JobSpec.from_dict({}, "study", 1)
+    first = JobSpec.from_dict(params, None, 1)
+    assert job_id(first, "c.png", ("s.png",)) != job_id(
+        JobSpec.from_dict(params, None, 2), "c.png", ("s.png",)
+    )
+
+
+def test_a_new_run_records_the_latest_edition_and_its_jobs_use_it(ray_cpu, tmp_path):
+    c, s = write_images(tmp_path, 1, "c"), write_images(tmp_path, 1, "s")
+    row = {"content_uri": c[0], "style_uri": s[0], "optimizer": "lbfgs", "size": 256}
+    res, out = run_manifest(tmp_path, [row])
+    assert res.exit_code == 0, res.output
+    meta = pq.read_schema(out / "jobs.parquet").metadata
+    assert meta[b"nst_defaults"] == str(LATEST_DEFAULTS).encode()
+    (row,) = pq.read_table(out / "results.parquet").to_pylist()
+    assert row["amp"] == "auto" and row["status"] == "ok"
+    assert row["multires"] == 2 and row["level_iterations"] == [1, 1]  # TINY's 2 iterations
+    assert row["iterations_run"] == 2
+
+
+def test_a_run_from_before_editions_keeps_its_job_ids_and_redoes_nothing(ray_cpu, tmp_path):
+    c, s = write_images(tmp_path, 1, "c"), write_images(tmp_path, 1, "s")
+    rows = [{"content_uri": c[0], "style_uri": s[0], "optimizer": "lbfgs", "size": 256}]
+    res, out = run_manifest(tmp_path, rows, "--defaults", "1")
+    assert res.exit_code == 0, res.output
+    jobs = pq.read_table(out / "jobs.parquet")
+    pq.write_table(jobs.replace_schema_metadata(), out / "jobs.parquet")  # as before editions
+    ids = set(jobs.column("job_id").to_pylist())
+
+    plan = nst("plan", tmp_path / "m.parquet", "--out", out)
+    assert "0 to run" in plan.output and "defaults edition 1" in plan.output, plan.output
+    again = nst("run", tmp_path / "m.parquet", "--out", out, "--no-progress")
+    assert "1 jobs (1 already done)" in again.output, again.output
+    assert set(pq.read_table(out / "jobs.parquet").column("job_id").to_pylist()) == ids
+    latest = nst("plan", tmp_path / "m.parquet", "--out", out, "--defaults", "2")
+    assert "1 to run" in latest.output and "new 1" in latest.output, latest.output
+
+
+def test_an_unknown_edition_is_refused_by_name(tmp_path):
+    pq.write_table(table([{"content_uri": "c.png", "style_uri": "s.png"}]), tmp_path / "m.parquet")
+    res = nst("plan", tmp_path / "m.parquet", "--defaults", "7")
+    assert res.exit_code != 0 and "--defaults 7: choose one of 1, 2" in res.output
