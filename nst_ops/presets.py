@@ -64,34 +64,25 @@ PRESETS: dict[str, dict[str, Setting]] = {"study": STUDY}
 
 FIRST_DEFAULTS, LATEST_DEFAULTS = 1, 2
 EDITIONS = (FIRST_DEFAULTS, LATEST_DEFAULTS)
-COARSE_TO_FINE_FROM = 256  # px: L-BFGS jobs this large start at half size (edition 2)
-LEVEL_SHARES = (0.5, 0.5)  # of `iterations`, half size then full size (bench/run.py, README)
+AMP_FROM = 256  # px: L-BFGS jobs this large get amp=auto in edition 2 (measured there)
 
 
-def edition_values(
-    edition: int, resolved: Mapping[str, Any], given: Mapping[str, Any]
-) -> dict[str, Any]:
+def edition_values(edition: int, resolved: Mapping[str, Any]) -> dict[str, Any]:
     """Edition ``edition``'s values for a job whose parameters, defaults filled in, are
-    ``resolved`` and of which the row gave ``given`` (those always win).
+    ``resolved`` (what the row gives wins over them).
 
-    Edition 2 changes L-BFGS jobs of >= 256 px only, where it was measured (bench/run.py,
-    README "Performance"): coarse-to-fine in 2 levels, half of ``iterations`` at half size and
-    half at full size (more low-resolution iterations measured no better), and ``amp=auto``
-    (bf16 convolutions where the device has bf16 units: the same quality 1.4x sooner). Adam
-    and SGD keep edition 1: they are batched, which multires jobs cannot be, and bf16 was not
-    measured to keep their quality."""
+    Edition 2 gives L-BFGS jobs of >= 256 px ``amp=auto`` (bf16 convolutions where the device
+    has bf16 units), which measured the same quality 1.5x sooner there (bench/run.py, README
+    "Performance"). Coarse-to-fine (``multires=2``) stays a choice, not a default: it was 2.4x
+    sooner but 4% further from content and style than the tutorial's results. Adam and SGD
+    keep edition 1: bf16 was not measured to keep their quality."""
     if edition not in EDITIONS:
         raise PresetError(f"unknown defaults edition {edition!r}; choose one of {list(EDITIONS)}")
     if edition == FIRST_DEFAULTS:
         return {}
-    if resolved["optimizer"] != "lbfgs" or resolved["size"] < COARSE_TO_FINE_FROM:
+    if resolved["optimizer"] != "lbfgs" or resolved["size"] < AMP_FROM:
         return {}
-    out: dict[str, Any] = {"amp": "auto"}
-    if "multires" not in given and "level_iterations" not in given:
-        its = int(resolved["iterations"])
-        out["multires"] = 2
-        out["level_iterations"] = tuple(max(1, round(its * f)) for f in LEVEL_SHARES)
-    return out
+    return {"amp": "auto"}
 
 
 class PresetError(ValueError):

@@ -341,7 +341,7 @@ class JobSpec:
             values = apply_preset(preset, params)
             if preset is None:
                 resolved = {f.name: f.default for f in fields(cls)} | values
-                values = {**edition_values(defaults, resolved, params), **values}
+                values = {**edition_values(defaults, resolved), **values}
             return cls(**values)
         except PresetError as e:
             raise SpecError(str(e)) from None

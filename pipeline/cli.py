@@ -21,7 +21,7 @@ from rich.table import Table
 
 from nst_ops.layers import WeightsError
 from nst_ops.presets import (
-    COARSE_TO_FINE_FROM,
+    AMP_FROM,
     EDITIONS,
     FIRST_DEFAULTS,
     LATEST_DEFAULTS,
@@ -78,7 +78,7 @@ DefaultsOpt = Annotated[
     typer.Option(
         "--defaults",
         help=f"Defaults edition for what a row does not give: 1 (runs before November 2026) or "
-        f"{LATEST_DEFAULTS} (latest: L-BFGS from 256 px coarse-to-fine with amp=auto). Default: "
+        f"{LATEST_DEFAULTS} (latest: amp=auto for L-BFGS from 256 px). Default: "
         "the edition the run at --out started with, the latest for a new run.",
     ),
 ]
@@ -321,9 +321,8 @@ def params() -> None:
     )
     out_console.print(
         f"Defaults shown are edition {FIRST_DEFAULTS}'s. New runs get edition "
-        f"{LATEST_DEFAULTS}: L-BFGS jobs of size >= {COARSE_TO_FINE_FROM} that do not say "
-        "otherwise run multires=2 (level_iterations: half of iterations per level) with "
-        "amp=auto. See --defaults on nst run."
+        f"{LATEST_DEFAULTS}: L-BFGS jobs of size >= {AMP_FROM} that do not say otherwise "
+        "run with amp=auto. See --defaults on nst run."
     )
 
 
