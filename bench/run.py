@@ -318,7 +318,8 @@ def time_to_quality(
         cmd = [sys.executable, "-m", "pipeline.cli", "run", str(run_dir / "m.parquet"),
                "--out", str(run_dir / "out"), "--no-progress",
                "--evaluator", json.dumps(ev.to_dict()),
-               "--defaults", str(levers.get("defaults", LATEST_DEFAULTS))]  # fmt: skip
+               "--defaults", str(levers.get("defaults", LATEST_DEFAULTS)),
+               "--cpus-per-job", str(levers.get("cpus_per_job", 1))]  # fmt: skip
         t1, wall = time.perf_counter(), time.time()
         subprocess.run(cmd, check=True, capture_output=True)
         ours_s = time.perf_counter() - t1
@@ -349,6 +350,9 @@ def _tutorial_results(grid: list, size: int, steps: int) -> tuple[dict, int]:
     return tut, max(evaluations)
 
 
+RUN_FLAGS = ("defaults", "cpus_per_job")  # lever keys that are `nst run` options, not job fields
+
+
 def _ttq_rows(grid, size, evaluations, cfiles, sfiles, levers) -> list[dict]:
     """Our manifest for the grid: the tutorial's objective, its evaluation budget, then the
     lever set (which may replace the budget, e.g. iterations per multires level)."""
@@ -362,7 +366,7 @@ def _ttq_rows(grid, size, evaluations, cfiles, sfiles, levers) -> list[dict]:
                      "style_layers": list(sl), "size": size, "optimizer": "lbfgs",
                      "init": "content", "iterations": evaluations, "seed": k,
                      **_tutorial_equivalent("real", hw_of(c), beta),
-                     **{k: v for k, v in levers.items() if k != "defaults"}})  # fmt: skip
+                     **{k: v for k, v in levers.items() if k not in RUN_FLAGS}})  # fmt: skip
     return rows
 
 
@@ -400,7 +404,8 @@ def main() -> None:
     ap.add_argument(
         "--ttq-levers", nargs="+", default=["{}"],
         help='lever sets (job parameters over the defaults; "defaults": the edition, default '
-             'the latest), each measured against the same tutorial run, e.g. '
+             'the latest; "cpus_per_job": threads per task, default 1), each measured against '
+             'the same tutorial run, e.g. '
              '\'{"defaults": 1}\' \'{}\' \'{"amp": true, "multires": 2}\'',
     )  # fmt: skip
     ap.add_argument("--budget-gib", type=float, default=20.0)
