@@ -340,12 +340,15 @@ class JobSpec:
         try:
             values = apply_preset(preset, params)
             if preset is None:
-                resolved = {f.name: f.default for f in fields(cls)} | values
+                resolved = _FIELD_DEFAULTS | values
                 values = {**edition_values(defaults, resolved), **values}
             return cls(**values)
         except PresetError as e:
             raise SpecError(str(e)) from None
 
+
+# Every field's default, built once: from_dict runs once per job (100k jobs at a time).
+_FIELD_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(JobSpec)}
 
 # What every image of one optimisation loop must share (one optimizer step for the batch).
 LOOP_FIELDS = (
