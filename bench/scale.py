@@ -123,7 +123,7 @@ TRACE = pa.table({"iteration": [0, 1, 2], "total": [3.0, 2.0, 1.0], "content": [
 def _committed_files(row: dict[str, Any], v1: bool) -> dict[str, bytes]:
     """A committed job's files after its image, marker last: result.parquet, or with ``v1``
     the four-file form of runs before November 2026 (trace.parquet, job.json, _COMMIT)."""
-    rec = {**row, "versions": record.versions(), "started_at": None, "finished_at": time.time()}
+    rec = record.job_json(row, started=0.0)  # 0: not started by the benchmark's commands
     if not v1:
         return {layout.RESULT: record.result_file(TRACE, rec)}
     buf = io.BytesIO()
@@ -219,7 +219,7 @@ def _read(target: S3Target | LocalTarget, key: str) -> bytes:
 
 
 def _new_records(target: S3Target | LocalTarget, rows: list[dict]) -> list[dict]:
-    """Records of the jobs the resume ran (synthesised ones have no started_at)."""
+    """Records of the jobs the resume ran (synthesised ones have started_at 0)."""
     ran = [r["job_id"] for r in rows if r.get("device")]
     paths = [f"run/{layout.job_path(j, layout.RESULT)}" for j in ran]
     return [record.read_record(_read(target, p)) for p in paths]
