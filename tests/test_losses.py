@@ -23,6 +23,21 @@ def test_gram_of_a_batch_equals_gram_of_each_image():
     assert not torch.allclose(batched[0], batched[1])
 
 
+def test_gram_gradient_is_the_exact_derivative_of_vt_v():
+    """The one-matmul backward against finite differences (float64) and against autograd's
+    own bmm backward, for a gradient that is not symmetric."""
+    F = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda f: losses._Gram.apply(f.reshape(2, 3, -1)), (F,))
+    W = torch.randn(2, 3, 3)
+    x = torch.randn(2, 3, 4, 5, requires_grad=True)
+    (losses.gram(x) * W).sum().backward()
+    ours = x.grad.clone()
+    x.grad = None
+    V = x.reshape(2, 3, -1)
+    (torch.bmm(V, V.transpose(1, 2)) * W).sum().backward()
+    assert torch.allclose(ours, x.grad, rtol=1e-5, atol=1e-6)
+
+
 def test_style_layer_loss_uses_one_over_4_n2_m2():
     G = torch.tensor([[[5.0, 11.0], [11.0, 25.0]]])
     e = losses.style_layer_loss(G, torch.zeros_like(G), n=2, m=2)
