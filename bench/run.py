@@ -1,8 +1,8 @@
 """Benchmark: ours vs the real peers, measured in one run on one machine.
 
     python bench/run.py                     # CPU: per-iteration at 128 and 256 px, GEMM peak,
-                                            # 16-job time to quality (128 px by default)
-    python bench/run.py --ttq-size 256      # the time-to-quality grid at 256 px (slower)
+                                            # 16-job time to quality at 256 px (~45 min on 2 cores)
+    python bench/run.py --ttq-size 128      # the time-to-quality grid at 128 px (quicker)
     python bench/run.py --only-ttq --ttq-levers '{}' '{"multires": 2}'   # lever sets, one run
     python bench/run.py --device cuda       # CUDA: 512 px, plus TFLOP/s and memory
 
@@ -396,7 +396,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--configs", default="gatys,real")
-    ap.add_argument("--ttq-size", type=int, default=128)
+    ap.add_argument("--ttq-size", type=int, default=256)
     ap.add_argument("--ttq-steps", type=int, default=300)
     ap.add_argument("--ttq-jobs", type=int, default=16)
     ap.add_argument("--no-ttq", action="store_true", help="skip the 16-job time to quality")
