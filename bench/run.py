@@ -319,7 +319,7 @@ def time_to_quality(
                "--out", str(run_dir / "out"), "--no-progress",
                "--evaluator", json.dumps(ev.to_dict()),
                "--defaults", str(levers.get("defaults", LATEST_DEFAULTS)),
-               "--cpus-per-job", str(levers.get("cpus_per_job", 1))]  # fmt: skip
+               *run_flags(levers)]  # fmt: skip
         t1, wall = time.perf_counter(), time.time()
         subprocess.run(cmd, check=True, capture_output=True)
         ours_s = time.perf_counter() - t1
@@ -350,7 +350,13 @@ def _tutorial_results(grid: list, size: int, steps: int) -> tuple[dict, int]:
     return tut, max(evaluations)
 
 
-RUN_FLAGS = ("defaults", "cpus_per_job")  # lever keys that are `nst run` options, not job fields
+RUN_FLAGS = ("defaults", "cpus_per_job", "batch_size")  # lever keys that are `nst run` options
+
+
+def run_flags(levers: dict) -> list[str]:
+    """The lever set's `nst run` options other than --defaults (absent: the CLI's default)."""
+    given = [k for k in RUN_FLAGS[1:] if k in levers]
+    return [x for k in given for x in (f"--{k.replace('_', '-')}", str(levers[k]))]
 
 
 def _ttq_rows(grid, size, evaluations, cfiles, sfiles, levers) -> list[dict]:
@@ -404,7 +410,8 @@ def main() -> None:
     ap.add_argument(
         "--ttq-levers", nargs="+", default=["{}"],
         help='lever sets (job parameters over the defaults; "defaults": the edition, default '
-             'the latest; "cpus_per_job": threads per task, default 1), each measured against '
+             'the latest; "cpus_per_job": threads per task; "batch_size": jobs per task; '
+             'absent: the `nst run` default), each measured against '
              'the same tutorial run, e.g. '
              '\'{"defaults": 1}\' \'{}\' \'{"amp": true, "multires": 2}\'',
     )  # fmt: skip

@@ -1,8 +1,9 @@
 """The optimisation loop: optimizer choice, loss trace, divergence detection, best-image keeping.
 
-Works on a batch of images whose losses are separable (one value per image). Adam and SGD are
-exact per image in a batch; L-BFGS keeps one history for all parameters, so it runs one image at
-a time (``optimize`` refuses an L-BFGS batch).
+Works on a batch of images whose losses are separable (one value per image). Every optimizer is
+exact per image in a batch: Adam and SGD through one parameter group per image, L-BFGS through
+one optimizer (one history) per image. L-BFGS with line search evaluates each image a different
+number of times per step, so it runs one image at a time (``optimize`` refuses such a batch).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .optimizers import OPTIMIZERS
+from .optimizers import OPTIMIZERS, Stepper
 from .spec import LOOP_FIELDS, JobSpec
 from .vocab import Status
 
@@ -50,8 +51,8 @@ class Outcome:
     snapshots: list[tuple[int, Tensor]] = field(default_factory=list)  # (iteration, image)
 
 
-def make_optimizer(specs: Sequence[JobSpec], params: list[Tensor]) -> torch.optim.Optimizer:
-    """The spec's optimizer from the registry, one parameter group per image where batchable."""
+def make_optimizer(specs: Sequence[JobSpec], params: list[Tensor]) -> Stepper:
+    """The spec's optimizer from the registry, per image where batchable."""
     return OPTIMIZERS[specs[0].optimizer].make(specs, params)
 
 
@@ -208,9 +209,10 @@ def _check_specs(specs: list[JobSpec], b: int) -> None:
         getattr(s, f) != getattr(spec, f) for s in specs for f in LOOP_FIELDS
     ):
         raise ValueError(f"a batch needs one spec per image agreeing on {', '.join(LOOP_FIELDS)}")
-    if not OPTIMIZERS[spec.optimizer].batchable and b != 1:
+    if not spec.batchable_loop and b != 1:
         raise ValueError(
-            f"{spec.optimizer} shares its state across parameters: run it one image at a time"
+            f"{spec.optimizer}{' with line search' if spec.line_search else ''} cannot share "
+            "one evaluation between images: run it one image at a time"
         )
 
 

@@ -11,22 +11,32 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     import torch
 
     from .spec import JobSpec
 
-Factory = Callable[["Sequence[JobSpec]", "list[torch.Tensor]"], "torch.optim.Optimizer"]
+
+class Stepper(Protocol):
+    """What the optimisation loop needs of an optimizer (torch's optimizers are Steppers)."""
+
+    def zero_grad(self, set_to_none: bool = True) -> None: ...
+
+    def step(self, closure: Callable[[], float]) -> Any: ...
+
+
+Factory = Callable[["Sequence[JobSpec]", "list[torch.Tensor]"], Stepper]
 
 
 @dataclass(frozen=True)
 class OptimizerKind:
     make: Factory
     default_lr: float
-    # True when the update is elementwise per parameter group: one group per image then gives
-    # every image in a batch exactly the update it would get alone (Adam, SGD, RMSprop...).
+    # True when every image in a batch can get exactly the update it would get alone from one
+    # shared evaluation: elementwise updates with one parameter group per image (Adam, SGD,
+    # RMSprop...), or one optimizer per image (L-BFGS without line search, see PerImage).
     batchable: bool
 
 
@@ -48,22 +58,47 @@ def per_image(torch_name: str, *spec_fields: str) -> Factory:
     return make
 
 
-def _lbfgs(specs: Sequence[JobSpec], params: list[torch.Tensor]) -> torch.optim.Optimizer:
-    """One history for all parameters: never batched."""
+class PerImage:
+    """One optimizer per image, all stepped after one shared evaluation of the batch. For
+    optimizers whose state couples all their parameters (L-BFGS's history): each image keeps
+    its own state, exactly as alone, while the batch shares the forward/backward. Only for
+    optimizers that evaluate once per step (L-BFGS with ``max_iter=1`` and no line search)."""
+
+    def __init__(self, inner: list[torch.optim.Optimizer]) -> None:
+        self.inner = inner
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for opt in self.inner:
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def step(self, closure: Callable[[], float]) -> float:
+        loss = closure()  # every image's gradient, from one forward/backward
+        for opt in self.inner:
+            opt.step(lambda: loss)  # reads its image's gradient; evaluates nothing
+        return loss
+
+
+def _lbfgs(specs: Sequence[JobSpec], params: list[torch.Tensor]) -> Stepper:
+    """One L-BFGS (own history, own lr) per image; with line search, one image only (it
+    evaluates each image a different number of times per step)."""
     import torch
 
-    spec = specs[0]
-    return torch.optim.LBFGS(
-        params,
-        lr=spec.learning_rate,
-        max_iter=1,
-        history_size=100,
-        line_search_fn="strong_wolfe" if spec.line_search else None,
-    )
+    def one(p: list[torch.Tensor], spec: JobSpec) -> torch.optim.LBFGS:
+        return torch.optim.LBFGS(
+            p,
+            lr=spec.learning_rate,
+            max_iter=1,
+            history_size=100,
+            line_search_fn="strong_wolfe" if spec.line_search else None,
+        )
+
+    if specs[0].line_search:
+        return one(params, specs[0])
+    return PerImage([one([p], s) for p, s in zip(params, specs, strict=True)])
 
 
 OPTIMIZERS: dict[str, OptimizerKind] = {
-    "lbfgs": OptimizerKind(_lbfgs, default_lr=1.0, batchable=False),
+    "lbfgs": OptimizerKind(_lbfgs, default_lr=1.0, batchable=True),
     "adam": OptimizerKind(per_image("Adam"), default_lr=0.02, batchable=True),
     "sgd": OptimizerKind(per_image("SGD", "momentum"), default_lr=0.1, batchable=True),
 }

@@ -296,11 +296,17 @@ class JobSpec:
         return Mode(self.mode).uses_style
 
     @property
+    def batchable_loop(self) -> bool:
+        """Its optimizer can step several images from one shared evaluation (a line search
+        evaluates each image a different number of times)."""
+        return OPTIMIZERS[self.optimizer].batchable and not self.line_search
+
+    @property
     def batchable(self) -> bool:
-        """Several such jobs may share one forward/backward: an elementwise optimizer at one
+        """Several such jobs may share one forward/backward: a batchable loop at one
         resolution (in a multi-resolution schedule one diverging image would stop its
         batch-mates at a lower level)."""
-        return OPTIMIZERS[self.optimizer].batchable and self.multires == 1
+        return self.batchable_loop and self.multires == 1
 
     @property
     def init_image(self) -> str | None:

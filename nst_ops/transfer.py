@@ -307,8 +307,8 @@ def stylize_batch(
     on_step: Callable[[int, float], None] | None = None,
     inits: Sequence[Tensor | None] | None = None,
 ) -> list[Outcome]:
-    """Run several jobs as one batch (one forward/backward per step); exact per image for Adam
-    and SGD. L-BFGS batches must have one image. ``cache``/``keys``: see compute_targets.
+    """Run several jobs as one batch (one forward/backward per step); exact per image (see
+    nst_ops.optim). L-BFGS with line search runs alone. ``cache``/``keys``: see compute_targets.
     ``inits``: the decoded start image of each job whose ``init`` names one."""
     _check_batch(specs, contents, styles)
     spec, device, t0 = specs[0], extractor.mean.device, time.perf_counter()

@@ -461,8 +461,12 @@ def run(
     ] = 600.0,
     cpus_per_job: Annotated[float, typer.Option(help="CPUs per task.")] = 1.0,
     batch_size: Annotated[
-        int, typer.Option(help="Compatible Adam/SGD jobs optimised together in one task.")
-    ] = 8,
+        int | None,
+        typer.Option(
+            help="Compatible jobs optimised together as one batch in one task. Default: 8 on "
+            "GPU tasks, 1 on CPU tasks (a batch is no cheaper per image on a CPU)."
+        ),
+    ] = None,
     num_cpus: Annotated[int | None, typer.Option(help="Embedded Ray: CPUs to use.")] = None,
     force: Annotated[bool, typer.Option(help="Redo jobs that are already committed.")] = False,
     retry_failed: Annotated[bool, typer.Option(help="Redo failed and diverged jobs.")] = False,

@@ -47,9 +47,21 @@ class Resources:
     cpus_per_job: float = 1.0
     max_retries: int = 3
     max_in_flight: int | None = None  # default DEFAULT_MAX_IN_FLIGHT, never the cluster's size
-    batch_size: int = 8  # compatible Adam/SGD jobs per task, optimised as one batch
+    batch_size: int | None = None  # compatible jobs per task, optimised as one batch (see below)
     on_cluster: bool = False
     gpu_wait_s: float = 600.0  # give up when GPUs are asked for and none appears for this long
+
+
+GPU_BATCH_SIZE = 8  # default jobs per GPU task; CPU tasks default to 1 (see task_batch_size)
+
+
+def task_batch_size(res: Resources, gpus: float) -> int:
+    """Jobs per task: as given, else 8 for GPU tasks and 1 for CPU tasks. On a CPU thread a
+    batch is no cheaper per image (bench/batching.py: 0.77-1.17x of one-by-one from 64 to
+    256 px), and one-job tasks spread a grid over every core; a GPU needs batches to fill it."""
+    if res.batch_size is not None:
+        return res.batch_size
+    return GPU_BATCH_SIZE if gpus > 0 else 1
 
 
 class GpuWaitExpired(RuntimeError):
@@ -119,7 +131,8 @@ def _task(jobs: list[Job], opts: RunOptions, batch_size: int) -> list[dict[str, 
 
 def group_jobs(jobs: Sequence[Job], batch_size: int) -> list[list[Job]]:
     """Tasks of up to ``batch_size`` jobs that can share a batch (same batch key, and inputs
-    likely of one size: same content); unbatchable jobs (L-BFGS, multires) run one per task."""
+    likely of one size: same content); unbatchable jobs (multires, L-BFGS line search) run one
+    per task."""
     groups: dict[tuple, list[Job]] = {}
     for j in jobs:
         together = j.spec.batchable and batch_size > 1
@@ -287,16 +300,17 @@ def _submit_and_collect(
     options = task_options(res)
     remote = _task.options(**options)
     window = res.max_in_flight or DEFAULT_MAX_IN_FLIGHT
-    queue = list(reversed(group_jobs(todo, res.batch_size)))
-    in_flight: dict[ray.ObjectRef[Any], list[Job]] = {}
     gpus = float(options.get("num_gpus", 0))
+    batch_size = task_batch_size(res, gpus)
+    queue = list(reversed(group_jobs(todo, batch_size)))
+    in_flight: dict[ray.ObjectRef[Any], list[Job]] = {}
     progress_at = time.time()  # last completion, or the start
     while queue or in_flight:
         if stop is not None and stop.is_set():
             raise KeyboardInterrupt
         while queue and len(in_flight) < window:
             group = queue.pop()
-            in_flight[remote.remote(group, opts, res.batch_size)] = group
+            in_flight[remote.remote(group, opts, batch_size)] = group
         ready, _ = ray.wait(list(in_flight), num_returns=len(in_flight), timeout=1.0)
         new_rows = [row for ref in ready for row in _collect(ref, in_flight.pop(ref))]
         waiting = gpus > 0 and not new_rows and _cluster_gpus() == 0

@@ -248,3 +248,34 @@ def test_make_manifest_keeps_relative_paths_portable(tmp_path, monkeypatch):
     moved.mkdir()
     monkeypatch.chdir(moved)
     assert nst("validate", str(tmp_path / "sub" / "m.parquet")).exit_code == 0
+
+
+def test_jobs_per_task_default_to_one_on_cpu_eight_on_gpu_unless_given():
+    from pipeline.execute import Resources, task_batch_size
+
+    assert task_batch_size(Resources(), gpus=0) == 1
+    assert task_batch_size(Resources(), gpus=0.5) == 8
+    assert task_batch_size(Resources(batch_size=3), gpus=0) == 3
+    assert task_batch_size(Resources(batch_size=1), gpus=1) == 1
+
+
+def test_lbfgs_jobs_run_alone_on_cpu_by_default_and_as_one_batch_when_asked(ray_cpu, tmp_path):
+    """Two L-BFGS jobs on one content: alone by default on CPU; with --batch-size 2 one
+    batch (one history each), with results close to the one-by-one ones."""
+    from helpers import committed_records
+
+    (c,), (s,) = write_images(tmp_path / "c", 1, "b"), write_images(tmp_path / "s", 1, "b")
+    rows = [{"content_uri": c, "style_uri": s, "optimizer": "lbfgs", "style_weight": [1e5, 1e6]}]
+    pq.write_table(table(rows), tmp_path / "m.parquet")
+    runs = {}
+    for name, extra in (("alone", []), ("batched", ["--batch-size", "2"])):
+        out = tmp_path / name
+        res = nst("run", tmp_path / "m.parquet", "--out", out, "--no-progress", *extra)
+        assert res.exit_code == 0, res.output
+        runs[name] = committed_records(out)
+    assert {r["batch_size"] for r in runs["alone"].values()} == {1}
+    assert {r["batch_size"] for r in runs["batched"].values()} == {2}
+    for job_id, alone in runs["alone"].items():
+        batched = runs["batched"][job_id]
+        assert batched["status"] == alone["status"] == "ok"
+        assert batched["final_total"] == pytest.approx(alone["final_total"], rel=1e-3)

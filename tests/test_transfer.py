@@ -187,7 +187,7 @@ def test_layer_sweep_reconstructs_with_growing_layer_sets(net, style):
     assert [sum(k.startswith("style_conv") for k in o.trace[0]) for o in outs] == [1, 2, 3]
 
 
-def test_lbfgs_refuses_a_batch(net):
-    s = dataclasses.replace(spec(), optimizer="lbfgs")
+def test_lbfgs_with_line_search_refuses_a_batch(net):
+    s = dataclasses.replace(spec(), optimizer="lbfgs", line_search=True)
     with pytest.raises(ValueError, match="one image at a time"):
         optimize(lambda x: None, torch.zeros(2, 3, 4, 4), s)
