@@ -78,6 +78,9 @@ class PerImage:
         return loss
 
 
+LINE_SEARCH_EVALUATIONS = 25  # at most, per L-BFGS step with line_search
+
+
 def _lbfgs(specs: Sequence[JobSpec], params: list[torch.Tensor]) -> Stepper:
     """One L-BFGS (own history, own lr) per image; with line search, one image only (it
     evaluates each image a different number of times per step)."""
@@ -88,6 +91,10 @@ def _lbfgs(specs: Sequence[JobSpec], params: list[torch.Tensor]) -> Stepper:
             p,
             lr=spec.learning_rate,
             max_iter=1,
+            # torch gives the search max_eval - 1 evaluations, and max_eval defaults to
+            # max_iter * 5 // 4 = 1: a search with none left takes a zero step whenever the
+            # first trial overshoots. 25 is torch's own default for a search.
+            max_eval=1 + LINE_SEARCH_EVALUATIONS,
             history_size=100,
             line_search_fn="strong_wolfe" if spec.line_search else None,
         )

@@ -112,6 +112,18 @@ def test_strong_wolfe_line_search_option_runs(net, content, style):
     assert evaluations[True] > evaluations[False]
 
 
+def test_strong_wolfe_line_search_keeps_lowering_the_loss_after_an_overshoot(net):
+    """One L-BFGS step per call leaves torch's search no evaluations of its own unless given
+    them: an overshooting first trial then became a zero step, and the loss stayed put (these
+    inputs overshoot at step 2)."""
+    g = torch.Generator().manual_seed(0)
+    content, style = torch.rand(3, 24, 32, generator=g), torch.rand(3, 24, 32, generator=g)
+    out = stylize(spec(line_search=True, iterations=12), net, content, [style])
+    totals = [row["total"] for row in out.trace]
+    assert totals[-1] < totals[1] * (1 - 1e-4)
+    assert all(b <= a for a, b in zip(totals[1:], totals[2:], strict=False))
+
+
 def test_avg_pooling_changes_the_result(content, style):
     mx = VGGFeatures("vgg19", ("relu3_1",) + LAYERS, seed=0)
     av = VGGFeatures("vgg19", ("relu3_1",) + LAYERS, pooling="avg", seed=0)
