@@ -25,7 +25,8 @@ def content_loss(F: Tensor, P: Tensor) -> Tensor:
 class _Gram(torch.autograd.Function):
     """G = V V^T with a one-matmul backward, dV = (dG + dG^T) V. Autograd's own backward of
     ``bmm(V, V^T)`` does one matmul per use of V (one through a transposed operand) and adds
-    them: 2.4x slower at relu1_1 of a 256 px image, 11-16% of a whole iteration there."""
+    them: 2.1-2.7x slower at relu1_1 of a 256 px image, 7-15% of a whole iteration there
+    (bench/gram.py)."""
 
     @staticmethod
     def forward(ctx: Any, V: Tensor) -> Tensor:
