@@ -463,8 +463,9 @@ def run(
     batch_size: Annotated[
         int | None,
         typer.Option(
+            min=1,
             help="Compatible jobs optimised together as one batch in one task. Default: 8 on "
-            "GPU tasks, 1 on CPU tasks (a batch is no cheaper per image on a CPU)."
+            "GPU tasks, 1 on CPU tasks (a batch is no cheaper per image on a CPU).",
         ),
     ] = None,
     num_cpus: Annotated[int | None, typer.Option(help="Embedded Ray: CPUs to use.")] = None,

@@ -257,6 +257,8 @@ def test_jobs_per_task_default_to_one_on_cpu_eight_on_gpu_unless_given():
     assert task_batch_size(Resources(), gpus=0.5) == 8
     assert task_batch_size(Resources(batch_size=3), gpus=0) == 3
     assert task_batch_size(Resources(batch_size=1), gpus=1) == 1
+    refused = nst("run", "m.parquet", "--out", "o", "--batch-size", "0")
+    assert refused.exit_code == 2 and "--batch-size" in refused.output
 
 
 def test_lbfgs_jobs_run_alone_on_cpu_by_default_and_as_one_batch_when_asked(ray_cpu, tmp_path):
