@@ -3,6 +3,7 @@ num_cpus, so 2 one-thread workers on 2 cores) against one 2-thread worker, and a
 oversubscribed 2-thread workers with spinning and with passive OpenMP waits.
 
     python bench/threads.py [--jobs 8] [--repeats 2]
+    python bench/threads.py --compare batch [--size 256] [--amp]   # jobs per task on CPU
 
 Each setting runs the same `nst run` (L-BFGS jobs, shipped weights, 96 px) from scratch in a
 subprocess; prints wall seconds (median of --repeats, and the range)."""
@@ -33,15 +34,19 @@ SETTINGS = {
     "2 workers x 2 threads, passive waits": (
         {"OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE"}, ["--cpus-per-job", "1"]),
 }  # fmt: skip
+BATCH_SETTINGS = {
+    "1 job per task (--batch-size 1, the CPU default)": ({}, ["--batch-size", "1"]),
+    "up to 8 per task, one batch (--batch-size 8)": ({}, ["--batch-size", "8"]),
+}
 
 
-def manifest(path: Path, jobs: int) -> None:
+def manifest(path: Path, jobs: int, size: int = 96, amp: bool = False) -> None:
     contents = sorted((IMAGES / "content").glob("*"))
     styles = sorted((IMAGES / "style").glob("*"))
     rows = [{"content_uri": str(contents[i % len(contents)]), "style_uri": str(styles[i % 2]),
              "weights": str(WEIGHTS), "content_layers": ["relu3_1"], "init": "content",
-             "style_layers": ["relu1_1", "relu2_1", "relu3_1"], "size": 96, "iterations": 60,
-             "optimizer": "lbfgs", "seed": i} for i in range(jobs)]  # fmt: skip
+             "style_layers": ["relu1_1", "relu2_1", "relu3_1"], "size": size, "iterations": 60,
+             "optimizer": "lbfgs", "seed": i, "amp": amp} for i in range(jobs)]  # fmt: skip
     pq.write_table(pa.Table.from_pylist(rows), path)
 
 
@@ -49,19 +54,24 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--jobs", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--compare", choices=["threads", "batch"], default="threads")
+    ap.add_argument("--size", type=int, default=96)
+    ap.add_argument("--amp", action="store_true")
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
-    manifest(tmp / "m.parquet", a.jobs)
-    times: dict[str, list[float]] = {k: [] for k in SETTINGS}
+    manifest(tmp / "m.parquet", a.jobs, a.size, a.amp)
+    settings = SETTINGS if a.compare == "threads" else BATCH_SETTINGS
+    times: dict[str, list[float]] = {k: [] for k in settings}
     for r in range(a.repeats):  # interleaved, so load hits all settings alike
-        for i, (name, (env, args)) in enumerate(SETTINGS.items()):
+        for i, (name, (env, args)) in enumerate(settings.items()):
             base = {k: v for k, v in os.environ.items() if not k.startswith("OMP_")}
             cmd = [sys.executable, "-m", "pipeline.cli", "run", str(tmp / "m.parquet"),
                    "--out", str(tmp / f"o{r}-{i}"), "--no-progress", *args]  # fmt: skip
             start = time.perf_counter()
             subprocess.run(cmd, check=True, capture_output=True, env={**base, **env})
             times[name].append(time.perf_counter() - start)
-    print(f"| {a.jobs} L-BFGS jobs, 96 px, {os.cpu_count()} cores | seconds (median) | range |")
+    what = f"{a.jobs} L-BFGS jobs, {a.size} px{', amp' if a.amp else ''}, {os.cpu_count()} cores"
+    print(f"| {what} | seconds (median) | range |")
     print("|---|---|---|")
     for name, ts in times.items():
         print(f"| {name} | {statistics.median(ts):.1f} | {min(ts):.1f}-{max(ts):.1f} |")
