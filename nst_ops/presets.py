@@ -72,9 +72,9 @@ def edition_values(edition: int, resolved: Mapping[str, Any]) -> dict[str, Any]:
     ``resolved`` (what the row gives wins over them).
 
     Edition 2 gives L-BFGS jobs of >= 256 px ``amp=auto`` (bf16 convolutions where the device
-    has bf16 units), which measured the same quality 1.5x sooner there (bench/run.py, README
-    "Performance"). Coarse-to-fine (``multires=2``) stays a choice, not a default: it was 2.4x
-    sooner but 4% further from content and style than the tutorial's results. Adam and SGD
+    has bf16 units), which measured the tutorial's quality 1.7x sooner there, fp32 1.1x
+    (bench/run.py, README "Performance"). Coarse-to-fine (``multires=2``) stays a choice, not a
+    default: it was 2.8x sooner but 4% further from content and style. Adam and SGD
     keep edition 1: bf16 was not measured to keep their quality."""
     if edition not in EDITIONS:
         raise PresetError(f"unknown defaults edition {edition!r}; choose one of {list(EDITIONS)}")
