@@ -19,22 +19,19 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).parent))
+import run as B  # noqa: E402
+
 from nst_ops.spec import JobSpec  # noqa: E402
 from nst_ops.transfer import stylize_batch  # noqa: E402
 from nst_ops.vgg import VGGFeatures  # noqa: E402
-from pipeline.images import decode  # noqa: E402
-from pipeline.weights import load_state_dict  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-WEIGHTS = ROOT / "manifests/weights/vgg19_tv_features_conv1_1-conv3_1.pth"
-IMAGES = ROOT / "manifests/images"
-CONTENT, STYLE = ("relu3_1",), ("relu1_1", "relu2_1", "relu3_1")
+CONTENT, STYLE = B.CONFIGS["real"]
 
 
 def per_image_ms(net: VGGFeatures, spec: JobSpec, b: int, steps: int) -> float:
-    content = decode((IMAGES / "content/tubingen.jpg").read_bytes(), "tubingen.jpg")
-    styles = [decode(p.read_bytes(), p.name) for p in sorted((IMAGES / "style").glob("*"))]
+    content = B.load(B.IMAGES / "content/tubingen.jpg")
+    styles = [B.load(p) for p in sorted((B.IMAGES / "style").glob("*"))]
     specs = [dataclasses.replace(spec, style_weight=1e5 * (1 + k)) for k in range(b)]
     inputs = [content] * b, [[styles[k % len(styles)]] for k in range(b)]
     stylize_batch([dataclasses.replace(s, iterations=1) for s in specs], net, *inputs)  # warm-up
@@ -55,12 +52,12 @@ def main() -> None:
     ap.add_argument("--optimizer", default="lbfgs")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    sd = load_state_dict(str(WEIGHTS))
+    sd, wname = B.weights_for("real")
     print(f"{args.threads} thread(s); ms per image per {args.optimizer} step (ratio to batch 1)")
     for amp in (False, True):
         net = VGGFeatures("vgg19", CONTENT + STYLE, state_dict=sd, amp=amp)
         for size in args.sizes:
-            spec = JobSpec(weights=str(WEIGHTS), content_layers=CONTENT, style_layers=STYLE,
+            spec = JobSpec(weights=wname, content_layers=CONTENT, style_layers=STYLE,
                            size=size, iterations=args.steps, optimizer=args.optimizer,
                            init="content", amp=amp, log_every=args.steps)  # fmt: skip
             ms = {b: per_image_ms(net, spec, b, args.steps) for b in args.batches}
