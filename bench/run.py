@@ -40,7 +40,6 @@ import peers  # noqa: E402
 import tutorial  # noqa: E402
 
 from nst_ops.layers import deepest, feature_hw, layer_table  # noqa: E402
-from nst_ops.presets import LATEST_DEFAULTS  # noqa: E402
 from nst_ops.spec import JobSpec  # noqa: E402
 from nst_ops.transfer import (  # noqa: E402
     compute_targets,
@@ -317,9 +316,7 @@ def time_to_quality(
         pq.write_table(pa.Table.from_pylist(rows), run_dir / "m.parquet")
         cmd = [sys.executable, "-m", "pipeline.cli", "run", str(run_dir / "m.parquet"),
                "--out", str(run_dir / "out"), "--no-progress",
-               "--evaluator", json.dumps(ev.to_dict()),
-               "--defaults", str(levers.get("defaults", LATEST_DEFAULTS)),
-               *run_flags(levers)]  # fmt: skip
+               "--evaluator", json.dumps(ev.to_dict()), *run_flags(levers)]  # fmt: skip
         t1, wall = time.perf_counter(), time.time()
         subprocess.run(cmd, check=True, capture_output=True)
         ours_s = time.perf_counter() - t1
@@ -354,8 +351,9 @@ RUN_FLAGS = ("defaults", "cpus_per_job", "batch_size")  # lever keys that are `n
 
 
 def run_flags(levers: dict) -> list[str]:
-    """The lever set's `nst run` options other than --defaults (absent: the CLI's default)."""
-    given = [k for k in RUN_FLAGS[1:] if k in levers]
+    """The lever set's `nst run` options (absent: the CLI's default, e.g. a new run's latest
+    defaults edition)."""
+    given = [k for k in RUN_FLAGS if k in levers]
     return [x for k in given for x in (f"--{k.replace('_', '-')}", str(levers[k]))]
 
 
