@@ -2,7 +2,7 @@
 num_cpus, so 2 one-thread workers on 2 cores) against one 2-thread worker, and against
 oversubscribed 2-thread workers with spinning and with passive OpenMP waits.
 
-    python bench/threads.py [--jobs 8] [--repeats 2]
+    python bench/threads.py [--jobs 8] [--repeats 2] [--size 256 --amp] [--only "1 worker"]
     python bench/threads.py --compare batch [--size 256] [--amp]   # jobs per task on CPU
 
 Each setting runs the same `nst run` (L-BFGS jobs, shipped weights, 96 px) from scratch in a
@@ -29,6 +29,8 @@ IMAGES = ROOT / "manifests/images"
 SETTINGS = {
     "Ray default: 2 workers x 1 thread (--cpus-per-job 1)": ({}, ["--cpus-per-job", "1"]),
     "1 worker x 2 threads (--cpus-per-job 2)": ({}, ["--cpus-per-job", "2"]),
+    "1 worker x 2 threads, spinning waits": (
+        {"OMP_WAIT_POLICY": "ACTIVE"}, ["--cpus-per-job", "2"]),
     "2 workers x 2 threads, spinning waits": (
         {"OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "ACTIVE"}, ["--cpus-per-job", "1"]),
     "2 workers x 2 threads, passive waits": (
@@ -57,10 +59,13 @@ def main() -> None:
     ap.add_argument("--compare", choices=["threads", "batch"], default="threads")
     ap.add_argument("--size", type=int, default=96)
     ap.add_argument("--amp", action="store_true")
+    ap.add_argument("--only", nargs="+", default=[], help="settings whose names contain these")
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
     manifest(tmp / "m.parquet", a.jobs, a.size, a.amp)
     settings = SETTINGS if a.compare == "threads" else BATCH_SETTINGS
+    if a.only:
+        settings = {k: v for k, v in settings.items() if any(o in k for o in a.only)}
     times: dict[str, list[float]] = {k: [] for k in settings}
     for r in range(a.repeats):  # interleaved, so load hits all settings alike
         for i, (name, (env, args)) in enumerate(settings.items()):
