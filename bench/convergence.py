@@ -1,6 +1,7 @@
 """Does any simple change to the optimiser reach the tutorial's quality in fewer evaluations?
 
     python bench/convergence.py [--size 128] [--job 1 1 1e6] [--budget 320]
+    python bench/convergence.py --size 256     # the time-to-quality grid's size (~20 min)
 
 One job of the time-to-quality grid (content index, style index, β; real-weights layers, the
 tutorial's objective). The reference is L-BFGS as the tutorial runs it (torch's LBFGS, history
@@ -30,11 +31,16 @@ from nst_ops.vgg import VGGFeatures  # noqa: E402
 Objective = Callable[[torch.Tensor], torch.Tensor]
 
 
-def objective(net: VGGFeatures, size: int, ci: int, si: int, beta: float) -> tuple:
+def objective(
+    net: VGGFeatures, size: int, ci: int, si: int, beta: float, weights_at: int | None = None
+) -> tuple:
+    """The job at ``size`` with the tutorial's weights for that size, or for ``weights_at``
+    (a multires level in `nst run` keeps the job's α, set for the full size)."""
     c, s = B.pair(size, ci, si)
+    hw = hw_of(B.pair(weights_at, ci, si)[0]) if weights_at else hw_of(c)
     cl, sl = B.CONFIGS["real"]
     spec = JobSpec(weights="w", content_layers=cl, style_layers=sl, size=size,
-                   **B._tutorial_equivalent("real", hw_of(c), beta))  # fmt: skip
+                   **B._tutorial_equivalent("real", hw, beta))  # fmt: skip
     fn = make_objective(net, [spec], compute_targets(net, spec, c, [s], hw_of(c)))
     return c, s, lambda x: fn(x).total.sum()
 
@@ -116,13 +122,14 @@ def main() -> None:
     net = VGGFeatures("vgg19", cl + sl, state_dict=B.weights_for("real")[0])
     c, s, f = objective(net, args.size, ci, si, beta)
     c2, _, f2 = objective(net, args.size // 2, ci, si, beta)
+    _, _, f2_job = objective(net, args.size // 2, ci, si, beta, weights_at=args.size)
     colour = ((c - c.mean((2, 3), True)) / c.std((2, 3), keepdim=True) * s.std((2, 3), keepdim=True)
               + s.mean((2, 3), True)).clamp(0, 1)  # fmt: skip
     half = n // 2  # coarse evaluations at 1/4 cost each: n/2 of them cost n/8
 
-    def coarse_to_fine() -> list[float]:
+    def coarse_to_fine(coarse: Objective) -> list[float]:
         x = c2.clone().requires_grad_(True)
-        lbfgs_steps(f2, x, half)
+        lbfgs_steps(coarse, x, half)
         start = resize(x.detach(), hw_of(c))
         return [float("inf")] * (half // 4) + torch_lbfgs(f, start, n - half // 4)
 
@@ -134,7 +141,11 @@ def main() -> None:
             f, c.clone().requires_grad_(True), n, search=True
         ),
         "init: content with the style's colour statistics": lambda: torch_lbfgs(f, colour, n),
-        f"coarse-to-fine: {half} evaluations at half size, then full": coarse_to_fine,
+        f"coarse-to-fine: {half} evaluations at half size (the tutorial's α for that size), "
+        "then full": lambda: coarse_to_fine(f2),
+        "coarse-to-fine as `nst run` multires=2 does it (the job's α at both levels)": (
+            lambda: coarse_to_fine(f2_job)
+        ),
     }
     target = None
     for name, fn in variants.items():
