@@ -27,8 +27,7 @@ def style() -> torch.Tensor:
 
 
 import socket  # noqa: E402
-
-import ray  # noqa: E402
+import sys  # noqa: E402
 
 S3_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -58,7 +57,11 @@ def s3_endpoint():
 
 
 def start_ray(num_gpus: int = 0) -> None:
-    """(Re)start a real local Ray with 2 CPUs and, to test GPU scheduling on CPU, fake GPUs."""
+    """(Re)start a real local Ray with 2 CPUs and, to test GPU scheduling on CPU, fake GPUs.
+    Ray is imported here, not at the top: a GPU machine without Ray still runs the tests that
+    need none (bench/gpu_check.sh)."""
+    import ray
+
     if ray.is_initialized():
         if int(ray.cluster_resources().get("GPU", 0)) == num_gpus:
             return
@@ -74,5 +77,6 @@ def ray_cpu():
 
 
 def pytest_sessionfinish(session, exitstatus):
-    if ray.is_initialized():
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
         ray.shutdown()
