@@ -4,9 +4,10 @@
 #
 #   OUT=/some/folder bash bench/gpu_check.sh     # logs and bench/results/cuda.* land in $OUT
 #
-# Made for a GPU machine lent for a few minutes (~5 min on an H100): it needs python3 with
-# torch, torchvision, pyarrow, fsspec, typer, rich, jinja2, pytest and PIL, run from the repo
-# root without installing it. Without Ray the `nst run` GPU test skips; the rest still runs.
+# Made for a GPU machine lent for a few minutes (~5 min planned; its timeouts add up to 570 s,
+# inside one 10-minute device call). It runs from the repo root without installing and needs
+# python3 with torch, torchvision, pyarrow, fsspec, typer, rich, jinja2, pytest and PIL.
+# Without Ray the `nst run` GPU test skips; the rest still runs.
 set -uo pipefail
 OUT=${OUT:-bench/results}
 mkdir -p "$OUT"
@@ -15,12 +16,12 @@ status=0
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$OUT/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" \
     2>&1 | tee -a "$OUT/gpu.txt"
-timeout 240 python3 -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py 2>&1 \
+timeout 150 python3 -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py 2>&1 \
     | tee "$OUT/tests.log" || status=1
-timeout 300 python3 bench/run.py --device cuda --repeats 5 2>&1 | tee "$OUT/run.log" || status=1
+timeout 240 python3 bench/run.py --device cuda --repeats 5 2>&1 | tee "$OUT/run.log" || status=1
 cp bench/results/cuda.md bench/results/cuda.json "$OUT"/ 2>/dev/null
 for layers in gatys real; do
-    timeout 150 python3 bench/batching.py --device cuda --layers "$layers" --sizes 512 \
+    timeout 90 python3 bench/batching.py --device cuda --layers "$layers" --sizes 512 \
         --batches 1 2 4 8 16 --steps 5 2>&1 | tee -a "$OUT/batching.log" || status=1
 done
 exit $status
