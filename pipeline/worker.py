@@ -201,9 +201,13 @@ def _run_batch(
     extra: dict[str, Any],
     store: storage.Store,
 ) -> dict[str, dict[str, Any]]:
-    """Optimise one batch and commit each of its jobs; an unexpected error fails the batch."""
+    """Optimise one batch and commit each of its jobs; an unexpected error fails the batch.
+    Out of device memory, the batch is split in halves and each half tried again: the GPU
+    default of 8 jobs per task fits a large card but not every image size on every card, and a
+    job fails for memory only when it does not fit alone."""
     t0 = time.time()
     jobs = [j for j, _, _ in batch]
+    outcomes: list[Outcome] | None
     try:
         outcomes = stylize_batch(
             [j.spec for j in jobs],
@@ -215,8 +219,12 @@ def _run_batch(
             inits=[inputs.start(j) for j in jobs],
         )
     except Exception as e:  # noqa: BLE001
-        return {j.id: _finish(j, None, {**extra, **inputs.record(j), **_fail(e)}, t0, store)
-                for j in jobs}  # fmt: skip
+        if not (isinstance(e, torch.cuda.OutOfMemoryError) and len(batch) > 1):
+            return {j.id: _finish(j, None, {**extra, **inputs.record(j), **_fail(e)}, t0, store)
+                    for j in jobs}  # fmt: skip
+        outcomes = None  # split below, outside the handler: its traceback holds the failed tensors
+    if outcomes is None:
+        return _split_after_oom(batch, device, inputs, extra, store)
     return {
         item[0].id: _finish(
             item[0],
@@ -234,6 +242,21 @@ def _run_batch(
         )
         for item, o in zip(batch, outcomes, strict=True)
     }
+
+
+def _split_after_oom(
+    batch: list[Ready],
+    device: torch.device,
+    inputs: _Inputs,
+    extra: dict[str, Any],
+    store: storage.Store,
+) -> dict[str, dict[str, Any]]:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # the failed attempt's blocks, so the halves can have them
+    half = len(batch) // 2
+    rows = _run_batch(batch[:half], device, inputs, extra, store)
+    rows.update(_run_batch(batch[half:], device, inputs, extra, store))
+    return rows
 
 
 def _scorer(opts: RunOptions, item: Ready, device: torch.device) -> Scorer | None:

@@ -234,3 +234,41 @@ def test_multiresolution_jobs_are_never_batched(net):
     assert not dataclasses.replace(specs("lbfgs")[0], line_search=True).batchable
     with pytest.raises(ValueError, match="multi-resolution jobs run one image at a time"):
         stylize_batch([multi, multi], net, images(2, 0), [[s] for s in images(2, 1)])
+
+
+def test_a_batch_out_of_gpu_memory_is_halved_until_it_fits_and_fails_only_a_job_too_big_alone(
+    monkeypatch,
+):
+    """CUDA's OutOfMemoryError, raised on the CPU by a stand-in for stylize_batch that fits at
+    most 2 images and never the job with style_weight 7: 5 jobs split 2 + 3, then 1 + 2, then
+    1 + 1; four finish and record the batch they ran in, one fails naming the memory error."""
+    import fsspec
+    from helpers import TINY, png_bytes
+
+    from pipeline import worker
+    from pipeline.jobs import Job, RunOptions
+    from pipeline.storage import Store
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe_file("/oom/c.png", png_bytes(seed=1))
+    fs.pipe_file("/oom/s.png", png_bytes(seed=2))
+    real, attempts = worker.stylize_batch, []
+
+    def fits_two(specs, *args, **kwargs):
+        attempts.append(len(specs))
+        if len(specs) > 2 or any(s.style_weight == 7 for s in specs):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(specs, *args, **kwargs)
+
+    monkeypatch.setattr(worker, "stylize_batch", fits_two)
+    tiny = {**TINY, "content_layers": ("relu2_1",), "style_layers": ("relu1_1",)}
+    job_specs = [JobSpec(**tiny, optimizer="adam", style_weight=w) for w in (1, 2, 3, 4, 7)]
+    content, styles = "memory://oom/c.png", ("memory://oom/s.png",)
+    jobs = [Job(s, content, styles, i) for i, s in enumerate(job_specs)]
+    rows = worker.run_group(jobs, RunOptions(out="memory://oom/out"), torch.device("cpu"), None, 8)
+    assert attempts == [5, 2, 3, 1, 2, 1, 1]
+    assert [r["status"] for r in rows] == ["ok"] * 4 + ["failed"]
+    assert "OutOfMemoryError: CUDA out of memory" in rows[4]["error"]
+    records = Store("memory://oom/out").committed()
+    assert [records[j.id]["batch_size"] for j in jobs[:4]] == [2, 2, 1, 1]
+    assert records[jobs[4].id]["status"] == "failed"
