@@ -26,14 +26,15 @@ def main() -> None:
     print("| jobs | report, first (s) | report, cached thumbnails (s) | report.html (MB) |")
     print("|---|---|---|---|")
     for n in a.jobs:
-        run = synthetic_run(Path(tempfile.mkdtemp()) / "run", n)
-        times = []
-        for _ in range(2):
-            start = time.perf_counter()
-            cmd = [sys.executable, "-m", "pipeline.cli", "report", str(run)]
-            subprocess.run(cmd, check=True, capture_output=True)
-            times.append(time.perf_counter() - start)
-        size = (run / "report.html").stat().st_size / 1e6
+        with tempfile.TemporaryDirectory() as tmp:
+            run = synthetic_run(Path(tmp) / "run", n)
+            times = []
+            for _ in range(2):
+                start = time.perf_counter()
+                cmd = [sys.executable, "-m", "pipeline.cli", "report", str(run)]
+                subprocess.run(cmd, check=True, capture_output=True)
+                times.append(time.perf_counter() - start)
+            size = (run / "report.html").stat().st_size / 1e6
         print(f"| {n:,} | {times[0]:.1f} | {times[1]:.1f} | {size:.1f} |", flush=True)
 
 

@@ -240,10 +240,10 @@ def main() -> None:
             server.start()
             endpoint = "http://{}:{}".format(*server.get_host_and_port())
             env["NST_STORAGE_OPTIONS"] = json.dumps({"endpoint_url": endpoint})
-            target: S3Target | LocalTarget = S3Target()
+            r = bench(n, S3Target(), server, env, a.v1)
         else:
-            target = LocalTarget(Path(tempfile.mkdtemp()))
-        r = bench(n, target, server, env, a.v1)
+            with tempfile.TemporaryDirectory() as tmp:
+                r = bench(n, LocalTarget(Path(tmp)), server, env, a.v1)
         if server is not None:
             server.stop()
             s3_backends[DEFAULT_ACCOUNT_ID]["aws"].reset()

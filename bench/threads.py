@@ -52,6 +52,20 @@ def manifest(path: Path, jobs: int, size: int = 96, amp: bool = False) -> None:
     pq.write_table(pa.Table.from_pylist(rows), path)
 
 
+def measure(tmp: Path, settings: dict, repeats: int) -> dict[str, list[float]]:
+    """Wall seconds of each setting's `nst run`, interleaved so load hits all settings alike."""
+    times: dict[str, list[float]] = {k: [] for k in settings}
+    for r in range(repeats):
+        for i, (name, (env, args)) in enumerate(settings.items()):
+            base = {k: v for k, v in os.environ.items() if not k.startswith("OMP_")}
+            cmd = [sys.executable, "-m", "pipeline.cli", "run", str(tmp / "m.parquet"),
+                   "--out", str(tmp / f"o{r}-{i}"), "--no-progress", *args]  # fmt: skip
+            start = time.perf_counter()
+            subprocess.run(cmd, check=True, capture_output=True, env={**base, **env})
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--jobs", type=int, default=8)
@@ -61,20 +75,12 @@ def main() -> None:
     ap.add_argument("--amp", action="store_true")
     ap.add_argument("--only", nargs="+", default=[], help="settings whose names contain these")
     a = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp())
-    manifest(tmp / "m.parquet", a.jobs, a.size, a.amp)
     settings = SETTINGS if a.compare == "threads" else BATCH_SETTINGS
     if a.only:
         settings = {k: v for k, v in settings.items() if any(o in k for o in a.only)}
-    times: dict[str, list[float]] = {k: [] for k in settings}
-    for r in range(a.repeats):  # interleaved, so load hits all settings alike
-        for i, (name, (env, args)) in enumerate(settings.items()):
-            base = {k: v for k, v in os.environ.items() if not k.startswith("OMP_")}
-            cmd = [sys.executable, "-m", "pipeline.cli", "run", str(tmp / "m.parquet"),
-                   "--out", str(tmp / f"o{r}-{i}"), "--no-progress", *args]  # fmt: skip
-            start = time.perf_counter()
-            subprocess.run(cmd, check=True, capture_output=True, env={**base, **env})
-            times[name].append(time.perf_counter() - start)
+    with tempfile.TemporaryDirectory() as tmp:  # the runs' outputs: GBs at 256 px
+        manifest(Path(tmp) / "m.parquet", a.jobs, a.size, a.amp)
+        times = measure(Path(tmp), settings, a.repeats)
     what = f"{a.jobs} L-BFGS jobs, {a.size} px{', amp' if a.amp else ''}, {os.cpu_count()} cores"
     print(f"| {what} | seconds (median) | range |")
     print("|---|---|---|")

@@ -77,17 +77,18 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args()
     ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
-    root = Path(tempfile.mkdtemp())
-    jobs = make_jobs(root, a.jobs)
-    strategies = {
-        "tasks, max_calls=1 (Ray's GPU default)": lambda out: run_tasks(jobs, out, 1),
-        "tasks, max_calls=0 (ours)": lambda out: run_tasks(jobs, out, 0),
-        "actor pool, 2 actors": lambda out: run_actors(jobs, out),
-    }
-    times: dict[str, list[float]] = {k: [] for k in strategies}
-    for r in range(a.repeats):  # interleaved, so machine load affects all alike
-        for i, (name, fn) in enumerate(strategies.items()):
-            times[name].append(fn(str(root / f"out{r}-{i}")))
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        jobs = make_jobs(root, a.jobs)
+        strategies = {
+            "tasks, max_calls=1 (Ray's GPU default)": lambda out: run_tasks(jobs, out, 1),
+            "tasks, max_calls=0 (ours)": lambda out: run_tasks(jobs, out, 0),
+            "actor pool, 2 actors": lambda out: run_actors(jobs, out),
+        }
+        times: dict[str, list[float]] = {k: [] for k in strategies}
+        for r in range(a.repeats):  # interleaved, so machine load affects all alike
+            for i, (name, fn) in enumerate(strategies.items()):
+                times[name].append(fn(str(root / f"out{r}-{i}")))
     print(f"| strategy ({a.jobs} jobs, 2 fake GPUs) | seconds (median) | min-max | s/job |")
     print("|---|---|---|---|")
     for name, ts in times.items():
