@@ -224,7 +224,11 @@ def _run_batch(
                     for j in jobs}  # fmt: skip
         outcomes = None  # split below, outside the handler: its traceback holds the failed tensors
     if outcomes is None:
-        return _split_after_oom(batch, device, inputs, extra, store)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # the failed attempt's blocks, so the halves can have them
+        half = len(batch) // 2
+        rows = _run_batch(batch[:half], device, inputs, extra, store)
+        return rows | _run_batch(batch[half:], device, inputs, extra, store)
     return {
         item[0].id: _finish(
             item[0],
@@ -242,21 +246,6 @@ def _run_batch(
         )
         for item, o in zip(batch, outcomes, strict=True)
     }
-
-
-def _split_after_oom(
-    batch: list[Ready],
-    device: torch.device,
-    inputs: _Inputs,
-    extra: dict[str, Any],
-    store: storage.Store,
-) -> dict[str, dict[str, Any]]:
-    if device.type == "cuda":
-        torch.cuda.empty_cache()  # the failed attempt's blocks, so the halves can have them
-    half = len(batch) // 2
-    rows = _run_batch(batch[:half], device, inputs, extra, store)
-    rows.update(_run_batch(batch[half:], device, inputs, extra, store))
-    return rows
 
 
 def _scorer(opts: RunOptions, item: Ready, device: torch.device) -> Scorer | None:
