@@ -26,7 +26,7 @@ import run as B  # noqa: E402
 
 from nst_ops.spec import JobSpec  # noqa: E402
 from nst_ops.transfer import stylize_batch  # noqa: E402
-from nst_ops.vgg import VGGFeatures  # noqa: E402
+from nst_ops.vgg import VGGFeatures, use_cuda_precision  # noqa: E402
 
 
 def per_image_ms(net: VGGFeatures, spec: JobSpec, b: int, steps: int) -> tuple[float, float]:
@@ -61,8 +61,8 @@ def main() -> None:
     args = ap.parse_args()
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
-    if device.type == "cuda":  # as the worker sets it: TF32 convolutions, true fp32 Grams
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = True, False
+    if device.type == "cuda":
+        use_cuda_precision()  # as the worker runs
     sd, wname = B.weights_for(args.layers)
     content, style = B.CONFIGS[args.layers]
     where = torch.cuda.get_device_name() if device.type == "cuda" else f"{args.threads} thread(s)"

@@ -49,7 +49,7 @@ from nst_ops.transfer import (  # noqa: E402
     resize,
     stylize_batch,
 )
-from nst_ops.vgg import VGGFeatures, layer_names  # noqa: E402
+from nst_ops.vgg import VGGFeatures, layer_names, use_cuda_precision  # noqa: E402
 from pipeline.images import decode  # noqa: E402
 from pipeline.storage import Store  # noqa: E402
 from pipeline.weights import load_state_dict  # noqa: E402
@@ -166,7 +166,8 @@ def gemm_peak(device: torch.device) -> dict[str, float]:
         b = torch.rand(n, n, device=device, dtype=dtype)
         secs = interleaved({"mm": lambda a=a, b=b: torch.mm(a, b)}, device, 5)["mm"]
         out[name] = 2 * n**3 / secs / 1e9
-    torch.backends.cuda.matmul.allow_tf32 = False  # Gram matmuls stay true fp32
+    if device.type == "cuda":
+        use_cuda_precision()  # back to how the worker runs
     return out
 
 
@@ -195,7 +196,7 @@ def cuda_tflops(size, batch, device):
     net = VGGFeatures("vgg19", ["conv5_1"], seed=0, amp=False).optimised_for(device)
     x = torch.rand(batch, 3, size, size, device=device, requires_grad=True)
     out = {}
-    torch.backends.cudnn.allow_tf32 = True  # as the worker sets it
+    use_cuda_precision()  # as the worker runs
     for mode in ("tf32", "bf16"):
         net.amp = mode == "bf16"
         for _ in range(3):

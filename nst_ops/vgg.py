@@ -132,6 +132,13 @@ class VGGFeatures(nn.Module):
         return out
 
 
+def use_cuda_precision() -> None:
+    """The CUDA precision this project runs at: TF32 for the convolutions (cuDNN), true fp32
+    for every matmul, so the Gram matrices and losses stay fp32 (nst_ops.losses)."""
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+
 def _random_init(features: nn.Sequential, seed: int) -> None:
     """torchvision's VGG init (kaiming fan_out, zero bias), seeded and device-independent."""
     gen = torch.Generator().manual_seed(seed)

@@ -23,7 +23,7 @@ from nst_ops.layers import deepest
 from nst_ops.optim import Outcome
 from nst_ops.spec import batch_key
 from nst_ops.transfer import InputKeys, output_hw, stylize_batch
-from nst_ops.vgg import VGGFeatures
+from nst_ops.vgg import VGGFeatures, use_cuda_precision
 from nst_ops.vocab import Status
 
 from . import images, layout, record, scoring, storage, weights
@@ -69,9 +69,8 @@ def extractor_for(job: Job, device: torch.device) -> VGGFeatures:
         _, seed = weights.parse(s.weights)
         sd = weights.cached_state_dict(s.weights, s.backbone)
         net = VGGFeatures(s.backbone, [last], s.pooling, state_dict=sd, seed=seed, amp=amp)
-        if device.type == "cuda":  # TF32 for convolutions only; Gram matmuls stay true fp32
-            torch.backends.cudnn.allow_tf32 = True
-            torch.backends.cuda.matmul.allow_tf32 = False
+        if device.type == "cuda":
+            use_cuda_precision()
         _EXTRACTORS[key] = net.optimised_for(device)
     return _EXTRACTORS[key]
 
@@ -169,8 +168,8 @@ def run_group(
     placement: dict[str, Any] | None = None,
     batch_size: int = 1,
 ) -> list[dict[str, Any]]:
-    """Run jobs in one process: inputs read once, targets cached, and compatible Adam/SGD jobs
-    of equal output size optimised together in batches of up to ``batch_size``.
+    """Run jobs in one process: inputs read once, targets cached, and compatible jobs of equal
+    output size optimised together in batches of up to ``batch_size``.
 
     Each job is committed on its own; a failure (input, divergence, bug) is that job's (or, for an
     unexpected error inside a batch, that batch's) alone. ``placement`` (e.g. the GPU ids Ray
