@@ -682,3 +682,6 @@ def score(
 
 if __name__ == "__main__":  # python -m pipeline.cli
     app()
+
+
+from .stylenet import commands as _stylenet_commands  # noqa: E402, F401  (registers its commands)

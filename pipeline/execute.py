@@ -170,15 +170,15 @@ class RunProgress:
     """A live bar on a terminal; elsewhere (cron, CI, `| tee`) a plain line every ``every``
     seconds and at the end: done/failed/diverged/running, jobs per minute, ETA."""
 
-    def __init__(self, total: int, enabled: bool, every: float = 10.0):
-        self.total, self.enabled, self.every = total, enabled, every
+    def __init__(self, total: int, enabled: bool, every: float = 10.0, label: str = "nst run"):
+        self.total, self.enabled, self.every, self.label = total, enabled, every, label
         self.started = self.last_line = time.time()
         self.counts: Counter[str] = Counter()
         self.running = 0
         self.note = ""
         self.tty = enabled and sys.stderr.isatty()
         self.bar = Progress(
-            TextColumn("[bold]nst run"),
+            TextColumn(f"[bold]{label}"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("{task.fields[line]}"),
@@ -208,12 +208,12 @@ class RunProgress:
         self.bar.update(self.task, completed=sum(self.counts.values()), line=self.line())
         if self.enabled and not self.tty and time.time() - self.last_line >= self.every:
             self.last_line = time.time()
-            print(f"nst run: {self.line()}", file=sys.stderr, flush=True)
+            print(f"{self.label}: {self.line()}", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         self.bar.stop()
         if self.enabled and not self.tty:
-            print(f"nst run: {self.line()}", file=sys.stderr, flush=True)
+            print(f"{self.label}: {self.line()}", file=sys.stderr, flush=True)
 
 
 def run_jobs(

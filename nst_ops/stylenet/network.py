@@ -1,0 +1,92 @@
+"""A Johnson et al. (2016) image transformation network, as pytorch/examples
+``fast_neural_style`` writes it: instance norm, residual blocks, and nearest upsampling + conv
+instead of transposed convolutions (no checkerboard artefacts). ``width`` scales every layer's
+channels (32 is the published network, ~1.7 M parameters; 8-16 keep training practical on a
+CPU). Images are RGB in [0, 1] in and out; any size (padded by reflection to a multiple of 4)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    width: int = 32  # channels of the first layer; 2x and 4x after the two downsamplings
+    residual_blocks: int = 5
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.width, int) or not 4 <= self.width <= 256:
+            raise ValueError(f"network width must be an integer in [4, 256], got {self.width!r}")
+        if not isinstance(self.residual_blocks, int) or not 1 <= self.residual_blocks <= 16:
+            raise ValueError(
+                f"residual_blocks must be an integer in [1, 16], got {self.residual_blocks!r}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class ConvLayer(nn.Sequential):
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int = 1):
+        super().__init__(nn.ReflectionPad2d(kernel // 2), nn.Conv2d(c_in, c_out, kernel, stride))
+
+
+class ConvNormReLU(nn.Sequential):
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int = 1, upsample: int = 1):
+        up: list[nn.Module] = [nn.Upsample(scale_factor=upsample)] if upsample > 1 else []
+        super().__init__(
+            *up,
+            ConvLayer(c_in, c_out, kernel, stride),
+            nn.InstanceNorm2d(c_out, affine=True),
+            nn.ReLU(),
+        )
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            ConvNormReLU(channels, channels, 3),
+            ConvLayer(channels, channels, 3),
+            nn.InstanceNorm2d(channels, affine=True),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = x + self.body(x)
+        return out
+
+
+class TransformerNet(nn.Module):
+    def __init__(self, config: NetConfig = NetConfig()):
+        super().__init__()
+        self.config = config
+        w = config.width
+        self.down = nn.Sequential(
+            ConvNormReLU(3, w, 9), ConvNormReLU(w, 2 * w, 3, 2), ConvNormReLU(2 * w, 4 * w, 3, 2)
+        )
+        self.res = nn.Sequential(*(ResidualBlock(4 * w) for _ in range(config.residual_blocks)))
+        self.up = nn.Sequential(
+            ConvNormReLU(4 * w, 2 * w, 3, upsample=2),
+            ConvNormReLU(2 * w, w, 3, upsample=2),
+            ConvLayer(w, 3, 9),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B,3,H,W) in [0,1] -> (B,3,H,W) in [0,1] (a sigmoid keeps the range without
+        clamping away gradients)."""
+        h, w = x.shape[-2:]
+        ph, pw = (-h) % 4, (-w) % 4
+        if ph or pw:  # reflection needs the pad smaller than the side: tiny images replicate
+            mode = "reflect" if min(h, w) > max(ph, pw) else "replicate"
+            x = F.pad(x, (0, pw, 0, ph), mode=mode)
+        y = torch.sigmoid(self.up(self.res(self.down(x))))
+        return y[..., :h, :w]
+
+
+def parameter_count(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())

@@ -1,0 +1,163 @@
+"""`nst apply`: a trained network over a collection, on Ray Data.
+
+The driver lists the collection once (a recursive listing: one LIST per 1,000 keys on S3),
+reads what earlier runs committed (results.parquet and part files), and streams only the
+photos that are new, changed (fingerprint), failed with --retry-failed, made by another model,
+or whose output is gone, through ``map_batches`` on a pool of actors that each hold the
+network. Rows stream back in completion order; the driver keeps counts, not rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from .. import storage
+from ..errors import NstError
+from ..manifest import IMAGE_SUFFIXES
+from . import apply_record, layout
+from .apply_worker import ApplyOptions, Stylizer
+
+
+@dataclass
+class ApplySummary:
+    total: int
+    todo: int
+    counts: Counter[str] = field(default_factory=Counter)
+    reasons: Counter[str] = field(default_factory=Counter)
+    failed: list[str] = field(default_factory=list)
+    interrupted: bool = False
+
+
+def list_collection(uri: str, so: dict | None) -> pa.Table:
+    """input (path under the root), input_uri, input_fingerprint of every image below a
+    folder (recursively) or matching a glob, sorted by path."""
+    fs, path = storage.filesystem(uri, so)
+    is_glob = any(ch in path for ch in "*?[")
+    if is_glob:
+        found = fs.glob(path, detail=True)
+        root = path.split("*")[0].split("?")[0].split("[")[0].rsplit("/", 1)[0]
+    elif fs.isdir(path):
+        found, root = fs.find(path, detail=True), path.rstrip("/")
+    else:
+        raise NstError(f"--input {uri}: no such folder (give a folder or a glob of images)")
+    names = sorted(
+        p
+        for p, info in found.items()
+        if p.lower().endswith(IMAGE_SUFFIXES) and info.get("type") != "directory"
+    )
+    return pa.table(
+        {
+            "input": [p[len(root) :].lstrip("/") for p in names],
+            "input_uri": [fs.unstrip_protocol(p) for p in names],
+            "input_fingerprint": [storage.fingerprint(found[p]) for p in names],
+        }
+    )
+
+
+def plan(
+    listing: pa.Table, done: pa.Table, outputs: set[str], model_fp: str, retry_failed: bool
+) -> tuple[list[int], Counter[str]]:
+    """Indices of the listing to (re)do, and why."""
+    before = {r["input"]: r for r in done.to_pylist()}
+    todo, reasons = [], Counter[str]()
+    names, prints = listing.column("input").to_pylist(), listing.column("input_fingerprint")
+    for i, (name, fp) in enumerate(zip(names, prints.to_pylist(), strict=True)):
+        reason = _reason(before.get(name), fp, outputs, model_fp, retry_failed)
+        if reason:
+            todo.append(i)
+            reasons[reason] += 1
+    return todo, reasons
+
+
+def _reason(
+    prev: dict[str, Any] | None, fp: str, outputs: set[str], model_fp: str, retry: bool
+) -> str | None:
+    if prev is None:
+        return "new"
+    if prev["input_fingerprint"] != fp:
+        return "input changed"
+    if prev["model_fingerprint"] != model_fp:
+        return "other model"
+    if prev["status"] == "ok":
+        return None if prev["output"] in outputs else "output missing"
+    return "retry failed" if retry else None
+
+
+def existing_outputs(store: storage.Store) -> set[str]:
+    base = storage.join(store.root, layout.IMAGES)
+    try:
+        return {f"{layout.IMAGES}/{p[len(base) :].lstrip('/')}" for p in store.fs.find(base)}
+    except FileNotFoundError:
+        return set()
+
+
+def score_flags(n: int, score: str, seed: int = 0) -> list[bool]:
+    """Which of n images to score: all, none, or a seeded random sample of N."""
+    if score == "all":
+        return [True] * n
+    if score == "none":
+        return [False] * n
+    if not score.isdigit():
+        raise NstError(f"--score {score!r}: give all, none or a number of images")
+    chosen = set(random.Random(seed).sample(range(n), min(n, int(score))))
+    return [i in chosen for i in range(n)]
+
+
+def run_apply(
+    opts: ApplyOptions, input_uri: str, model_fp: str, batch_size: int, workers: int | None,
+    gpus: float, retry_failed: bool, score: str, progress: Any,
+) -> ApplySummary:  # fmt: skip
+    store = storage.Store(opts.out, opts.storage_options)
+    listing = list_collection(input_uri, opts.storage_options)
+    done, _ = apply_record.read_all(store)
+    idx, reasons = plan(listing, done, existing_outputs(store), model_fp, retry_failed)
+    summary = ApplySummary(listing.num_rows, len(idx), reasons=reasons)
+    if idx:
+        todo = listing.take(idx)
+        todo = todo.append_column("score", pa.array(score_flags(len(idx), score)))
+        try:
+            _stream(todo, opts, batch_size, workers, gpus, summary, progress)
+        except KeyboardInterrupt:
+            summary.interrupted = True
+    final = apply_record.compact(store)
+    summary.counts = Counter(final.column("status").to_pylist())
+    bad = final.filter(pa.compute.equal(final.column("status"), "failed"))
+    summary.failed = bad.column("input").to_pylist()
+    return summary
+
+
+def _stream(
+    todo: pa.Table, opts: ApplyOptions, batch_size: int, workers: int | None, gpus: float,
+    summary: ApplySummary, progress: Any,
+) -> None:  # fmt: skip
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    n_workers = workers or _default_workers(gpus)
+    ds = ray.data.from_arrow(todo).repartition(max(1, -(-todo.num_rows // batch_size)))
+    out = ds.map_batches(
+        Stylizer, fn_constructor_args=(opts,), batch_size=batch_size, batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=n_workers),
+        num_gpus=gpus, num_cpus=1,
+    )  # fmt: skip
+    for batch in out.iter_batches(batch_format="pyarrow", batch_size=None):
+        assert isinstance(batch, pa.Table)
+        progress.update(batch.to_pylist(), 0)
+
+
+def _default_workers(gpus: float) -> int:
+    import ray
+
+    res = ray.cluster_resources()
+    if gpus > 0:
+        return max(1, int(res.get("GPU", 1) / gpus))
+    return max(1, int(res.get("CPU", 1)))

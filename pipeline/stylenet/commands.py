@@ -1,0 +1,203 @@
+"""`nst train`, `nst apply` and `nst models`: the collection path's commands."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated, Any
+
+import typer
+
+from nst_ops.presets import LATEST_DEFAULTS
+from nst_ops.spec import JobSpec
+
+from .. import images, manifest, storage
+from ..cli_shared import (
+    EvaluatorOpt,
+    ImageFormat,
+    MaxPixelsOpt,
+    OutOpt,
+    PresetOpt,
+    QualityOpt,
+    SetOpt,
+    StorageOpt,
+    _params,
+    _storage,
+    app,
+    cli_errors,
+    console,
+    out_console,
+)
+from ..errors import NstError
+
+
+class Precision(str, Enum):
+    AUTO = "auto"
+    FP32 = "fp32"
+    BF16 = "bf16"
+    FP16 = "fp16"
+
+
+AddressOpt = Annotated[
+    str | None, typer.Option(help="Ray cluster: 'auto' or ray://host:10001. Default: embedded.")
+]
+
+
+def job_params(run: str, job_id: str, so: dict | None) -> tuple[dict[str, Any], list[str]]:
+    """A committed job's parameters and style images (`--from-job RUN JOB_ID`)."""
+    from .. import layout
+
+    store = storage.Store(run, so)
+    try:
+        layout.job_dir(job_id)
+        rec = store.job_record(job_id)
+    except (ValueError, FileNotFoundError):
+        raise NstError(f"--from-job: job {job_id} is not committed in {run}") from None
+    fields = set(JobSpec.field_names())
+    styles = [store.resolve(u) for u in rec.get("style_uris") or []]
+    return {k: v for k, v in rec.items() if k in fields}, styles
+
+
+@app.command()
+@cli_errors
+def train(
+    style: Annotated[
+        list[str] | None,
+        typer.Argument(help="Style image(s) (path/URL); default: the --from-job job's."),
+    ] = None,
+    content: Annotated[
+        list[str] | None,
+        typer.Option(help="Training photos: folder, glob, or a .parquet/.csv/.txt of URIs."),
+    ] = None,
+    out: Annotated[str, typer.Option("--out", "-o", help="Model root (fsspec URL).")] = "",
+    set_: SetOpt = None,
+    preset: PresetOpt = None,
+    from_job: Annotated[
+        tuple[str, str] | None,
+        typer.Option(metavar="RUN JOB_ID", help="Start from a committed job's parameters."),
+    ] = None,
+    steps: Annotated[int, typer.Option(min=1, help="Optimizer steps in all.")] = 2000,
+    batch_size: Annotated[int, typer.Option(min=1, help="Crops per step and worker.")] = 4,
+    crop: Annotated[int, typer.Option(min=32, max=1024, help="Training crop size (px).")] = 256,
+    lr: Annotated[float, typer.Option(min=0.0, help="Adam learning rate.")] = 1e-3,
+    width: Annotated[
+        int, typer.Option(min=4, max=256, help="Network width: 32 published, 8-16 for CPUs.")
+    ] = 32,
+    residual_blocks: Annotated[int, typer.Option(min=1, max=16)] = 5,
+    checkpoint_every: Annotated[int, typer.Option(min=1, help="Checkpoint every N steps.")] = 100,
+    sample_every: Annotated[int, typer.Option(min=1, help="Held-aside samples every N.")] = 100,
+    holdout: Annotated[
+        int, typer.Option(min=0, help="Photos held aside (never trained on) for samples.")
+    ] = 1,
+    seed: Annotated[int, typer.Option(min=0)] = 0,
+    workers: Annotated[int, typer.Option(min=1, help="Ray Train workers (DDP).")] = 1,
+    use_gpu: Annotated[
+        bool | None, typer.Option(help="Default: GPUs when the Ray cluster has any.")
+    ] = None,
+    cpus_per_worker: Annotated[float, typer.Option(min=0.0, help="CPUs per worker.")] = 1.0,
+    address: AddressOpt = None,
+    storage_options: StorageOpt = None,
+    max_pixels: Annotated[int, typer.Option(help="Refuse larger photos.")] = (
+        images.DEFAULT_MAX_PIXELS
+    ),
+) -> None:
+    """Train a feed-forward style network with a grid job's own loss, on Ray Train.
+
+    Writes checkpoints, trace.parquet, samples and finally model.pt under --out; the same
+    command again resumes from the last checkpoint.
+
+    Example: nst train starry.jpg --content photos/ --out models/starry --set style_weight=1e6
+    """
+    from .train import make_settings
+    from .train import train as run_training
+
+    so = _storage(storage_options)
+    if not out or not content:
+        raise NstError("nst train needs --out and --content")
+    base, job_styles = job_params(*from_job, so) if from_job else ({}, [])
+    params = {**base, **_params(set_ or [], None), "mode": "transfer"}
+    if any(isinstance(v, list) and not manifest.PARAMS[k].is_seq for k, v in params.items()):
+        raise NstError("nst train trains one setting: give one value per parameter")
+    spec = JobSpec.from_dict(params, preset if not base else None, LATEST_DEFAULTS)
+    styles = list(style or job_styles)
+    if not styles:
+        raise NstError("give a STYLE image (or --from-job RUN JOB_ID)")
+    origin = {"run": from_job[0], "job_id": from_job[1]} if from_job else None
+    settings = make_settings(
+        out, spec, styles, content, holdout, so,
+        steps=steps, batch_size=batch_size, crop=crop, lr=lr, width=width,
+        residual_blocks=residual_blocks, checkpoint_every=checkpoint_every,
+        sample_every=sample_every, seed=seed, workers=workers, use_gpu=use_gpu,
+        cpus_per_worker=cpus_per_worker, max_pixels=max_pixels, from_job=origin,
+    )  # fmt: skip
+    console.print(
+        f"training on {len(settings.photos)} photos ({len(settings.holdout)} held aside), "
+        f"{steps} steps x {batch_size} x {workers} worker(s)",
+        highlight=False,
+    )
+    meta = run_training(settings, address)
+    model = storage.join(out, "model.pt")
+    out_console.print(
+        f"model: {model} · {meta['steps']} steps · final loss {meta['final_loss']:.4g}",
+        highlight=False,
+    )
+
+
+@app.command()
+@cli_errors
+def apply(
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="model.pt of `nst train`.")],
+    input_: Annotated[
+        str, typer.Option("--input", "-i", help="The collection: a folder (recursive) or glob.")
+    ],
+    out: OutOpt,
+    size: Annotated[
+        int, typer.Option(min=0, max=8192, help="Longer side of the outputs; 0: each input's.")
+    ] = 0,
+    image_format: Annotated[ImageFormat, typer.Option(help="Format of the outputs.")] = (
+        ImageFormat.PNG
+    ),
+    image_quality: QualityOpt = 95,
+    precision: Annotated[
+        Precision, typer.Option(help="auto: bf16 where the device has bf16 units, else fp32.")
+    ] = Precision.AUTO,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per Ray Data batch.")] = 16,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Most actors (default: one per GPU, else CPU).")
+    ] = None,
+    gpus_per_worker: Annotated[
+        float | None, typer.Option(min=0.0, help="Default: 1 if the cluster has GPUs, else 0.")
+    ] = None,
+    retry_failed: Annotated[bool, typer.Option(help="Redo images that failed.")] = False,
+    score: Annotated[
+        str, typer.Option(help="Score outputs under the evaluator: all, none, or N (a sample).")
+    ] = "100",
+    evaluator: EvaluatorOpt = None,
+    address: AddressOpt = None,
+    storage_options: StorageOpt = None,
+    max_pixels: MaxPixelsOpt = images.DEFAULT_MAX_PIXELS,
+    progress: Annotated[bool, typer.Option(help="Live progress.")] = True,
+    strict: Annotated[bool, typer.Option(help="Exit 3 if any image failed.")] = False,
+    summary_json: Annotated[
+        str | None, typer.Option(help="Write counts, failures and the exit code here as JSON.")
+    ] = None,
+) -> None:
+    """Apply a trained style network to every image of a collection, on Ray Data.
+
+    One output per input under --out/images/ (same relative path); images already done are
+    skipped, changed inputs redone; results.parquet holds one row per image. Exit codes: 0
+    done, 1 error, 3 an image failed (with --strict), 4 another live run holds --out, 130
+    interrupted.
+
+    Example: nst apply models/starry/model.pt --input photos/ --out results/starry
+    """
+    from .apply_run import apply_command
+
+    code = apply_command(
+        model, input_, out, _storage(storage_options), size=size,
+        image_format=image_format.value, image_quality=image_quality, precision=precision.value,
+        batch_size=batch_size, workers=workers, gpus=gpus_per_worker, retry_failed=retry_failed,
+        score=score, evaluator=evaluator, address=address, max_pixels=max_pixels,
+        progress=progress, strict=strict, summary_json=summary_json,
+    )  # fmt: skip
+    if code:
+        raise typer.Exit(code)

@@ -1,0 +1,107 @@
+"""Content photos for training: listed once on the driver (a folder, a glob, or a manifest of
+URIs), read by each Ray Train worker through fsspec, and cut into random crops and flips that
+depend only on (seed, worker rank, step): a resumed run draws exactly the batches it would
+have drawn."""
+
+from __future__ import annotations
+
+import io
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .. import images, storage
+from ..errors import NstError
+from ..manifest import list_images
+
+URI_COLUMNS = ("uri", "content_uri")
+
+
+def list_photos(sources: Sequence[str], storage_options: dict | None = None) -> list[str]:
+    """Every photo the sources name: folders and globs are listed, a .parquet/.csv manifest
+    gives its `uri` (or `content_uri`) column, a .txt one URI per line. Sorted, no repeats."""
+    found: list[str] = []
+    for src in sources:
+        low = src.lower()
+        if low.endswith((".parquet", ".csv", ".txt")):
+            found += _from_manifest(src, storage_options)
+        else:
+            found += list_images(src, storage_options)
+    if not found:
+        raise NstError(f"no content photos found in {', '.join(sources)}")
+    return sorted(dict.fromkeys(found))
+
+
+def _from_manifest(uri: str, storage_options: dict | None) -> list[str]:
+    data = storage.read_bytes(uri, storage_options)
+    if uri.lower().endswith(".txt"):
+        return [line.strip() for line in data.decode().splitlines() if line.strip()]
+    reader = pq.read_table if uri.lower().endswith(".parquet") else pacsv.read_csv
+    table = reader(io.BytesIO(data))
+    column = next((c for c in URI_COLUMNS if c in table.column_names), None)
+    if column is None:
+        raise NstError(f"{uri}: a photo manifest needs a column named {' or '.join(URI_COLUMNS)}")
+    return [u for u in table.column(column).to_pylist() if u]
+
+
+def shorter_side_to(img: Tensor, side: int) -> Tensor:
+    """(3,H,W) scaled so that its shorter side is ``side`` (antialiased), as (3,h,w)."""
+    h, w = img.shape[-2:]
+    s = side / min(h, w)
+    hw = (max(side, round(h * s)), max(side, round(w * s)))
+    return F.interpolate(img[None], size=hw, mode="bilinear", antialias=True)[0].clamp(0, 1)
+
+
+class CropSampler:
+    """Random crops of ``crop`` px from a worker's share of the photos. Each photo is decoded
+    once and kept at a shorter side of 1.5 x crop (a bounded cache), crops come from a random
+    scale between 1 and 1.5 of that, half of them flipped."""
+
+    def __init__(
+        self,
+        uris: Sequence[str],
+        crop: int,
+        seed: int,
+        rank: int = 0,
+        storage_options: dict | None = None,
+        max_pixels: int = images.DEFAULT_MAX_PIXELS,
+        cache_bytes: int = 1 << 30,
+    ):
+        if not uris:
+            raise NstError("no photos to train on")
+        self.uris, self.crop, self.seed, self.rank = list(uris), crop, seed, rank
+        self.options, self.max_pixels, self.cache_bytes = storage_options, max_pixels, cache_bytes
+        self.cache: OrderedDict[str, Tensor] = OrderedDict()
+
+    def photo(self, uri: str) -> Tensor:
+        if uri in self.cache:
+            self.cache.move_to_end(uri)
+            return self.cache[uri]
+        data = storage.read_bytes(uri, self.options)
+        img = shorter_side_to(images.decode(data, uri, self.max_pixels), self.crop * 3 // 2)
+        self.cache[uri] = img
+        while sum(t.numel() * 4 for t in self.cache.values()) > self.cache_bytes:
+            self.cache.popitem(last=False)
+        return img
+
+    def batch(self, step: int, size: int) -> Tensor:
+        rng = np.random.default_rng([self.seed, self.rank, step])
+        picks = rng.integers(0, len(self.uris), size)
+        return torch.stack([self._crop(self.photo(self.uris[i]), rng) for i in picks])
+
+    def _crop(self, img: Tensor, rng: np.random.Generator) -> Tensor:
+        side = int(self.crop * rng.uniform(1.0, 1.5))
+        h, w = img.shape[-2:]
+        side = min(side, h, w)
+        top, left = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+        patch = img[:, top : top + side, left : left + side]
+        if side != self.crop:
+            patch = F.interpolate(patch[None], size=(self.crop, self.crop), mode="bilinear",
+                                  antialias=True)[0].clamp(0, 1)  # fmt: skip
+        return patch.flip(-1) if rng.random() < 0.5 else patch

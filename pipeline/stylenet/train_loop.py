@@ -1,0 +1,160 @@
+"""What each Ray Train worker runs: build the network, the job's objective and the crop
+sampler, continue from the newest checkpoint under --out, and step. Rank 0 writes."""
+
+from __future__ import annotations
+
+import io
+import time
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from nst_ops.layers import deepest
+from nst_ops.spec import JobSpec
+from nst_ops.stylenet import NetConfig, StyleObjective, TransformerNet
+from nst_ops.stylenet.network import parameter_count
+from nst_ops.vgg import VGGFeatures
+
+from .. import images, record, storage, weights
+from . import layout, model_file
+from .photos import CropSampler, shorter_side_to
+from .train import TrainSettings, trace_table
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    import ray.train
+    import ray.train.torch
+
+    s: TrainSettings = config["settings"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, int(s.cpus_per_worker)))
+    store = storage.Store(s.out, s.storage_options)
+    spec = JobSpec.from_dict(s.spec)
+    torch.manual_seed(s.seed)
+    net = TransformerNet(NetConfig(s.width, s.residual_blocks))
+    opt = torch.optim.Adam(net.parameters(), lr=s.lr)
+    start, trace = _resume(store, net, opt)
+    model = ray.train.torch.prepare_model(net)
+    styles = [_read(u, s) for u in s.style_uris]
+    objective = StyleObjective(_extractor(spec, device), spec, styles, s.crop)
+    share = s.photos[rank::world] or s.photos
+    sampler = CropSampler(share, s.crop, s.seed, rank, s.storage_options, s.max_pixels)
+    t0, seen = time.time(), 0
+    for step in range(start + 1, s.steps + 1):
+        x = sampler.batch(step, s.batch_size).to(device)
+        terms = objective(model(x), x)
+        loss = terms.total.mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        seen += x.shape[0]
+        trace.append(_row(step, terms, world, seen * world / (time.time() - t0)))
+        if step % s.checkpoint_every == 0 or step == s.steps:
+            if rank == 0:
+                _checkpoint(store, net, opt, step, trace)
+            ray.train.report({"step": step, "loss": trace[-1]["total"]})
+        if rank == 0 and (step % s.sample_every == 0 or step == s.steps):
+            _samples(store, net, s, step, device)
+    if rank == 0:
+        _write_model(store, net, s, spec, styles, trace, time.time() - t0)
+
+
+def _read(uri: str, s: TrainSettings) -> torch.Tensor:
+    return images.decode(storage.read_bytes(uri, s.storage_options), uri, s.max_pixels)
+
+
+def _extractor(spec: JobSpec, device: torch.device) -> VGGFeatures:
+    _, seed = weights.parse(spec.weights)
+    sd = weights.cached_state_dict(spec.weights, spec.backbone)
+    last = deepest(spec.backbone, spec.active_layers)
+    net = VGGFeatures(spec.backbone, [last], spec.pooling, state_dict=sd, seed=seed)
+    return net.optimised_for(device)
+
+
+def _row(step: int, terms: Any, world: int, images_per_s: float) -> dict[str, float]:
+    """The step's losses, averaged over every worker's batch."""
+    values = torch.stack([terms.total.mean(), *(v.mean() for v in terms.terms.values())]).detach()
+    if world > 1 and dist.is_initialized():
+        dist.all_reduce(values)
+        values /= world
+    names = ["total", *terms.terms]
+    row = {"step": step, **{n: float(v) for n, v in zip(names, values.cpu(), strict=True)}}
+    return row | {"images_per_s": round(images_per_s, 3)}
+
+
+def _resume(
+    store: storage.Store, net: TransformerNet, opt: torch.optim.Optimizer
+) -> tuple[int, list[dict[str, float]]]:
+    """The newest checkpoint's step and trace (0 and [] for a fresh start)."""
+    try:
+        names = store.fs.ls(storage.join(store.root, layout.CHECKPOINTS), detail=False)
+    except FileNotFoundError:
+        return 0, []
+    steps = sorted(s for n in names if (s := layout.step_of_checkpoint(n)) is not None)
+    if not steps:
+        return 0, []
+    data = store.get(layout.checkpoint(steps[-1]))
+    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    net.load_state_dict(state["net"])
+    opt.load_state_dict(state["opt"])
+    return int(state["step"]), list(state["trace"])
+
+
+def _checkpoint(
+    store: storage.Store, net: TransformerNet, opt: torch.optim.Optimizer, step: int,
+    trace: list[dict[str, float]],
+) -> None:  # fmt: skip
+    buf = io.BytesIO()
+    torch.save({"step": step, "net": net.state_dict(), "opt": opt.state_dict(), "trace": trace},
+               buf)  # fmt: skip
+    store.put(layout.TRACE, trace_table(trace))
+    store.put(layout.checkpoint(step), buf.getvalue())  # last: the checkpoint counts once whole
+
+
+def _samples(
+    store: storage.Store, net: TransformerNet, s: TrainSettings, step: int, device: torch.device
+) -> None:
+    with torch.no_grad():
+        net.eval()
+        for k, uri in enumerate(s.holdout):
+            x = shorter_side_to(_read(uri, s), s.crop)[None].to(device)
+            store.put(layout.sample(step, k), images.encode(net(x)[0].cpu()))
+        net.train()
+
+
+def _write_model(
+    store: storage.Store,
+    net: TransformerNet,
+    s: TrainSettings,
+    spec: JobSpec,
+    styles: list[torch.Tensor],
+    trace: list[dict[str, float]],
+    seconds: float,
+) -> None:
+    tail = [r["total"] for r in trace[-10:]]
+    meta = {
+        "spec": spec.to_dict(),
+        "net": net.config.to_dict(),
+        "parameters": parameter_count(net),
+        "style_uris": s.style_uris,
+        "style_fingerprints": [storage.fingerprint_of(u, s.storage_options) for u in s.style_uris],
+        "photos": len(s.photos),
+        "holdout": s.holdout,
+        "steps": s.steps,
+        "batch_size": s.batch_size,
+        "crop": s.crop,
+        "lr": s.lr,
+        "workers": s.workers,
+        "seed": s.seed,
+        "from_job": s.from_job,
+        "final_loss": sum(tail) / len(tail) if tail else None,
+        "train_seconds_last_session": round(seconds, 3),
+        "created_at": time.time(),
+        "versions": record.versions(),
+    }
+    data = model_file.to_bytes(net, net.config, meta, styles)
+    store.put(layout.MODEL, data)
