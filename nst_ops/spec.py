@@ -13,6 +13,7 @@ from .vocab import Mode
 
 MODES = Mode.values()
 INITS = ("noise", "content", "style")
+MODEL_INIT = "model:"  # init=model:<uri>: start from a trained style network's output
 STYLE_SCALES = ("content", "own")
 GATYS_STYLE_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
 MIN_SIZE, MAX_SIZE = 16, 4096
@@ -38,8 +39,9 @@ PARAM_HELP: dict[str, str] = {
     "line_search": "L-BFGS strong-Wolfe line search",
     "iterations": "optimizer steps (per resolution level with multires)",
     "size": "longer side of the output in pixels",
-    "init": "start image: noise (seeded), content (recognisable results fastest), style, or "
-    "an image path/URL (e.g. a previous result)",
+    "init": "start image: noise (seeded), content (recognisable results fastest), style, "
+    "an image path/URL (e.g. a previous result), or model:<URI> (a trained style network's "
+    "output: refinement)",
     "seed": "seed of the noise init",
     "style_scale": "content: style resized to the content's size (the study); own: kept",
     "style_blend": "weights blending several style images",
@@ -187,10 +189,17 @@ class JobSpec:
     def _check_init(self) -> None:
         if not isinstance(self.init, str) or not self.init:
             raise SpecError(f"init must be text, got {self.init!r}")
+        if self.init.startswith(MODEL_INIT):
+            if not self.init[len(MODEL_INIT) :]:
+                raise SpecError("init=model: needs the URI of a trained model (nst train)")
+            if not self.uses_content:
+                raise SpecError(f"init=model: starts from a stylised content image; mode "
+                                f"{self.mode!r} has none")  # fmt: skip
+            return
         if self.init not in INITS and not is_image_ref(self.init):
             raise SpecError(
-                f"unknown init {self.init!r}; choose one of {', '.join(INITS)}, or give an image "
-                "path or URL"
+                f"unknown init {self.init!r}; choose one of {', '.join(INITS)}, an image "
+                "path or URL, or model:<URI of a trained style network>"
             )
 
     def _check_weights_source(self) -> None:
@@ -311,7 +320,18 @@ class JobSpec:
     @property
     def init_image(self) -> str | None:
         """The start image's path/URL when ``init`` names one."""
-        return None if self.init in INITS else self.init
+        return None if self.init in INITS or self.init_model else self.init
+
+    @property
+    def init_model(self) -> str | None:
+        """The style network's URI with ``init=model:<uri>``: the start is its output for the
+        content image (refinement of a feed-forward result)."""
+        return self.init[len(MODEL_INIT) :] if self.init.startswith(MODEL_INIT) else None
+
+    @property
+    def external_init(self) -> bool:
+        """The start image comes from outside the optimisation (a file or a network)."""
+        return self.init_image is not None or self.init_model is not None
 
     @property
     def needs_style_image(self) -> bool:

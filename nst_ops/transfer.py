@@ -247,8 +247,8 @@ def _init(
     device: torch.device,
     image: Tensor | None = None,
 ) -> Tensor:
-    if spec.init_image is not None:
-        return resize(_need(image, f"start ({spec.init_image})"), hw).to(device).clone()
+    if spec.external_init:
+        return resize(_need(image, f"start ({spec.init})"), hw).to(device).clone()
     if spec.init == "content":
         return _need(c, "content").clone()
     if spec.init == "style":

@@ -554,12 +554,14 @@ def _stylize_with_progress(job: Any, opts: Any, dev: Any) -> Any:
 
     from nst_ops.transfer import stylize
 
-    from .worker import extractor_for, read_image
+    from .worker import Inputs, extractor_for, read_image
 
     spec = job.spec
     content_img = read_image(job.content_uri, opts) if spec.uses_content else None
     style_imgs = [read_image(u, opts) for u in job.style_uris] if spec.needs_style_image else []
     start = read_image(spec.init_image, opts) if spec.init_image else None
+    if spec.init_model and content_img is not None:
+        start = Inputs(opts).model_start(spec.init_model, content_img, spec.size)
     columns = (TextColumn("[bold]nst transfer"), BarColumn(), MofNCompleteColumn())
     extra = (TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn())
     with Progress(*columns, *extra, console=console, transient=True) as bar:

@@ -61,7 +61,7 @@ class Job:
     @property
     def input_uris(self) -> tuple[str, ...]:
         """Every image the job reads (content, styles, a start image): what is fingerprinted."""
-        start = (self.spec.init_image,) if self.spec.init_image else ()
+        start = tuple(u for u in (self.spec.init_image, self.spec.init_model) if u)
         return tuple(u for u in (self.content_uri, *self.style_uris, *start) if u)
 
     def to_record(self) -> dict[str, Any]:

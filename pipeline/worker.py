@@ -29,6 +29,7 @@ from nst_ops.vocab import Status
 from . import images, layout, record, scoring, storage, weights
 from .errors import NstError
 from .jobs import Job, RunOptions
+from .stylenet import refine
 
 _EXTRACTORS: dict[tuple, VGGFeatures] = {}
 # Exceptions whose message is the whole story for the user (no traceback in the record).
@@ -123,13 +124,14 @@ Ready = tuple[Job, torch.Tensor | None, list[torch.Tensor]]
 Scorer = Callable[[bytes], dict[str, Any]]
 
 
-class _Inputs:
+class Inputs:
     """Each input read and decoded once per task, with its fingerprint taken before reading."""
 
     def __init__(self, opts: RunOptions):
         self.opts = opts
         self.decoded: dict[str, torch.Tensor] = {}
         self.prints: dict[str, str | None] = {}
+        self.starts: dict[str, torch.Tensor] = {}  # job id -> its network start (init=model:)
 
     def image(self, uri: str) -> torch.Tensor:
         if uri not in self.decoded:
@@ -142,9 +144,19 @@ class _Inputs:
         content = self.image(uri) if uri and job.spec.uses_content else None
         if job.spec.init_image:
             self.image(job.spec.init_image)  # read now: a missing start image fails the job
+        if job.spec.init_model and content is not None:
+            self.starts[job.id] = self.model_start(job.spec.init_model, content, job.spec.size)
         return job, content, [self.image(u) for u in job.style_uris]
 
+    def model_start(self, uri: str, content: torch.Tensor, size: int) -> torch.Tensor:
+        """A trained network's output for the content (a bad model file fails the job)."""
+        self.prints[uri] = storage.fingerprint_of(uri, self.opts.storage_options)
+        model = refine.load_model(uri, self.opts.storage_options)
+        return refine.network_start(model, content, size)
+
     def start(self, job: Job) -> torch.Tensor | None:
+        if job.spec.init_model:
+            return self.starts[job.id]
         return self.image(job.spec.init_image) if job.spec.init_image else None
 
     def record(self, job: Job) -> dict[str, Any]:
@@ -181,7 +193,7 @@ def run_group(
     extra = {"device": str(device), "host": platform.node(), **(placement or {})}
     rows: dict[str, dict[str, Any]] = {}
     ready: list[Ready] = []
-    inputs = _Inputs(opts)
+    inputs = Inputs(opts)
     for job in jobs:
         try:
             ready.append(inputs.of(job))
@@ -196,7 +208,7 @@ def run_group(
 def _run_batch(
     batch: list[Ready],
     device: torch.device,
-    inputs: _Inputs,
+    inputs: Inputs,
     extra: dict[str, Any],
     store: storage.Store,
 ) -> dict[str, dict[str, Any]]:

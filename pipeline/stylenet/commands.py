@@ -201,3 +201,44 @@ def apply(
     )  # fmt: skip
     if code:
         raise typer.Exit(code)
+
+
+@app.command()
+@cli_errors
+def models(
+    root: Annotated[str, typer.Argument(metavar="ROOT", help="Folder/URL holding model.pt files.")],
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    storage_options: StorageOpt = None,
+) -> None:
+    """List trained style networks: parameters, fingerprint, steps, loss and held-aside score
+    (alpha * content + beta * style under the default evaluator; lower is better).
+
+    Example: nst models s3://bucket/models
+    """
+    import json
+
+    from rich.table import Table
+
+    from .registry import find_models
+
+    rows = find_models(root, _storage(storage_options))
+    if not rows:
+        raise NstError(f"no model.pt under {root}")
+    if as_json:
+        for r in rows:
+            print(json.dumps(r, default=str))
+        return
+    shown = ("model", "style", "content_weight", "style_weight", "width", "steps", "final_loss",
+             "holdout_score", "fingerprint")  # fmt: skip
+    t = Table()
+    for c in shown:
+        t.add_column(c, overflow="fold")
+    for r in rows:
+        t.add_row(*(_cell(r.get(c)) if not r.get("error") or c == "model" else "" for c in shown))
+        if r.get("error"):
+            console.print(f"[yellow]{r['error']}[/]", highlight=False)
+    out_console.print(t)
+
+
+def _cell(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else "" if v is None else str(v)

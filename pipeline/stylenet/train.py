@@ -9,6 +9,7 @@ run started again with the same command continues where its last checkpoint left
 from __future__ import annotations
 
 import io
+import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -118,6 +119,9 @@ def train(settings: TrainSettings, address: str | None = None) -> dict[str, Any]
         done = _finished_model(store, settings)
         if done is not None:
             return done
+        resume = latest_checkpoint(store)
+        if resume:
+            print(f"resuming from the checkpoint at step {resume}", file=sys.stderr, flush=True)
         init_ray(address)
         _fit(settings if settings.use_gpu is not None else replace(settings, use_gpu=_has_gpu()))
     from .model_file import from_bytes
@@ -175,6 +179,15 @@ def _first_cause(e: BaseException) -> str:
         e = e.__cause__
     text = str(e).strip().splitlines()
     return text[-1] if text else type(e).__name__
+
+
+def latest_checkpoint(store: storage.Store) -> int:
+    """The step of the newest checkpoint under the root (0: none yet)."""
+    try:
+        names = store.fs.ls(storage.join(store.root, layout.CHECKPOINTS), detail=False)
+    except FileNotFoundError:
+        return 0
+    return max((s for n in names if (s := layout.step_of_checkpoint(n)) is not None), default=0)
 
 
 def trace_table(rows: list[dict[str, float]]) -> bytes:

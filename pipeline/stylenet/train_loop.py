@@ -10,16 +10,17 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from nst_ops.evaluator import default_evaluator
 from nst_ops.layers import deepest
 from nst_ops.spec import JobSpec
 from nst_ops.stylenet import NetConfig, StyleObjective, TransformerNet
 from nst_ops.stylenet.network import parameter_count
 from nst_ops.vgg import VGGFeatures
 
-from .. import images, record, storage, weights
+from .. import images, record, scoring, storage, weights
 from . import layout, model_file
 from .photos import CropSampler, shorter_side_to
-from .train import TrainSettings, trace_table
+from .train import TrainSettings, latest_checkpoint, trace_table
 
 
 def train_loop(config: dict[str, Any]) -> None:
@@ -90,14 +91,10 @@ def _resume(
     store: storage.Store, net: TransformerNet, opt: torch.optim.Optimizer
 ) -> tuple[int, list[dict[str, float]]]:
     """The newest checkpoint's step and trace (0 and [] for a fresh start)."""
-    try:
-        names = store.fs.ls(storage.join(store.root, layout.CHECKPOINTS), detail=False)
-    except FileNotFoundError:
+    step = latest_checkpoint(store)
+    if step == 0:
         return 0, []
-    steps = sorted(s for n in names if (s := layout.step_of_checkpoint(n)) is not None)
-    if not steps:
-        return 0, []
-    data = store.get(layout.checkpoint(steps[-1]))
+    data = store.get(layout.checkpoint(step))
     state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     net.load_state_dict(state["net"])
     opt.load_state_dict(state["opt"])
@@ -126,6 +123,28 @@ def _samples(
         net.train()
 
 
+def _holdout_scores(
+    net: TransformerNet, s: TrainSettings, spec: JobSpec, styles: list[torch.Tensor]
+) -> dict[str, Any] | None:
+    """The held-aside photos' mean scores under the default evaluator (as `nst apply` and
+    `nst run` score): how well the network does on photos it never saw."""
+    if not s.holdout:
+        return None
+    ev = default_evaluator([spec])
+    device = next(net.parameters()).device
+    found = []
+    with torch.no_grad():
+        for uri in s.holdout:
+            photo = shorter_side_to(_read(uri, s), s.crop)
+            png = images.encode(net.eval()(photo[None].to(device))[0].cpu())
+            found.append(scoring.score_image(ev, png, spec, photo, styles, device))
+    ok = [f for f in found if f["score_error"] is None]
+    if not ok:
+        return {"score_error": found[0]["score_error"], "score_by": ev.key}
+    mean = {k: sum(f[k] for f in ok) / len(ok) for k in ("score_content", "score_style")}
+    return mean | {"score_by": ev.key, "images": len(ok)}
+
+
 def _write_model(
     store: storage.Store,
     net: TransformerNet,
@@ -152,6 +171,7 @@ def _write_model(
         "seed": s.seed,
         "from_job": s.from_job,
         "final_loss": sum(tail) / len(tail) if tail else None,
+        "holdout_scores": _holdout_scores(net, s, spec, styles),
         "train_seconds_last_session": round(seconds, 3),
         "created_at": time.time(),
         "versions": record.versions(),
