@@ -682,8 +682,7 @@ def score(
     out_console.print(f"scored {n} of {len(scored)} committed jobs under evaluator {ev.key}")
 
 
+from .stylenet import commands as _stylenet_commands  # noqa: E402, F401  (its commands)
+
 if __name__ == "__main__":  # python -m pipeline.cli
     app()
-
-
-from .stylenet import commands as _stylenet_commands  # noqa: E402, F401  (registers its commands)

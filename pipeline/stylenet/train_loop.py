@@ -54,10 +54,8 @@ def train_loop(config: dict[str, Any]) -> None:
         opt.step()
         seen += x.shape[0]
         trace.append(_row(step, terms, world, seen * world / (time.time() - t0)))
-        if step % s.checkpoint_every == 0 or step == s.steps:
-            if rank == 0:
-                _checkpoint(store, net, opt, step, trace)
-            ray.train.report({"step": step, "loss": trace[-1]["total"]})
+        if rank == 0 and (step % s.checkpoint_every == 0 or step == s.steps):
+            _checkpoint(store, net, opt, step, trace)  # (no ray.train.report: ~1 s a call)
         if rank == 0 and (step % s.sample_every == 0 or step == s.steps):
             _samples(store, net, s, step, device)
     if rank == 0:
