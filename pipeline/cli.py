@@ -604,17 +604,32 @@ def report(
     max_tiles: Annotated[
         int, typer.Option(help="Contact-sheet tiles above which each cell shows its best only.")
     ] = 300,
+    compare: Annotated[
+        str | None,
+        typer.Option(
+            help="For an `nst apply` run: an `nst run` root with the same photos, to "
+            "compare network, optimisation and refinement (init=model:)."
+        ),
+    ] = None,
     storage_options: StorageOpt = None,
 ) -> None:
     """Write OUT/report.html: score scatter with the Pareto front, top jobs, effect of each axis,
-    contact sheet by grid axes, loss curves by axis, the jobs table.
+    contact sheet by grid axes, loss curves by axis, the jobs table. For an `nst apply` run:
+    the network, the score distribution, photos beside their outputs, failures.
 
     Example: nst report results/seed_study --rows tag_experiment --cols none --rank style
     """
     from .report import ReportOptions, write_report
+    from .stylenet.apply_report import is_apply_run, write_apply_report
 
-    opts = ReportOptions(rows, cols, color, rank, top, max_tiles)
-    url = write_report(out, _storage(storage_options), opts, console=out_console)
+    so = _storage(storage_options)
+    if is_apply_run(storage.Store(out, so)):
+        url, head = write_apply_report(out, so, compare, min(max_tiles, 200))
+        out_console.print(", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                    for k, v in head.items()))  # fmt: skip
+    else:
+        opts = ReportOptions(rows, cols, color, rank, top, max_tiles)
+        url = write_report(out, so, opts, console=out_console)
     out_console.print(f"report: {url}")
 
 

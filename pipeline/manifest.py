@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from nst_ops.spec import INITS, JobSpec
+from nst_ops.spec import INITS, MODEL_INIT, JobSpec
 from nst_ops.vocab import RowMode
 
 from .errors import ManifestError
@@ -214,6 +214,8 @@ def _map_paths(table: pa.Table, fn: Callable[[str], str]) -> pa.Table:
     def conv(v: Any) -> Any:
         if isinstance(v, list):
             return [conv(x) for x in v]
+        if isinstance(v, str) and v.startswith(MODEL_INIT):  # init=model:<path>: the path moves
+            return MODEL_INIT + conv(v[len(MODEL_INIT) :])
         return fn(v) if isinstance(v, str) and _is_relative_path(v) else v
 
     for name in ("content_uri", "style_uri", "weights", "init"):

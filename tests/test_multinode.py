@@ -81,3 +81,40 @@ def test_a_late_gpu_node_gets_the_gpu_tasks_and_a_killed_node_loses_no_job(tmp_p
     assert {rec["ray_gpu_ids"] for rec in after.values()} == {"0"}, "every job ran on a GPU"
     nodes = {rec["ray_node_id"] for rec in after.values()}
     assert len(nodes) == 2, "jobs ran on the first GPU node and on its replacement"
+
+
+def test_train_apply_and_refine_run_on_a_two_node_cluster(tmp_path, cluster):
+    """The collection path with --address: two Ray Train workers on two nodes (gloo across
+    nodes), Ray Data actors on the cluster, and a refinement job through `nst run`."""
+    from helpers import png_bytes
+    from test_stylenet import TINY_JOB, TINY_NET, smooth_photos
+
+    cluster.add_node(num_cpus=1)
+    smooth_photos(tmp_path / "photos", 4)
+    style = tmp_path / "style.png"
+    style.write_bytes(png_bytes(40, 40, seed=3))
+    model = tmp_path / "model"
+    at = ("--address", cluster.address)
+    train = nst_cmd("train", style, "--content", tmp_path / "photos", "--out", model, "--steps",
+                    "4", "--workers", "2", *TINY_NET, *TINY_JOB, *at)  # fmt: skip
+    done = subprocess.run(train, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert (model / "model.pt").exists()
+
+    coll = tmp_path / "coll"
+    write_images(coll, 20, "p")
+    apply = nst_cmd("apply", model / "model.pt", "--input", coll, "--out", tmp_path / "a",
+                    "--no-progress", "--score", "none", *at)  # fmt: skip
+    done = subprocess.run(apply, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = pq.read_table(tmp_path / "a" / "results.parquet").to_pylist()
+    assert len(rows) == 20 and {r["status"] for r in rows} == {"ok"}
+
+    rows = [{"content_uri": str(coll / "p0.png"), "style_uri": str(style),
+             "init": f"model:{model / 'model.pt'}", "optimizer": "adam"}]  # fmt: skip
+    pq.write_table(table(rows, iterations=5, size=16), tmp_path / "m.parquet")
+    run = nst_cmd("run", tmp_path / "m.parquet", "--out", tmp_path / "r", "--no-progress", *at)
+    done = subprocess.run(run, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    (rec,) = committed_records(tmp_path / "r").values()
+    assert rec["status"] == "ok" and rec["init"].startswith("model:")

@@ -320,3 +320,52 @@ def test_refinement_starts_from_the_networks_output_and_lowers_the_loss(trained,
 
     with pytest.raises(SpecError, match="init=model: starts from a stylised content image"):
         JobSpec(mode="style", init=f"model:{model}")
+
+
+# --- report and registry ----------------------------------------------------------------------
+
+
+def test_report_of_an_apply_run_compares_network_optimisation_and_refinement(trained, tmp_path):
+    from helpers import run_manifest
+
+    model, style = trained[0] / "model.pt", str(trained[1] / "style.png")
+    coll = tmp_path / "coll"
+    photos = write_images(coll, 2, "<b>x")  # a name that would be markup
+    a = nst("apply", model, "--input", coll, "--out", tmp_path / "a", "--no-progress",
+            "--score", "all")  # fmt: skip
+    assert a.exit_code == 0, a.output
+    rows = [{"content_uri": p, "style_uri": style, "init": init, "optimizer": "adam"}
+            for p in photos for init in ("content", f"model:{model}")]  # fmt: skip
+    r, run = run_manifest(tmp_path, rows, "--evaluator", "{}")
+    assert r.exit_code == 0, r.output
+    rep = nst("report", tmp_path / "a", "--compare", run)
+    assert rep.exit_code == 0, rep.output
+    assert "images 2, ok 2, failed 0, scored 2" in rep.output
+    page = (tmp_path / "a" / "report.html").read_text()
+    assert "Network vs optimisation vs refinement" in page
+    assert page.count("<tr><td>&lt;b&gt;x") == 2 and "<b>x" not in page
+    assert page.count('<img src="data:image/jpeg') == 2 * 2 + 2 * 3  # sheet pairs + 3 per row
+
+
+def test_models_lists_every_trained_network_with_its_parameters(trained, tmp_path):
+    r = nst("models", trained[0].parent, "--json")
+    assert r.exit_code == 0, r.output
+    (row,) = [json.loads(line) for line in r.output.splitlines()]
+    assert row["style_weight"] == 1e4 and row["steps"] == 6 and row["width"] == 4
+    assert row["holdout_score"] > 0 and row["error"] is None
+    none = nst("models", tmp_path)
+    assert none.exit_code == 1 and "no model.pt" in none.output
+
+
+def test_a_relative_model_path_in_a_manifest_is_relative_to_the_manifest(tmp_path):
+    import pyarrow as pa
+
+    from pipeline.manifest import resolve_paths
+
+    t = pa.table({"content_uri": ["c.png"], "init": ["model:models/m.pt"]})
+    out = resolve_paths(t, str(tmp_path / "m.parquet")).column("init").to_pylist()
+    assert out == [f"model:{tmp_path}/models/m.pt"]
+    absolute = pa.table({"init": ["model:s3://b/m.pt"]})
+    assert resolve_paths(absolute, str(tmp_path / "m.parquet")).column("init").to_pylist() == [
+        "model:s3://b/m.pt"
+    ]

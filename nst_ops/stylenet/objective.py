@@ -34,7 +34,7 @@ class StyleObjective:
             )
             for s in styles
         ]
-        style_only = dataclasses.replace(spec, mode=Mode.STYLE.value)
+        style_only = dataclasses.replace(spec, mode=Mode.STYLE.value, init="noise")
         self.style_targets = compute_targets(extractor, style_only, None, prepared, hw).style
 
     def __call__(self, output: Tensor, photos: Tensor) -> Terms:

@@ -1,0 +1,119 @@
+"""`nst report` on an `nst apply` run: which network, the score distribution, a contact sheet
+(photo beside its stylised output), the failures, and with --compare RUN the same photos from
+an `nst run`: network vs optimisation vs refinement (init=model:), each with its own loss.
+
+One self-contained HTML page (jinja2, autoescaped: paths and names are data, never markup)."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from .. import figures, storage
+from .. import layout as run_layout
+from ..errors import NstError
+from ..report import TEMPLATES
+from ..results import collect
+from . import apply_record, layout
+
+
+def is_apply_run(store: storage.Store) -> bool:
+    return store.exists(layout.APPLY_RECORD)
+
+
+def loss(alpha: float, beta: float, row: dict[str, Any]) -> float | None:
+    """The job's own objective under the evaluator: alpha * content + beta * style."""
+    c, s = row.get("score_content"), row.get("score_style")
+    return None if c is None or s is None else alpha * c + beta * s
+
+
+def histogram(values: Sequence[float], bins: int = 24) -> list[dict[str, Any]]:
+    """Bars over log10(loss): the distribution of a collection's scores."""
+    logs = [math.log10(v) for v in values if v > 0]
+    if not logs:
+        return []
+    lo, hi = min(logs), max(logs)
+    width = (hi - lo) / bins or 1.0
+    counts = [0] * bins
+    for v in logs:
+        counts[min(bins - 1, int((v - lo) / width))] += 1
+    top = max(counts)
+    return [{"from": 10 ** (lo + k * width), "to": 10 ** (lo + (k + 1) * width), "n": n,
+             "h": round(100 * n / top)} for k, n in enumerate(counts)]  # fmt: skip
+
+
+def _thumbs(uris: Sequence[str | None], so: dict | None) -> list[str | None]:
+    def one(uri: str | None) -> str | None:
+        data = figures.thumbnail(uri, so) if uri else None
+        return figures.data_uri(data, "image/jpeg") if data else None
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        return list(pool.map(one, uris))
+
+
+def _comparison(
+    rows: list[dict[str, Any]], run: str, so: dict | None, ab: tuple[float, float]
+) -> list[dict[str, Any]]:
+    """Per photo present in both runs: the network's output and loss, the best optimised
+    job's and the best refined job's (each scored under its own run's evaluator)."""
+    store = storage.Store(run, so)
+    jobs, _ = collect(store)
+    by_photo: dict[str, dict[str, Any]] = {}
+    for j in jobs:
+        if j.get("status") != "ok" or not j.get("image_uri") or j.get("content_uri") is None:
+            continue
+        kind = "refined" if str(j.get("init", "")).startswith("model:") else "optimised"
+        value = loss(j["content_weight"], j["style_weight"], j)
+        best = by_photo.setdefault(j["content_uri"], {}).get(kind)
+        if value is not None and (best is None or value < best["loss"]):
+            entry = {"loss": value, "image": store.resolve(j["image_uri"]), "by": j["score_by"]}
+            by_photo[j["content_uri"]][kind] = entry
+    out = []
+    for r in rows:
+        found = by_photo.get(r["input_uri"]) or by_photo.get(r["input_uri"].split("://")[-1])
+        if found and r["status"] == "ok":
+            out.append({"input": r["input"], "network": {"loss": loss(*ab, r),
+                        "image": r["_out"], "by": r["score_by"]}, **found})  # fmt: skip
+    return out
+
+
+def write_apply_report(
+    out: str, so: dict | None, compare: str | None = None, max_tiles: int = 60
+) -> tuple[str, dict[str, Any]]:
+    """Render OUT/report.html for an apply run; returns its URL and the headline numbers."""
+    store = storage.Store(out, so)
+    record = json.loads(store.get(layout.APPLY_RECORD))
+    rows = apply_record.read_all(store)[0].to_pylist()
+    if not rows:
+        raise NstError(f"{out}: no results to report (run `nst apply` first)")
+    spec = record["model"]["spec"]
+    ab = (spec["content_weight"], spec["style_weight"])
+    for r in rows:
+        r["loss"] = loss(*ab, r)
+        r["_out"] = store.resolve(r["output"]) if r.get("output") else None
+    ok = [r for r in rows if r["status"] == "ok"]
+    sample = sorted(random.Random(0).sample(ok, min(max_tiles, len(ok))), key=lambda r: r["input"])
+    thumbs = _thumbs([u for r in sample for u in (r["input_uri"], r["_out"])], so)
+    tiles = [{"row": r, "photo": thumbs[2 * k], "output": thumbs[2 * k + 1]}
+             for k, r in enumerate(sample)]  # fmt: skip
+    compared = _comparison(rows, compare, so, ab) if compare else []
+    for c in compared:
+        kinds = [k for k in ("network", "optimised", "refined") if k in c]
+        for k, t in zip(kinds, _thumbs([c[k]["image"] for k in kinds], so), strict=True):
+            c[k]["thumb"] = t
+    losses = sorted(r["loss"] for r in ok if r["loss"] is not None)
+    headline = {
+        "images": len(rows), "ok": len(ok), "failed": len(rows) - len(ok), "scored": len(losses),
+        "median_loss": losses[len(losses) // 2] if losses else None,
+    }  # fmt: skip
+    page = TEMPLATES.get_template("apply_report.html").render(
+        out=out, record=record, spec=spec, headline=headline, bars=histogram(losses),
+        tiles=tiles, failed=[r for r in rows if r["status"] != "ok"], compared=compared,
+        live=store.exists(run_layout.LEASE),
+    )  # fmt: skip
+    store.put(run_layout.REPORT, page.encode())
+    return store.url(run_layout.REPORT), headline
