@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -54,6 +53,7 @@ from .cli_shared import (  # noqa: F401  (re-exported: `pipeline.cli:app` is the
     parse_value,
 )
 from .errors import NstError
+from .exit_summary import summary_on_exit
 from .grid import DEFAULT_MAX_JOBS, expand
 from .plan import Plan, make_plan
 from .ranking import Rank
@@ -122,17 +122,9 @@ def _say_edition(edition: int) -> None:
         )
 
 
-@app.command()
-def params() -> None:
-    """Every job parameter: type, default, allowed values and meaning. Each is grid-able: a list
-    of values (a list of lists for list parameters) in a manifest column or `--set a,b`.
-
-    Example: nst params
-    """
-    t = Table(title="job parameters (columns of a manifest, names for --set)")
-    for col in ("name", "type", "default", "allowed", "meaning"):
-        t.add_column(col, overflow="fold")
+def _param_rows() -> list[tuple[str, str, str, str, str]]:
     defaults = JobSpec()
+    rows = []
     for name in JobSpec.field_names():
         kind = manifest.PARAMS[name] if name in manifest.PARAMS else None
         typ = "str" if kind is None else kind.kind.__name__
@@ -140,10 +132,31 @@ def params() -> None:
         default = getattr(defaults, name)
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else f"{default}"
         shown = f"{default:g}" if isinstance(default, float) else shown
-        allowed = ", ".join(choices(name) or ())
-        t.add_row(name, typ, shown, allowed, PARAM_HELP[name])
-    t.add_row("preset", "str", "None", ", ".join(PRESETS), "fill the parameters not given")
-    out_console.print(t)
+        rows.append((name, typ, shown, ", ".join(choices(name) or ()), PARAM_HELP[name]))
+    return rows
+
+
+@app.command()
+def params() -> None:
+    """Every job parameter: type, default, allowed values and meaning. Each is grid-able: a list
+    of values (a list of lists for list parameters) in a manifest column or `--set a,b`.
+
+    Example: nst params
+    """
+    columns = ("name", "type", "default", "allowed", "meaning")
+    rows = [*_param_rows(), ("preset", "str", "None", ", ".join(PRESETS),
+                              "fill the parameters not given")]  # fmt: skip
+    if out_console.is_terminal:
+        t = Table(title="job parameters (columns of a manifest, names for --set)")
+        for col in columns:
+            t.add_column(col, overflow="fold")
+        for row in rows:
+            t.add_row(*row)
+        out_console.print(t)
+    else:  # piped: one aligned line per parameter, never wrapped into a box
+        widths = [max(len(r[k]) for r in [columns, *rows]) for k in range(4)]
+        for row in [columns, *rows]:
+            print("  ".join([*(c.ljust(w) for c, w in zip(row, widths, strict=False)), row[4]]))
     out_console.print(
         "A recognisable result quickly: init=content (starts from the photo), iterations≈100, "
         "size=128. With the shipped weights use layers up to relu3_1/conv3_1."
@@ -217,7 +230,7 @@ def validate(
     jobs = _load_jobs(manifest_uri, so, max_jobs)
     rows_of: dict[str, set[int]] = {}
     for j in jobs:
-        for uri in (j.content_uri, *j.style_uris):
+        for uri in (j.content_uri, *j.style_uris, j.spec.init_image):  # a start image too
             if uri:
                 rows_of.setdefault(uri, set()).add(j.row)
 
@@ -236,7 +249,7 @@ def validate(
             for u, msg in zip(rows_of, pool.map(check, rows_of), strict=True)
             if msg
         ]
-    problems += _weights_problems(jobs)
+    problems += _weights_problems(jobs) + _model_problems(jobs, so)
     for p in problems:
         console.print(f"[red]✗[/] {p}", highlight=False, soft_wrap=True)
     if problems:
@@ -245,6 +258,25 @@ def validate(
     out_console.print(
         f"ok: {len(jobs)} jobs, {len(rows_of)} inputs readable, {n_weights} weights source(s) fit"
     )
+
+
+def _model_problems(jobs: list, so: dict | None) -> list[str]:
+    """Each style network named by init=model: loads (torch is imported only then)."""
+    rows: dict[str, set[int]] = {}
+    for j in jobs:
+        if j.spec.init_model:
+            rows.setdefault(j.spec.init_model, set()).add(j.row)
+    problems = []
+    for uri, where in rows.items():
+        from .stylenet.refine import load_model
+
+        try:
+            load_model(uri, so)
+        except FileNotFoundError:
+            problems.append(f"rows {sorted(where)}: init model {uri}: not found")
+        except (NstError, OSError) as e:
+            problems.append(f"rows {sorted(where)}: init {e}")
+    return problems
 
 
 def _weights_problems(jobs: list) -> list[str]:
@@ -331,32 +363,33 @@ def run(
     from .execute import Resources, init_ray, run_jobs
     from .jobs import RunOptions
 
-    started = time.time()
     so = _storage(storage_options)
-    store = _run_root(out, so)
-    edition = _edition(store, defaults)
-    _say_edition(edition)
-    jobs = _load_jobs(manifest_uri, so, max_jobs, edition)
-    with lease.held(store):
-        plan = make_plan(jobs, store, force, retry_failed, so)
-        console.print(f"plan: {_plan_line(plan, len(jobs))}", highlight=False)
-        ev = _evaluator(evaluator, [j.spec for j in jobs])
-        opts = RunOptions(
-            out, max_pixels, storage_options=so, evaluator=ev,
-            image_format=image_format.value, image_quality=image_quality,
-        )  # fmt: skip
-        res = Resources(
-            gpus_per_job, cpus_per_job, max_retries, None, batch_size, bool(address), gpu_wait
-        )
-        if plan.todo:  # only then: a finished run never starts Ray
-            init_ray(address, num_cpus, quiet=not _DEBUG["on"])
-            _say_where(res)
-        summary = run_jobs(jobs, opts, res, progress=progress, plan=plan, defaults=edition)
-    code = _report_run(summary, out, strict)
-    if summary_json:
-        _write_summary(summary_json, so, summary, time.time() - started, code)
-    if code:
-        raise typer.Exit(code)
+    with summary_on_exit(summary_json, so, RUN_SUMMARY_KEYS) as exit_summary:
+        store = _run_root(out, so)
+        edition = _edition(store, defaults)
+        _say_edition(edition)
+        jobs = _load_jobs(manifest_uri, so, max_jobs, edition)
+        with lease.held(store):
+            plan = make_plan(jobs, store, force, retry_failed, so)
+            console.print(f"plan: {_plan_line(plan, len(jobs))}", highlight=False)
+            ev = _evaluator(evaluator, [j.spec for j in jobs])
+            opts = RunOptions(
+                out, max_pixels, storage_options=so, evaluator=ev,
+                image_format=image_format.value, image_quality=image_quality,
+            )  # fmt: skip
+            res = Resources(
+                gpus_per_job, cpus_per_job, max_retries, None, batch_size, bool(address), gpu_wait
+            )
+            if plan.todo:  # only then: a finished run never starts Ray
+                init_ray(address, num_cpus, quiet=not _DEBUG["on"])
+                _say_where(res)
+            summary = run_jobs(jobs, opts, res, progress=progress, plan=plan, defaults=edition)
+        exit_summary.code = _report_run(summary, out, strict)
+        exit_summary.fields |= _summary_fields(summary)
+        if summary.error:
+            exit_summary.error = summary.error
+        if exit_summary.code:
+            raise typer.Exit(exit_summary.code)
 
 
 def _report_run(summary: Summary, out: str, strict: bool) -> int:
@@ -411,12 +444,14 @@ def _plan_line(plan: Plan, total: int) -> str:
     return f"{len(plan.todo)} to run ({reasons or 'nothing to do'}), {kept} already done"
 
 
-def _write_summary(
-    dest: str, so: dict[str, Any] | None, summary: Summary, seconds: float, code: int
-) -> None:
+RUN_SUMMARY_KEYS = ("total", "already_done", "ran", "status", "failed_jobs", "diverged_jobs",
+                    "not_retried", "outputs_missing", "interrupted")  # fmt: skip
+
+
+def _summary_fields(summary: Summary) -> dict[str, Any]:
     """For schedulers: what ran, why, and what failed, so a cron job can alert on it."""
     plan, rows = summary.plan, summary.rows
-    doc = {
+    return {
         "total": summary.total,
         "already_done": summary.skipped,
         "ran": dict(sorted(plan.counts().items())) if plan else {},
@@ -426,11 +461,7 @@ def _write_summary(
         "not_retried": plan.not_retried if plan else 0,
         "outputs_missing": plan.missing_outputs if plan else [],
         "interrupted": summary.interrupted,
-        "seconds": round(seconds, 3),
-        "exit_code": code,
     }
-    fs, path = storage.filesystem(dest, so)
-    fs.pipe_file(path, json.dumps(doc, indent=1).encode())
 
 
 @app.command()

@@ -56,6 +56,13 @@ def row_axes(row: dict[str, Any]) -> dict[str, list]:
     return {k: v for k, v in row.items() if k in PARAMS and v is not None and _is_axis(k, v)}
 
 
+def row_job_count(row: dict[str, Any]) -> int:
+    """Jobs a row expands to, from its axes' sizes alone (a layer sweep counts one job per
+    combination here: its layer subsets are known once its spec is): a 200k-job grid is
+    refused before any job is built."""
+    return math.prod(len(v) for v in row_axes(row).values())
+
+
 def _row_inputs(where: str, row: dict[str, Any]) -> tuple[RowMode, str | None, tuple[str, ...]]:
     """The row's mode and the inputs it uses (the others are dropped, not refused)."""
     raw = row.get("mode") or RowMode.TRANSFER.value
@@ -83,6 +90,8 @@ def expand_row(i: int, row: dict[str, Any], defaults: int = FIRST_DEFAULTS) -> I
         fixed.pop(k)
     tags = tuple(sorted((k, v) for k, v in row.items() if k.startswith(TAG_PREFIX)))
     name, preset = row.get("job_name"), row.get("preset")
+    for column, value in (("job_name", name), *tags):
+        _check_text(where, column, value)
     for combo in itertools.product(*axes.values()):
         params = {**fixed, **dict(zip(axes, combo, strict=True))}
         params = {k: _coerce(k, v, where) for k, v in params.items()}
@@ -95,6 +104,19 @@ def expand_row(i: int, row: dict[str, Any], defaults: int = FIRST_DEFAULTS) -> I
         for layers in sweep_layer_sets(base.style_layers):
             sub = replace(base, style_layers=layers, style_layer_weights=None)
             yield Job(sub, None, styles, i, name, tags, sweep_of=sweep, preset=preset)
+
+
+def _check_text(where: str, column: str, value: Any) -> None:
+    """Names and tags are shown in terminals, reports and CSV exports: no NUL, newline or
+    other control character may ride along in them."""
+    values = value if isinstance(value, list) else [value]
+    for v in values:
+        if isinstance(v, str) and any(ord(ch) < 32 or ord(ch) == 127 for ch in v):
+            bad = next(ch for ch in v if ord(ch) < 32 or ord(ch) == 127)
+            raise ManifestError(
+                f"{where}: {column} {v!r} contains a control character ({bad!r}); names and "
+                "tags must be plain text"
+            )
 
 
 def _spec(where: str, params: dict[str, Any], preset: str | None, defaults: int) -> JobSpec:
@@ -115,16 +137,23 @@ def expand(
     kept (a tag that differs becomes a list of its values), with a warning."""
     if table.num_rows == 0:
         raise ManifestError("manifest has no rows")
+    rows = table.to_pylist()
+    at_least = sum(row_job_count(row) for row in rows)
+    if at_least > max_jobs:
+        raise ManifestError(
+            f"manifest expands to {at_least:,} jobs, more than --max-jobs {max_jobs:,}; raise "
+            "--max-jobs if this is intended"
+        )
     jobs: dict[str, Job] = {}
     merged: dict[str, list[int]] = {}
     count = 0
-    for i, row in enumerate(table.to_pylist()):
+    for i, row in enumerate(rows):
         for job in expand_row(i, row, defaults):
             count += 1
-            if count > max_jobs:
+            if count > max_jobs:  # a layer sweep's subsets are known only once expanded
                 raise ManifestError(
-                    f"manifest expands to more than {max_jobs} jobs (limit reached at row {i}); "
-                    f"raise --max-jobs if this is intended"
+                    f"manifest expands to more than --max-jobs {max_jobs:,} jobs (limit reached "
+                    f"at row {i}); raise --max-jobs if this is intended"
                 )
             first = jobs.setdefault(job.id, job)
             if first is not job and (first.job_name, first.tags) != (job.job_name, job.tags):

@@ -60,8 +60,11 @@ def snapshot_path(job_id: str, iteration: int, ext: str = "png") -> str:
 
 
 def split_job_path(rel: str) -> tuple[str, str] | None:
-    """'jobs/<id>/<name>' -> (id, name); anything else (e.g. a nested file) -> None."""
+    """'jobs/<id>/<name>' -> (id, name), 'jobs/<id>/snapshots/<n>' -> (id, 'snapshots/<n>');
+    anything else -> None."""
     parts = rel.split("/")
+    if len(parts) == 4 and parts[0] == JOBS_DIR and parts[2] == SNAPSHOTS:
+        return parts[1], f"{SNAPSHOTS}/{parts[3]}"
     if len(parts) != 3 or parts[0] != JOBS_DIR:
         return None
     return parts[1], parts[2]
@@ -73,9 +76,12 @@ def marker_of(names: dict[str, int] | set[str]) -> str | None:
 
 
 def uncommit_paths(job_id: str, names: dict[str, int] | set[str]) -> list[str]:
-    """What to delete to un-commit a job: its marker, and an earlier run's record and trace
-    (which would be stale once the job is written again in the current form)."""
-    return [job_path(job_id, n) for n in (RESULT, V1_MARKER, V1_RECORD, V1_TRACE) if n in names]
+    """What to delete to un-commit a job: its marker, an earlier run's record and trace, and
+    its outputs (image, snapshots): if the redo fails, nothing of the old inputs' result may
+    stay beside the failed record for anything that syncs jobs/*/image.* to ship."""
+    records = [n for n in (RESULT, V1_MARKER, V1_RECORD, V1_TRACE) if n in names]
+    outputs = [n for n in names if n.startswith(("image.", f"{SNAPSHOTS}/"))]
+    return [job_path(job_id, n) for n in [*records, *outputs]]
 
 
 def outputs_missing(row: dict[str, Any], names: dict[str, int]) -> bool:

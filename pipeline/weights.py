@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import re
 from functools import lru_cache
 
 import fsspec
@@ -35,10 +36,8 @@ def load_state_dict(uri: str, storage_options: dict | None = None) -> dict[str, 
     try:
         sd = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise WeightsError(
-            f"weights file {uri} is not a plain tensor state dict (refused by weights_only "
-            f"loading): {first}"
+            f"weights file {uri} is not a plain tensor state dict: {refusal_reason(e)}"
         ) from None
     except Exception as e:  # noqa: BLE001  torch.load fails on non-checkpoints in many ways
         raise WeightsError(
@@ -50,6 +49,18 @@ def load_state_dict(uri: str, storage_options: dict | None = None) -> dict[str, 
     if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):
         raise WeightsError(f"weights file {uri} does not hold a dict of tensors")
     return sd
+
+
+def refusal_reason(e: BaseException) -> str:
+    """Why safe loading refused a file, without PyTorch's advice to load it unsafely (which
+    this tool never does: a pickle can run code)."""
+    text = str(e)
+    detail = re.search(r"WeightsUnpickler error: *(.+?)(?:\n\n|$)", text, re.S)
+    if detail:
+        found = " ".join(detail.group(1).split())
+        return f"it holds Python objects, not only tensors ({found}); such files are never loaded"
+    lines = [ln for ln in text.strip().splitlines() if "weights_only" not in ln]
+    return lines[0] if lines else type(e).__name__
 
 
 def imagenet_state_dict(backbone: str) -> dict[str, Tensor]:

@@ -98,11 +98,23 @@ def test_bad_manifests_give_clear_row_numbered_errors(rows, message):
         expand(t)
 
 
-def test_a_grid_past_the_limit_is_refused():
+def test_a_grid_past_the_limit_is_refused_with_its_real_count():
     t = table([{**PAIR, "seed": list(range(50)), "lr": [0.1, 0.2, 0.3]}])
-    with pytest.raises(ManifestError, match="more than 100 jobs"):
+    with pytest.raises(ManifestError, match="expands to 150 jobs, more than --max-jobs 100"):
         expand(t, max_jobs=100)
     assert len(expand(t, max_jobs=150)) == 150
+
+
+def test_a_200k_job_grid_is_refused_before_any_job_is_built(monkeypatch):
+    from pipeline import grid
+
+    def built(*args, **kwargs):
+        raise AssertionError("a job was built")  # 200k of them took ~10 s and 290 MB
+
+    monkeypatch.setattr(grid, "expand_row", built)
+    t = table([{**PAIR, "seed": list(range(2000)), "lr": [0.01 * k for k in range(1, 101)]}])
+    with pytest.raises(ManifestError, match="expands to 200,000 jobs, more than --max-jobs"):
+        expand(t)
 
 
 def test_an_empty_manifest_is_refused():
@@ -142,3 +154,11 @@ def test_job_ids_published_by_earlier_versions_stay_the_same():
     row = {"content_uri": "s3://b/c.png", "style_uri": "s3://b/s.png", "weights": "random:0"}
     jobs = expand(pa.Table.from_pylist([{**row, "optimizer": ["adam", "lbfgs"]}]))
     assert [j.id for j in jobs] == ["012aae45de26b6cd523d", "8992d1305064fc612cf3"]
+
+
+@pytest.mark.parametrize("column", ["job_name", "tag_note"])
+@pytest.mark.parametrize("bad", ["a\x00b", "two\nlines", "tab\there"])
+def test_control_characters_in_names_and_tags_are_refused_naming_the_row(column, bad):
+    t = table([PAIR, {**PAIR, column: bad}])
+    with pytest.raises(ManifestError, match=f"row 1: {column} .* contains a control character"):
+        expand(t)

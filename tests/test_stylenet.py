@@ -276,12 +276,13 @@ def test_apply_writes_each_good_image_once_despite_a_corrupt_one_and_a_killed_wo
     assert all(now[k]["finished_at"] == v for k, v in before.items() if k != "a/x3.png")
 
 
-def test_apply_resizes_to_size_and_writes_the_chosen_format(trained, tmp_path):
+def test_apply_resizes_to_size_in_bf16_and_writes_the_chosen_format(trained, tmp_path):
     coll = tmp_path / "c"
     write_images(coll, 3, "i")
     out = tmp_path / "o"
     r = nst("apply", trained[0] / "model.pt", "--input", coll, "--out", out, "--size", "40",
-            "--image-format", "jpeg", "--no-progress", "--score", "none")  # fmt: skip
+            "--image-format", "jpeg", "--precision", "bf16", "--no-progress",
+            "--score", "none")  # fmt: skip
     assert r.exit_code == 0, r.output
     from PIL import Image
 
@@ -369,3 +370,65 @@ def test_a_relative_model_path_in_a_manifest_is_relative_to_the_manifest(tmp_pat
     assert resolve_paths(absolute, str(tmp_path / "m.parquet")).column("init").to_pylist() == [
         "model:s3://b/m.pt"
     ]
+
+
+def test_the_plan_redoes_exactly_new_changed_other_model_missing_and_with_retry_failed():
+    import pyarrow as pa
+
+    from pipeline.stylenet import apply_record
+    from pipeline.stylenet.apply import plan
+
+    names = ["new", "same", "changed", "model", "gone", "failed"]
+    listing = pa.table({"input": names, "input_uri": names, "input_fingerprint": ["f"] * 6})
+    done = apply_record.table(
+        {"input": n, "input_fingerprint": "old" if n == "changed" else "f", "output": f"o/{n}",
+         "status": "failed" if n == "failed" else "ok",
+         "model_fingerprint": "other" if n == "model" else "m"}
+        for n in names[1:]
+    )  # fmt: skip
+    outputs = pa.array([f"o/{n}" for n in ("same", "changed", "model", "failed")])
+    todo, why = plan(listing, done, outputs, "m", retry_failed=False)
+    assert sorted(todo.column("input").to_pylist()) == ["changed", "gone", "model", "new"]
+    assert why == {"new": 1, "input changed": 1, "other model": 1, "output missing": 1}
+    todo, why = plan(listing, done, outputs, "m", retry_failed=True)
+    assert "failed" in todo.column("input").to_pylist() and why["retry failed"] == 1
+
+
+def test_a_second_apply_into_a_live_output_exits_4_and_writes_nothing(trained, tmp_path):
+    from pipeline import lease, storage
+
+    coll = tmp_path / "c"
+    write_images(coll, 2, "i")
+    out = tmp_path / "o"
+    with lease.held(storage.Store(str(out))):
+        r = nst("apply", trained[0] / "model.pt", "--input", coll, "--out", out, "--no-progress")
+    assert r.exit_code == 4 and "another nst run is writing" in r.output
+    assert sorted(p.name for p in out.iterdir()) == []
+
+
+def test_train_from_a_committed_job_takes_its_parameters_and_style(tmp_path):
+    from conftest import start_ray
+    from helpers import run_manifest
+
+    start_ray(0)
+    photos = smooth_photos(tmp_path / "photos", 3)
+    style = tmp_path / "style.png"
+    style.write_bytes(png_bytes(40, 40, seed=3))
+    rows = [{"content_uri": photos[0], "style_uri": str(style), "style_weight": 3e3,
+             "tv_weight": 0.5}]  # fmt: skip
+    r, run = run_manifest(tmp_path, rows)
+    assert r.exit_code == 0, r.output
+    (job_id,) = [p.name for p in (run / "jobs").iterdir()]
+    (tmp_path / "list.txt").write_text("\n".join(photos) + "\n")
+    out = tmp_path / "model"
+    t = nst("train", "--content", tmp_path / "list.txt", "--from-job", run, job_id, "--out", out,
+            "--steps", "2", "--holdout", "0", *TINY_NET, "--set", "content_weight=2")  # fmt: skip
+    assert t.exit_code == 0, t.output
+    m = model_file.from_bytes((out / "model.pt").read_bytes(), "m")
+    assert m.meta["spec"]["style_weight"] == 3e3 and m.meta["spec"]["tv_weight"] == 0.5
+    assert m.meta["spec"]["content_weight"] == 2  # --set wins over the job's value
+    assert m.meta["style_uris"] == [str(style)] and m.meta["photos"] == 3
+    assert m.meta["from_job"] == {"run": str(run), "job_id": job_id}
+    bad = nst("train", "--content", tmp_path / "photos", "--from-job", run, "0" * 20, "--out",
+              tmp_path / "m2")  # fmt: skip
+    assert bad.exit_code == 1 and "is not committed in" in bad.output

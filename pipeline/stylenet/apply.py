@@ -9,6 +9,7 @@ network. Rows stream back in completion order; the driver keeps counts, not rows
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 from collections import Counter
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from .. import storage
 from ..errors import NstError
@@ -60,41 +62,43 @@ def list_collection(uri: str, so: dict | None) -> pa.Table:
     )
 
 
+REASONS = ("new", "input changed", "other model", "output missing", "retry failed")
+
+
 def plan(
-    listing: pa.Table, done: pa.Table, outputs: set[str], model_fp: str, retry_failed: bool
-) -> tuple[list[int], Counter[str]]:
-    """Indices of the listing to (re)do, and why."""
-    before = {r["input"]: r for r in done.to_pylist()}
-    todo, reasons = [], Counter[str]()
-    names, prints = listing.column("input").to_pylist(), listing.column("input_fingerprint")
-    for i, (name, fp) in enumerate(zip(names, prints.to_pylist(), strict=True)):
-        reason = _reason(before.get(name), fp, outputs, model_fp, retry_failed)
-        if reason:
-            todo.append(i)
-            reasons[reason] += 1
-    return todo, reasons
+    listing: pa.Table, done: pa.Table, outputs: pa.Array, model_fp: str, retry_failed: bool
+) -> tuple[pa.Table, Counter[str]]:
+    """The listed images to (re)do, and why: columnar (an Arrow join, no row objects), so a
+    collection of 10^6 photos plans in seconds and in the memory of its columns."""
+    prev = done.select(["input", "input_fingerprint", "model_fingerprint", "status", "output"])
+    prev = prev.rename_columns(["input", "prev_fp", "prev_model", "prev_status", "prev_output"])
+    j = listing.join(prev, "input", join_type="left outer").sort_by("input")
+
+    def yes(mask: Any) -> Any:
+        return pc.fill_null(mask, False)
+
+    new = pc.is_null(j.column("prev_fp"))
+    changed = yes(pc.not_equal(j.column("prev_fp"), j.column("input_fingerprint")))
+    other = pc.and_(pc.invert(changed), yes(pc.not_equal(j.column("prev_model"), model_fp)))
+    settled = pc.invert(pc.or_(pc.or_(new, changed), other))
+    ok = yes(pc.equal(j.column("prev_status"), "ok"))
+    gone = pc.invert(pc.is_in(j.column("prev_output"), value_set=outputs))
+    missing = pc.and_(pc.and_(settled, ok), gone)
+    retry = pc.and_(pc.and_(settled, pc.invert(ok)), pa.scalar(retry_failed))
+    masks = dict(zip(REASONS, (new, changed, other, missing, retry), strict=True))
+    todo = functools.reduce(pc.or_, masks.values())
+    reasons = Counter({k: n for k, m in masks.items() if (n := pc.sum(m).as_py() or 0)})
+    return j.filter(todo).select(listing.column_names), reasons
 
 
-def _reason(
-    prev: dict[str, Any] | None, fp: str, outputs: set[str], model_fp: str, retry: bool
-) -> str | None:
-    if prev is None:
-        return "new"
-    if prev["input_fingerprint"] != fp:
-        return "input changed"
-    if prev["model_fingerprint"] != model_fp:
-        return "other model"
-    if prev["status"] == "ok":
-        return None if prev["output"] in outputs else "output missing"
-    return "retry failed" if retry else None
-
-
-def existing_outputs(store: storage.Store) -> set[str]:
+def existing_outputs(store: storage.Store) -> pa.Array:
+    """Every output under images/ (one recursive listing)."""
     base = storage.join(store.root, layout.IMAGES)
     try:
-        return {f"{layout.IMAGES}/{p[len(base) :].lstrip('/')}" for p in store.fs.find(base)}
+        found = store.fs.find(base)
     except FileNotFoundError:
-        return set()
+        found = []
+    return pa.array([f"{layout.IMAGES}/{p[len(base) :].lstrip('/')}" for p in found], pa.string())
 
 
 def score_flags(n: int, score: str, seed: int = 0) -> list[bool]:
@@ -116,18 +120,19 @@ def run_apply(
     store = storage.Store(opts.out, opts.storage_options)
     listing = list_collection(input_uri, opts.storage_options)
     done, _ = apply_record.read_all(store)
-    idx, reasons = plan(listing, done, existing_outputs(store), model_fp, retry_failed)
-    summary = ApplySummary(listing.num_rows, len(idx), reasons=reasons)
-    if idx:
-        todo = listing.take(idx)
-        todo = todo.append_column("score", pa.array(score_flags(len(idx), score)))
+    todo, reasons = plan(listing, done, existing_outputs(store), model_fp, retry_failed)
+    summary = ApplySummary(listing.num_rows, todo.num_rows, reasons=reasons)
+    progress.total = todo.num_rows
+    progress.bar.update(progress.task, total=todo.num_rows)
+    if todo.num_rows:
+        todo = todo.append_column("score", pa.array(score_flags(todo.num_rows, score)))
         try:
             _stream(todo, opts, batch_size, workers, gpus, summary, progress)
         except KeyboardInterrupt:
             summary.interrupted = True
     final = apply_record.compact(store)
     summary.counts = Counter(final.column("status").to_pylist())
-    bad = final.filter(pa.compute.equal(final.column("status"), "failed"))
+    bad = final.filter(pc.equal(final.column("status"), "failed"))
     summary.failed = bad.column("input").to_pylist()
     return summary
 

@@ -3,7 +3,6 @@ started, the collection streamed, the outcome printed and summarised for schedul
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -12,6 +11,7 @@ from nst_ops.evaluator import default_evaluator
 from .. import lease, record, storage
 from ..cli_shared import _evaluator, console, out_console
 from ..errors import NstError
+from ..exit_summary import summary_on_exit
 from . import layout
 from .apply import ApplySummary, run_apply
 from .apply_worker import ApplyOptions
@@ -25,6 +25,21 @@ def apply_command(
     **options: Any,
 ) -> int:  # fmt: skip
     """Run the collection and return the exit code (see `nst apply --help`)."""
+    with summary_on_exit(summary_json, so, APPLY_SUMMARY_KEYS) as exit_summary:
+        summary = _apply(model_uri, input_uri, out, so, gpus=gpus, score=score,
+                         evaluator=evaluator, address=address, progress=progress,
+                         batch_size=batch_size, workers=workers, retry_failed=retry_failed,
+                         **options)  # fmt: skip
+        exit_summary.code = _report(summary, out, strict)
+        exit_summary.fields |= _summary_fields(summary)
+    return exit_summary.code
+
+
+def _apply(
+    model_uri: str, input_uri: str, out: str, so: dict | None, *, gpus: float | None,
+    score: str, evaluator: str | None, address: str | None, progress: bool, batch_size: int,
+    workers: int | None, retry_failed: bool, **options: Any,
+) -> ApplySummary:  # fmt: skip
     from ..execute import RunProgress, init_ray
 
     started = time.time()
@@ -42,14 +57,10 @@ def apply_command(
         res_gpus = gpus if gpus is not None else (1.0 if _cluster_gpus() else 0.0)
         bar = RunProgress(0, progress, label="nst apply")
         try:
-            summary = run_apply(opts, input_uri, model.fingerprint, batch_size, workers,
-                                res_gpus, retry_failed, score, bar)  # fmt: skip
+            return run_apply(opts, input_uri, model.fingerprint, batch_size, workers, res_gpus,
+                             retry_failed, score, bar)  # fmt: skip
         finally:
             bar.close()
-    code = _report(summary, out, strict)
-    if summary_json:
-        _write_summary(summary_json, so, summary, time.time() - started, code)
-    return code
 
 
 def _cluster_gpus() -> float:
@@ -86,17 +97,14 @@ def _report(summary: ApplySummary, out: str, strict: bool) -> int:
     return 3 if strict and summary.counts.get("failed") else 0
 
 
-def _write_summary(
-    dest: str, so: dict | None, summary: ApplySummary, seconds: float, code: int
-) -> None:
-    doc = {
+APPLY_SUMMARY_KEYS = ("total", "ran", "status", "failed_inputs", "interrupted")
+
+
+def _summary_fields(summary: ApplySummary) -> dict[str, Any]:
+    return {
         "total": summary.total,
         "ran": dict(sorted(summary.reasons.items())),
         "status": dict(sorted(summary.counts.items())),
         "failed_inputs": summary.failed,
         "interrupted": summary.interrupted,
-        "seconds": round(seconds, 3),
-        "exit_code": code,
     }
-    fs, path = storage.filesystem(dest, so)
-    fs.pipe_file(path, json.dumps(doc, indent=1).encode())

@@ -19,6 +19,7 @@ from nst_ops.spec import JobSpec
 from nst_ops.stylenet import NetConfig, TransformerNet
 
 from ..errors import NstError
+from ..weights import refusal_reason
 
 FORMAT = "nst-stylenet/1"
 
@@ -73,8 +74,7 @@ def from_bytes(data: bytes, name: str) -> StyleModel:
     try:
         doc = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        msg = f"{name}: not a style network file (refused by safe loading: {first})"
+        msg = f"{name}: not a style network file ({refusal_reason(e)})"
         raise ModelError(msg) from None
     except Exception as e:  # noqa: BLE001  torch.load fails on non-checkpoints in many ways
         raise ModelError(f"{name}: not a style network file ({type(e).__name__}: {e})") from None

@@ -1,0 +1,100 @@
+"""What a scheduler or an operator reads after a run is true: the summary exists for every
+exit, a failed redo leaves no stale result, inputs are checked before compute, and the
+terminal output stays readable when piped."""
+
+import json
+import os
+
+import pyarrow.parquet as pq
+import pytest
+from helpers import nst, png_bytes, run_manifest, table, write_images
+
+from pipeline import lease, storage
+
+
+def _summary(path) -> dict:
+    return json.loads(path.read_text())
+
+
+def test_the_summary_is_written_on_an_error_exit_and_replaces_the_last_runs(tmp_path):
+    summary = tmp_path / "s.json"
+    summary.write_text(json.dumps({"exit_code": 0}))  # a previous run's success
+    r = nst("run", tmp_path / "missing.parquet", "--out", tmp_path / "o", "--summary-json",
+            summary)  # fmt: skip
+    assert r.exit_code == 1
+    doc = _summary(summary)
+    assert doc["exit_code"] == 1 and "missing.parquet" in doc["error"] and doc["total"] is None
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".summary-")]  # no temp left
+
+
+def test_the_summary_says_exit_4_when_another_run_holds_the_output(tmp_path):
+    c, s = write_images(tmp_path, 2, "i")
+    pq.write_table(table([{"content_uri": c, "style_uri": s}]), tmp_path / "m.parquet")
+    out, summary = tmp_path / "o", tmp_path / "s.json"
+    with lease.held(storage.Store(str(out))):
+        r = nst("run", tmp_path / "m.parquet", "--out", out, "--summary-json", summary)
+    assert r.exit_code == 4
+    doc = _summary(summary)
+    assert doc["exit_code"] == 4 and "another nst run is writing" in doc["error"]
+
+
+@pytest.mark.usefixtures("ray_cpu")
+def test_the_summary_of_a_strict_run_with_a_failure_says_3(tmp_path):
+    c, s = write_images(tmp_path, 2, "i")
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    rows = [{"content_uri": c, "style_uri": s}, {"content_uri": str(bad), "style_uri": s}]
+    summary = tmp_path / "s.json"
+    r, _ = run_manifest(tmp_path, rows, "--strict", "--summary-json", summary)
+    assert r.exit_code == 3
+    doc = _summary(summary)
+    assert doc["exit_code"] == 3 and doc["status"] == {"failed": 1, "ok": 1}
+    assert doc["error"] is None
+
+
+@pytest.mark.usefixtures("ray_cpu")
+def test_a_failed_redo_removes_the_previous_inputs_image_and_snapshots(tmp_path):
+    c, s = write_images(tmp_path, 2, "i")
+    rows = [{"content_uri": c, "style_uri": s, "save_every": 1}]
+    r, out = run_manifest(tmp_path, rows)
+    assert r.exit_code == 0, r.output
+    (job,) = (out / "jobs").iterdir()
+    assert (job / "image.png").exists() and list((job / "snapshots").iterdir())
+    with open(c, "wb") as f:  # the input changes into something that cannot be decoded
+        f.write(png_bytes()[:30])
+    os.utime(c, (1e9, 1e9))
+    again = nst("run", tmp_path / "m.parquet", "--out", out, "--no-progress")
+    assert again.exit_code == 0 and "input changed 1" in again.output
+    row = pq.read_table(out / "results.parquet").to_pylist()[0]
+    assert row["status"] == "failed" and row.get("image_uri") is None
+    assert not (job / "image.png").exists() and not list((job / "snapshots").glob("*"))
+
+
+def test_validate_checks_a_start_image_like_any_input(tmp_path):
+    c, s = write_images(tmp_path, 2, "i")
+    start = tmp_path / "start.png"
+    start.write_bytes(b"GIF89a not really")
+    rows = [{"content_uri": c, "style_uri": s, "init": str(start)}]
+    pq.write_table(table(rows), tmp_path / "m.parquet")
+    r = nst("validate", tmp_path / "m.parquet")
+    assert r.exit_code == 1 and "start.png" in r.output and "rows [0]" in r.output
+
+
+def test_validate_loads_a_refinement_model_and_names_a_bad_one(tmp_path):
+    c, s = write_images(tmp_path, 2, "i")
+    rows = [{"content_uri": c, "style_uri": s, "init": f"model:{tmp_path / 'none.pt'}"}]
+    pq.write_table(table(rows), tmp_path / "m.parquet")
+    r = nst("validate", tmp_path / "m.parquet")
+    assert r.exit_code == 1 and "init model" in r.output and "none.pt: not found" in r.output
+
+
+def test_params_piped_is_one_aligned_line_per_parameter():
+    from nst_ops.spec import JobSpec
+
+    r = nst("params", env={"COLUMNS": "80"})
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    names = [ln.split()[0] for ln in lines]
+    assert names[: len(JobSpec.field_names()) + 2] == ["name", *JobSpec.field_names(), "preset"]
+    assert not any(ch in r.output for ch in "┃│┏━")  # no box drawn into a pipe
+    starts = {ln.index(ln.split()[1]) for ln in lines[: len(JobSpec.field_names()) + 2]}
+    assert len(starts) == 1  # the type column is aligned
