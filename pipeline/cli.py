@@ -24,13 +24,15 @@ from nst_ops.spec import PARAM_HELP, JobSpec, choices
 from nst_ops.vocab import BAD_STATUSES, Mode, RowMode, Status
 
 from . import images, layout, lease, manifest, results, storage
-from .cli_shared import (  # noqa: F401  (re-exported: `pipeline.cli:app` is the entry point)
+from .cli_shared import (
     _DEBUG,
-    QUICK_START,
+    AllowHttpOpt,
+    AllowPrivateOpt,
     DefaultsOpt,
     EvaluatorOpt,
     ImageFormat,
     ListOpt,
+    MaxInputBytesOpt,
     MaxJobsOpt,
     MaxPixelsOpt,
     OutArg,
@@ -39,22 +41,19 @@ from .cli_shared import (  # noqa: F401  (re-exported: `pipeline.cli:app` is the
     QualityOpt,
     SetOpt,
     StorageOpt,
-    _check_name,
     _evaluator,
-    _numbers,
     _params,
-    _scalar,
     _storage,
     app,
     cli_errors,
     console,
-    main,
     out_console,
-    parse_value,
+    set_input_policy,  # noqa: F401  (re-exported: `pipeline.cli:app` is the entry point)
 )
 from .errors import NstError
 from .exit_summary import summary_on_exit
 from .grid import DEFAULT_MAX_JOBS, expand
+from .input_policy import DEFAULT_MAX_BYTES
 from .plan import Plan, make_plan
 from .ranking import Rank
 
@@ -84,7 +83,7 @@ def make_manifest(
     Example: nst make-manifest m.parquet --content photos/ --style 'art/*.jpg'
     --set optimizer=adam,lbfgs --set style_weight=1e6,1e7
     """
-    so = _storage(storage_options)
+    so = _storage(storage_options, str(dest))
     contents = [u for pattern in content or [] for u in manifest.list_images(pattern, so)]
     styles = [u for pattern in style or [] for u in manifest.list_images(pattern, so)]
     params = _params(set_ or [], grid)
@@ -188,7 +187,7 @@ def plan(
 
     Example: nst plan manifests/demo.parquet --out results/demo
     """
-    so = _storage(storage_options)
+    so = _storage(storage_options, out or manifest_uri)
     store = storage.Store(out, so) if out is not None else None
     edition = _edition(store, defaults)
     _say_edition(edition)
@@ -221,12 +220,16 @@ def validate(
         int, typer.Option(help="Refuse images above this.")
     ] = images.DEFAULT_MAX_PIXELS,
     storage_options: StorageOpt = None,
+    allow_http: AllowHttpOpt = False,
+    allow_private_hosts: AllowPrivateOpt = False,
+    max_input_bytes: MaxInputBytesOpt = DEFAULT_MAX_BYTES,
 ) -> None:
     """Check the schema, every row, and that every input exists and decodes (cheaply).
 
     Example: nst validate s3://bucket/manifest.parquet --storage-options '{"anon": false}'
     """
-    so = _storage(storage_options)
+    set_input_policy(allow_http, allow_private_hosts, max_input_bytes)
+    so = _storage(storage_options, manifest_uri)
     jobs = _load_jobs(manifest_uri, so, max_jobs)
     rows_of: dict[str, set[int]] = {}
     for j in jobs:
@@ -236,7 +239,7 @@ def validate(
 
     def check(uri: str) -> str | None:
         try:
-            images.probe(storage.read_bytes(uri, so, attempts=2), uri, max_pixels)
+            images.probe(storage.read_input(uri, so, attempts=2), uri, max_pixels)
         except FileNotFoundError:
             return f"{uri}: not found"
         except (NstError, OSError) as e:
@@ -249,7 +252,7 @@ def validate(
             for u, msg in zip(rows_of, pool.map(check, rows_of), strict=True)
             if msg
         ]
-    problems += _weights_problems(jobs) + _model_problems(jobs, so)
+    problems += _weights_problems(jobs, so) + _model_problems(jobs, so)
     for p in problems:
         console.print(f"[red]✗[/] {p}", highlight=False, soft_wrap=True)
     if problems:
@@ -279,7 +282,7 @@ def _model_problems(jobs: list, so: dict | None) -> list[str]:
     return problems
 
 
-def _weights_problems(jobs: list) -> list[str]:
+def _weights_problems(jobs: list, so: dict | None = None) -> list[str]:
     """Each distinct weights source loaded once, checked against the deepest layer asked of it
     (seeded random weights always fit, and need no torch here)."""
     layers: dict[tuple[str, str], set[str]] = {}
@@ -295,8 +298,8 @@ def _weights_problems(jobs: list) -> list[str]:
     problems = []
     for (w, backbone), names in layers.items():
         try:
-            check_covers(w, backbone, sorted(names))
-        except (WeightsError, ValueError) as e:
+            check_covers(w, backbone, sorted(names), so)
+        except (WeightsError, ValueError, OSError) as e:
             problems.append(f"rows {sorted(rows[(w, backbone)])}: weights {w} ({backbone}): {e}")
     return problems
 
@@ -350,6 +353,9 @@ def run(
     ] = ImageFormat.PNG,
     image_quality: QualityOpt = 95,
     defaults: DefaultsOpt = None,
+    allow_http: AllowHttpOpt = False,
+    allow_private_hosts: AllowPrivateOpt = False,
+    max_input_bytes: MaxInputBytesOpt = DEFAULT_MAX_BYTES,
 ) -> None:
     """Run every job of a manifest on Ray, writing images and loss traces under --out.
 
@@ -360,10 +366,11 @@ def run(
 
     Example: nst run manifests/demo.parquet --out results/demo
     """
+    set_input_policy(allow_http, allow_private_hosts, max_input_bytes)
     from .execute import Resources, init_ray, run_jobs
     from .jobs import RunOptions
 
-    so = _storage(storage_options)
+    so = _storage(storage_options, out)
     with summary_on_exit(summary_json, so, RUN_SUMMARY_KEYS) as exit_summary:
         store = _run_root(out, so)
         edition = _edition(store, defaults)
@@ -433,7 +440,7 @@ def _existing_run(out: str, so: dict | None) -> storage.Store:
 
 def _run_root(out: str, so: dict | None) -> storage.Store:
     store = storage.Store(out, so)
-    if store.fs.isfile(store.root):
+    if storage.with_retries(lambda: store.fs.isfile(store.root), f"checking {out}"):
         raise NstError(f"--out {out} is a file; give a folder or URL prefix for the run")
     return store
 
@@ -473,7 +480,7 @@ def status(
 
     Example: nst status results/demo
     """
-    store = _existing_run(out, _storage(storage_options))
+    store = _existing_run(out, _storage(storage_options, out))
     rows, total = results.collect(store)
     counts = Counter(r["status"] for r in rows)
     counts[Status.PENDING.value] = max(0, total - len(rows))
@@ -504,7 +511,7 @@ def show(
 
     Example: nst show results/demo 3f2a9c1e0b7d4e21
     """
-    store = _existing_run(out, _storage(storage_options))
+    store = _existing_run(out, _storage(storage_options, out))
     try:
         layout.job_dir(job_id)  # refuses anything that is not an id
         rec = store.job_record(job_id)
@@ -535,11 +542,15 @@ def transfer(
     ] = None,
     quality: QualityOpt = 95,
     storage_options: StorageOpt = None,
+    allow_http: AllowHttpOpt = False,
+    allow_private_hosts: AllowPrivateOpt = False,
+    max_input_bytes: MaxInputBytesOpt = DEFAULT_MAX_BYTES,
 ) -> None:
     """One pair, no Ray: for quick trials.
 
     Example: nst transfer photo.jpg starry.jpg out.png --set size=256 --set optimizer=lbfgs
     """
+    set_input_policy(allow_http, allow_private_hosts, max_input_bytes)
     import pyarrow as pa
     import pyarrow.parquet as pq
     import torch
@@ -557,7 +568,8 @@ def transfer(
     images.format_of(str(dest))  # a bad extension fails before any work
     job = Job(spec, cont, (style,), 0)
     dev = torch.device(device) if device else pick_device()
-    opts = RunOptions(out=str(dest.parent), storage_options=_storage(storage_options))
+    so = _storage(storage_options, cont or style)  # the inputs: the output is a local file
+    opts = RunOptions(out=str(dest.parent), storage_options=so)
     outcome = _stylize_with_progress(job, opts, dev)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fmt = images.format_of(str(dest))
@@ -599,7 +611,7 @@ def _stylize_with_progress(job: Any, opts: Any, dev: Any) -> Any:
         task = bar.add_task("transfer", total=spec.total_iterations, loss="—")
         return stylize(
             spec,
-            extractor_for(job, dev),
+            extractor_for(job, dev, opts.storage_options),
             content_img,
             style_imgs,
             on_step=lambda i, loss: bar.update(task, completed=i, loss=f"{loss:.4g}"),
@@ -653,7 +665,7 @@ def report(
     from .report import ReportOptions, write_report
     from .stylenet.apply_report import is_apply_run, write_apply_report
 
-    so = _storage(storage_options)
+    so = _storage(storage_options, out)
     if is_apply_run(storage.Store(out, so)):
         url, head = write_apply_report(out, so, compare, min(max_tiles, 200))
         out_console.print(", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
@@ -714,7 +726,7 @@ def score(
     from .scoring import rescore, spec_of
     from .worker import pick_device
 
-    store = _existing_run(out, _storage(storage_options))
+    store = _existing_run(out, _storage(storage_options, out))
     recorded = results.evaluator_of(store)
     rows = list(store.committed().values())
     base = _evaluator(evaluator, [spec_of(r) for r in rows], recorded)

@@ -21,7 +21,7 @@ from nst_ops.layers import WeightsError
 from nst_ops.presets import LATEST_DEFAULTS
 from nst_ops.spec import JobSpec, SpecError
 
-from . import manifest
+from . import manifest, storage
 from .errors import NstError
 
 QUICK_START = (
@@ -53,9 +53,42 @@ StorageOpt = Annotated[
     typer.Option(
         "--storage-options",
         envvar="NST_STORAGE_OPTIONS",
-        help="JSON of fsspec storage options (e.g. an S3 endpoint_url). Never written to outputs.",
+        help="JSON of fsspec options for the output's protocol (and inputs on it), e.g. an S3 "
+        'endpoint_url; or per protocol: {"s3": {...}, "gs": {...}}. Never written to outputs.',
     ),
 ]
+AllowHttpOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-http", envvar="NST_ALLOW_HTTP", help="Allow http(s) inputs (public hosts only)."
+    ),
+]
+AllowPrivateOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-private-hosts",
+        envvar="NST_ALLOW_PRIVATE_HOSTS",
+        help="With --allow-http: also loopback, link-local and private addresses.",
+    ),
+]
+MaxInputBytesOpt = Annotated[
+    int,
+    typer.Option(
+        "--max-input-bytes",
+        envvar="NST_MAX_INPUT_BYTES",
+        min=1,
+        help="Refuse input images larger than this (bytes; weights and models: 4 GiB).",
+    ),
+]
+
+
+def set_input_policy(allow_http: bool, allow_private: bool, max_bytes: int) -> None:
+    """This command's input policy, for itself and the Ray workers it starts."""
+    from .input_policy import InputPolicy
+
+    InputPolicy(allow_http, allow_private, max_bytes).export()
+
+
 MaxJobsOpt = Annotated[int, typer.Option(help="Refuse manifests that expand past this.")]
 MaxPixelsOpt = Annotated[int, typer.Option(help="Refuse input images with more pixels.")]
 DefaultsOpt = Annotated[
@@ -132,10 +165,14 @@ def cli_errors(fn: Callable) -> Callable:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (NstError, SpecError, WeightsError, ValueError, OSError) as e:
-            if _DEBUG["on"]:
+        except Exception as e:
+            known = (NstError, SpecError, WeightsError, ValueError, OSError)
+            if _DEBUG["on"] or not (isinstance(e, known) or storage.client_error(e)):
                 raise
-            console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+            text = str(e)
+            if not isinstance(e, known):  # a storage client's own exception: its first line
+                text = f"storage: {type(e).__name__}: {(text.strip().splitlines() or [''])[0]}"
+            console.print(f"[bold red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
             raise typer.Exit(getattr(e, "exit_code", 1)) from None
 
     return wrapper
@@ -146,7 +183,11 @@ def main(debug: Annotated[bool, typer.Option(help="Show tracebacks on errors.")]
     _DEBUG["on"] = debug
 
 
-def _storage(opts: str | None) -> dict | None:
+def _storage(opts: str | None, primary: str) -> dict | None:
+    """--storage-options for a command whose main location is ``primary`` (its output, or
+    its manifest): one JSON object of fsspec options applies to ``primary``'s protocol only
+    (inputs on the same protocol share it); ``{"s3": {...}, "gs": {...}}`` gives each
+    protocol its own."""
     if not opts:
         return None
     try:
@@ -155,7 +196,7 @@ def _storage(opts: str | None) -> dict | None:
         raise NstError(f"--storage-options is not valid JSON: {e}") from None
     if not isinstance(value, dict):
         raise NstError("--storage-options must be a JSON object")
-    return value
+    return storage.per_protocol(value, primary)
 
 
 def _scalar(text: str) -> Any:

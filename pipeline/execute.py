@@ -28,7 +28,7 @@ from nst_ops.presets import FIRST_DEFAULTS
 from nst_ops.spec import batch_key
 from nst_ops.vocab import Status
 
-from . import record, storage
+from . import input_policy, record, storage
 from .jobs import Job, RunOptions
 from .plan import Plan, make_plan
 from .results import normalise, put_jobs, put_results
@@ -94,8 +94,9 @@ def init_ray(
     # that end up sharing cores (a user's OMP_NUM_THREADS, other processes) from spinning
     # against each other: bench/threads.py measured 56.7 s spinning vs 22.2 s passive.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # embedded workers inherit it
-    if address:
-        env = {"env_vars": {"OMP_WAIT_POLICY": os.environ["OMP_WAIT_POLICY"]}}
+    if address:  # a cluster's workers do not inherit this process's environment
+        policy = {k: os.environ.get(k, "") for k in input_policy.ENV_VARS}
+        env = {"env_vars": {"OMP_WAIT_POLICY": os.environ["OMP_WAIT_POLICY"], **policy}}
         ray.init(address=address, log_to_driver=False, logging_level=level, runtime_env=env)
     else:
         ray.init(

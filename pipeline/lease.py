@@ -48,16 +48,16 @@ def _create_exclusive(store: storage.Store, data: bytes) -> bool:
             return True
         except FileExistsError:
             return False
-    if store.fs.exists(full):
+    if store.exists(layout.LEASE):
         return False
     if "s3" in store.fs.protocol:
         try:
             store.fs.pipe_file(full, data, mode="create")
             return True
-        except (FileExistsError, OSError):
-            if store.fs.exists(full):
+        except (FileExistsError, OSError) as e:
+            if store.exists(layout.LEASE):
                 return False
-            raise
+            raise type(e)(f"writing {store.url(layout.LEASE)}: {e}") from e  # names the bucket
     store.put(layout.LEASE, data)
     return True
 

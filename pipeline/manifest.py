@@ -17,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
-import fsspec
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
@@ -25,6 +24,7 @@ import pyarrow.parquet as pq
 from nst_ops.spec import INITS, MODEL_INIT, JobSpec
 from nst_ops.vocab import RowMode
 
+from . import storage
 from .errors import ManifestError
 
 MODES = RowMode.values()
@@ -126,7 +126,8 @@ TEXT_FORMATS = (".csv", ".jsonl", ".ndjson")
 def read_manifest(uri: str, storage_options: dict | None = None) -> pa.Table:
     """Parquet, or CSV / JSON lines by suffix (same columns, same checks)."""
     try:
-        with fsspec.open(uri, "rb", **(storage_options or {})) as f:
+        fs, path = storage.filesystem(uri, storage_options)
+        with fs.open(path, "rb") as f:
             data = f.read()
     except FileNotFoundError:
         raise ManifestError(f"manifest not found: {uri}") from None
@@ -248,7 +249,7 @@ def write_manifest(table: pa.Table, uri: str, storage_options: dict | None = Non
     check_schema(table.schema)
     buf = io.BytesIO()
     pq.write_table(table, buf)
-    fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    fs, path = storage.filesystem(uri, storage_options)
     if "file" not in fs.protocol:
         fs.pipe_file(path, buf.getvalue())  # one PUT: an object store replaces it whole
         return
@@ -263,7 +264,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 def list_images(pattern: str, storage_options: dict | None = None) -> list[str]:
     """A folder (its images), a glob, or a single file -> sorted URIs (local paths stay plain)."""
-    fs, path = fsspec.core.url_to_fs(pattern, **(storage_options or {}))
+    fs, path = storage.filesystem(pattern, storage_options)
     if fs.isdir(path):
         found = [p for p in fs.ls(path, detail=False) if p.lower().endswith(IMAGE_SUFFIXES)]
     elif any(ch in path for ch in "*?["):

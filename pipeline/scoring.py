@@ -22,13 +22,15 @@ from .errors import NstError
 _NETS: dict[tuple[Evaluator, str], VGGFeatures] = {}
 
 
-def network(ev: Evaluator, device: torch.device) -> VGGFeatures:
+def network(
+    ev: Evaluator, device: torch.device, storage_options: dict | None = None
+) -> VGGFeatures:
     """One evaluator network per process and device, in the default memory layout (the same
     kernels in the worker and in `nst score`)."""
     key = (ev, str(device))
     if key not in _NETS:
         _, seed = weights.parse(ev.weights)
-        sd = weights.cached_state_dict(ev.weights, ev.backbone)
+        sd = weights.cached_state_dict(ev.weights, ev.backbone, storage_options)
         net = VGGFeatures(ev.backbone, ev.layers, ev.pooling, state_dict=sd, seed=seed)
         _NETS[key] = net.to(device)
     return _NETS[key]
@@ -41,6 +43,7 @@ def score_image(
     content: torch.Tensor | None,
     styles: Sequence[torch.Tensor],
     device: torch.device,
+    storage_options: dict | None = None,
 ) -> dict[str, Any]:
     """Scores of a saved result (as stored: 8-bit, in its file format) against its decoded
     inputs (3,H,W): content at the result's size, styles with their longer side at the
@@ -52,7 +55,8 @@ def score_image(
         if content is not None and spec.uses_content:
             c = resize(content, hw).to(device)
         s = [fit_longer_side(t, max(hw)).to(device) for t in styles]
-        found = scores(network(ev, device), ev, x, c, s, spec.style_blend)
+        net = network(ev, device, storage_options)
+        found = scores(net, ev, x, c, s, spec.style_blend)
         return {**dict.fromkeys(SCORES), **found, "score_by": ev.key, "score_error": None}
     except Exception as e:  # noqa: BLE001  (a score is extra information, never the job's fate)
         return {**dict.fromkeys(SCORES), "score_by": ev.key, "score_error": f"{e}"}
@@ -71,7 +75,7 @@ def rescore(
 
     def image(uri: str) -> torch.Tensor:
         if uri not in decoded:
-            decoded[uri] = images.decode(storage.read_bytes(uri, store.options), uri, max_pixels)
+            decoded[uri] = images.decode(storage.read_input(uri, store.options), uri, max_pixels)
         return decoded[uri]
 
     for row in rows:
@@ -85,7 +89,7 @@ def rescore(
         except (OSError, NstError) as e:
             row.update(dict.fromkeys(SCORES), score_error=f"could not read: {e}", score_by=ev.key)
             continue
-        row.update(score_image(ev, data, spec, content, styles, device))
+        row.update(score_image(ev, data, spec, content, styles, device, store.options))
         _rewrite(store, row)
     return rows
 

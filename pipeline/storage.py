@@ -24,16 +24,67 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
-from . import layout, record
+from . import input_policy, layout, record
+from .errors import NstError
 
 T = TypeVar("T")
 NOT_TRANSIENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 
 
+ALIASES = {"s3a": "s3", "gcs": "gs", "local": "file", "https": "http"}
+OBJECT_STORES = "*"  # per-protocol key: every protocol but local files, http(s) and memory
+NOT_OBJECT_STORES = ("file", "http", "memory")
+
+
+def protocol_of(uri: str) -> str:
+    """The canonical protocol of a URI ('file' for plain paths; gcs is gs, https is http)."""
+    proto = fsspec.core.split_protocol(uri)[0] or "file"
+    return ALIASES.get(proto, proto)
+
+
+def is_per_protocol(options: dict[str, Any]) -> bool:
+    """`{"s3": {...}, "gs": {...}}` rather than one set of options."""
+    known = set(fsspec.available_protocols()) | set(ALIASES) | {OBJECT_STORES}
+    return bool(options) and all(k in known and isinstance(v, dict) for k, v in options.items())
+
+
+def per_protocol(options: dict[str, Any] | None, primary: str) -> dict[str, Any] | None:
+    """--storage-options as the CLI passes them on: a per-protocol form as given; one set of
+    options for ``primary``'s protocol only (the output's: an https input with an s3 output
+    must not get the s3 endpoint), or, when ``primary`` is a local path (which takes no
+    options), for the object stores its inputs are on (never http(s))."""
+    if not options:
+        return None
+    if is_per_protocol(options):
+        return {ALIASES.get(k, k): v for k, v in options.items()}
+    proto = protocol_of(primary)
+    return {OBJECT_STORES if proto in NOT_OBJECT_STORES else proto: options}
+
+
+def options_for(uri: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
+    """The options that apply to ``uri``: its protocol's in a per-protocol form (none when
+    its protocol has none), all of a single set (as library callers give them)."""
+    if not storage_options:
+        return {}
+    if is_per_protocol(storage_options):
+        proto = protocol_of(uri)
+        if proto in storage_options:
+            found: dict[str, Any] = storage_options[proto]
+            return found
+        shared: dict[str, Any] = storage_options.get(OBJECT_STORES, {})
+        return {} if proto in NOT_OBJECT_STORES else shared
+    return storage_options
+
+
 def filesystem(
     uri: str, storage_options: dict | None = None
 ) -> tuple[fsspec.AbstractFileSystem, str]:
-    return url_to_fs(uri, **(storage_options or {}))
+    try:
+        return url_to_fs(uri, **options_for(uri, storage_options))
+    except (TypeError, ValueError) as e:
+        raise NstError(f"{uri}: {_one_line(e)} (check --storage-options for its protocol)") from e
+    except ImportError as e:
+        raise NstError(f"{uri}: no filesystem for this protocol ({e})") from e
 
 
 def join(root: str, *parts: str) -> str:
@@ -47,17 +98,38 @@ DEFAULT_ATTEMPTS = 4  # tries per storage operation (transient errors only), wit
 def with_retries(
     fn: Callable[[], T], what: str, attempts: int = DEFAULT_ATTEMPTS, base_delay: float = 0.2
 ) -> T:
-    """Retry transient storage errors with exponential backoff and jitter."""
+    """Retry transient storage errors with exponential backoff and jitter. Every failure
+    comes out as an OSError of one line naming ``what`` (a missing bucket, an unreachable
+    endpoint, a client library's own exception), never a client library's traceback."""
     for attempt in range(1, attempts + 1):
         try:
             return fn()
-        except NOT_TRANSIENT:
+        except NOT_TRANSIENT as e:
+            if what in str(e):
+                raise
+            raise type(e)(f"{what}: {_one_line(e)}") from e  # the same type, with the name
+        except NstError:
             raise
-        except (OSError, ConnectionError, TimeoutError) as e:
+        except (TypeError, ValueError) as e:  # e.g. an option this store does not take
+            raise OSError(f"{what}: {_one_line(e)} (check --storage-options)") from e
+        except Exception as e:  # noqa: BLE001  connection errors of botocore, aiohttp, ...
+            if not isinstance(e, OSError | ConnectionError | TimeoutError) and not client_error(e):
+                raise
             if attempt == attempts:
-                raise OSError(f"{what} failed after {attempts} attempts: {e}") from e
+                raise OSError(f"{what} failed after {attempts} attempts: {_one_line(e)}") from e
             time.sleep(base_delay * 2 ** (attempt - 1) * (1 + random.random()))
     raise AssertionError("unreachable")
+
+
+def client_error(e: BaseException) -> bool:
+    """An exception of a storage client library (they do not all derive from OSError)."""
+    root = type(e).__module__.split(".")[0]
+    return root in ("botocore", "aiobotocore", "aiohttp", "s3fs", "gcsfs", "google", "adlfs")
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
 class Store:
@@ -77,14 +149,18 @@ class Store:
         full = join(self.root, path)
         if "file" in self.fs.protocol:  # object stores have no directories to create
             self.fs.makedirs(full.rsplit("/", 1)[0], exist_ok=True)
-        with_retries(lambda: self.fs.pipe_file(full, data), f"writing {path}", self.attempts)
+        with_retries(lambda: self.fs.pipe_file(full, data), f"writing {self.url(path)}",
+                     self.attempts)  # fmt: skip
 
     def get(self, path: str) -> bytes:
         full = join(self.root, path)
-        return with_retries(lambda: self.fs.cat_file(full), f"reading {path}", self.attempts)
+        what = f"reading {self.url(path)}"
+        return with_retries(lambda: self.fs.cat_file(full), what, self.attempts)
 
     def exists(self, path: str) -> bool:
-        return self.fs.exists(join(self.root, path))
+        full = join(self.root, path)
+        return with_retries(lambda: self.fs.exists(full), f"checking {self.url(path)}",
+                            self.attempts)  # fmt: skip
 
     def url(self, path: str) -> str:
         return self.fs.unstrip_protocol(join(self.root, path))
@@ -103,8 +179,12 @@ class Store:
     def table_footer(self, path: str) -> pq.FileMetaData:
         """A Parquet file's metadata (row count, schema and its metadata) from its footer
         alone: a few ranged reads, not the whole table."""
-        with self.fs.open(join(self.root, path), "rb") as f:
-            return pq.read_metadata(f)
+
+        def read() -> pq.FileMetaData:
+            with self.fs.open(join(self.root, path), "rb") as f:
+                return pq.read_metadata(f)
+
+        return with_retries(read, f"reading {self.url(path)}", self.attempts)
 
     def read_results(self) -> ResultsTable | None:
         """results.parquet's rows and when it was written (None: absent or unreadable)."""
@@ -126,7 +206,8 @@ class Store:
         base = join(self.root, layout.JOBS_DIR)
         out = JobFiles()
         try:
-            found = self.fs.find(base, detail=True)
+            found = with_retries(lambda: self.fs.find(base, detail=True),
+                                 f"listing {self.url(layout.JOBS_DIR)}", self.attempts)  # fmt: skip
         except FileNotFoundError:
             return out
         for path, info in found.items():
@@ -254,16 +335,49 @@ def fingerprint(info: dict[str, Any]) -> str:
 
 
 def fingerprint_of(uri: str, storage_options: dict | None = None) -> str | None:
-    """One input's fingerprint now (None if it cannot be stat'ed: reading it will say why)."""
-    fs, path = filesystem(uri, storage_options)
+    """One input's fingerprint now (None if it cannot be stat'ed or is not an allowed input:
+    reading it will say why)."""
     try:
+        input_policy.check_uri(uri)
+        fs, path = filesystem(uri, storage_options)
         return fingerprint(fs.info(path))
-    except OSError:
+    except (OSError, NstError):
         return None
 
 
 def read_bytes(
     uri: str, storage_options: dict[str, Any] | None = None, attempts: int = DEFAULT_ATTEMPTS
 ) -> bytes:
+    """Read a run's own object or an operator-given file (no input policy)."""
     fs, path = filesystem(uri, storage_options)
     return with_retries(lambda: fs.cat_file(path), f"reading {uri}", attempts)
+
+
+def read_input(
+    uri: str,
+    storage_options: dict[str, Any] | None = None,
+    attempts: int = DEFAULT_ATTEMPTS,
+    limit: int | None = None,
+) -> bytes:
+    """Read an input a manifest (or a user) names, under the input policy: an allowed place,
+    a regular file, at most ``limit`` bytes (default: the policy's), checked on the reported
+    size and again while streaming, so /dev/zero or a huge object never fills memory."""
+    policy = input_policy.InputPolicy.current()
+    input_policy.check_uri(uri, policy)
+    cap = policy.max_bytes if limit is None else limit
+    options = options_for(uri, storage_options)
+    if protocol_of(uri) == "http":
+        options = {**options, "allow_redirects": False}
+    fs, path = filesystem(uri, {protocol_of(uri): options})
+
+    def read() -> bytes:
+        size = fs.info(path).get("size")
+        input_policy.check_size(uri, size, cap)
+        if size is not None:
+            return bytes(fs.cat_file(path))
+        with fs.open(path, "rb") as f:  # size unknown (some http servers): stream, capped
+            data = f.read(cap + 1)
+        input_policy.check_size(uri, len(data), cap)
+        return bytes(data)
+
+    return with_retries(read, f"reading {uri}", attempts)

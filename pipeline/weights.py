@@ -6,15 +6,19 @@ Files are only ever read with ``torch.load(weights_only=True)``: a pickle carryi
 from __future__ import annotations
 
 import io
+import json
 import pickle
 import re
 from functools import lru_cache
 
-import fsspec
 import torch
 from torch import Tensor
 
 from nst_ops.layers import WeightsError
+
+from . import storage
+from .errors import NstError
+from .input_policy import WEIGHTS_MAX_BYTES
 
 
 def parse(weights: str) -> tuple[str, int | None]:
@@ -29,10 +33,11 @@ def parse(weights: str) -> tuple[str, int | None]:
 def load_state_dict(uri: str, storage_options: dict | None = None) -> dict[str, Tensor]:
     """Read a torchvision state dict (full model or ``features`` only) from any fsspec URL."""
     try:
-        with fsspec.open(uri, "rb", **(storage_options or {})) as f:
-            data = f.read()
+        data = storage.read_input(uri, storage_options, limit=WEIGHTS_MAX_BYTES)
     except FileNotFoundError:
         raise WeightsError(f"weights file not found: {uri}") from None
+    except (OSError, ValueError, TypeError, NstError) as e:
+        raise WeightsError(f"weights file {uri}: could not be read ({e})") from None
     try:
         sd = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
@@ -77,23 +82,33 @@ def imagenet_state_dict(backbone: str) -> dict[str, Tensor]:
         ) from None
 
 
+def cached_state_dict(
+    weights: str, backbone: str, storage_options: dict | None = None
+) -> dict[str, Tensor] | None:
+    """Per-process cache so a long-lived worker reads each weights file once; a file on an
+    object store is read with the run's options for its protocol (e.g. a MinIO endpoint)."""
+    options = json.dumps(storage.options_for(weights, storage_options), sort_keys=True)
+    return _cached(weights, backbone, options)
+
+
 @lru_cache(maxsize=4)
-def cached_state_dict(weights: str, backbone: str) -> dict[str, Tensor] | None:
-    """Per-process cache so a long-lived worker reads each weights file once."""
+def _cached(weights: str, backbone: str, options: str) -> dict[str, Tensor] | None:
     kind, _ = parse(weights)
     if kind == "random":
         return None
     if kind == "imagenet":
         return imagenet_state_dict(backbone)
-    return load_state_dict(weights)
+    return load_state_dict(weights, json.loads(options))
 
 
-def check_covers(weights: str, backbone: str, layers: list[str]) -> None:
+def check_covers(
+    weights: str, backbone: str, layers: list[str], storage_options: dict | None = None
+) -> None:
     """Load ``weights`` once and build the truncated network: raises WeightsError naming what is
     missing or wrong (the check `nst validate` runs before any compute)."""
     from nst_ops.layers import deepest
     from nst_ops.vgg import VGGFeatures
 
-    sd = cached_state_dict(weights, backbone)
+    sd = cached_state_dict(weights, backbone, storage_options)
     if sd is not None:
         VGGFeatures(backbone, [deepest(backbone, layers)], state_dict=sd)

@@ -60,7 +60,9 @@ def _cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def extractor_for(job: Job, device: torch.device) -> VGGFeatures:
+def extractor_for(
+    job: Job, device: torch.device, storage_options: dict | None = None
+) -> VGGFeatures:
     """A per-process cache: long-lived workers build each network once."""
     s = job.spec
     last = deepest(s.backbone, s.active_layers)
@@ -68,7 +70,7 @@ def extractor_for(job: Job, device: torch.device) -> VGGFeatures:
     key = (s.backbone, s.pooling, s.weights, last, str(device), amp)
     if key not in _EXTRACTORS:
         _, seed = weights.parse(s.weights)
-        sd = weights.cached_state_dict(s.weights, s.backbone)
+        sd = weights.cached_state_dict(s.weights, s.backbone, storage_options)
         net = VGGFeatures(s.backbone, [last], s.pooling, state_dict=sd, seed=seed, amp=amp)
         if device.type == "cuda":
             use_cuda_precision()
@@ -222,7 +224,7 @@ def _run_batch(
     try:
         outcomes = stylize_batch(
             [j.spec for j in jobs],
-            extractor_for(jobs[0], device),
+            extractor_for(jobs[0], device, inputs.opts.storage_options),
             [c for _, c, _ in batch],
             [s for _, _, s in batch],
             _TARGETS,
@@ -265,7 +267,8 @@ def _scorer(opts: RunOptions, item: Ready, device: torch.device) -> Scorer | Non
         return None
     ev = Evaluator.from_dict(opts.evaluator)
     job, content, styles = item
-    return lambda png: scoring.score_image(ev, png, job.spec, content, styles, device)
+    so = opts.storage_options
+    return lambda png: scoring.score_image(ev, png, job.spec, content, styles, device, so)
 
 
 def _batches(ready: list[Ready], batch_size: int) -> Iterator[list[Ready]]:
@@ -321,7 +324,7 @@ def _finish(
 
 def read_image(uri: str, opts: RunOptions) -> torch.Tensor:
     try:
-        data = storage.read_bytes(uri, opts.storage_options, opts.storage_attempts)
+        data = storage.read_input(uri, opts.storage_options, opts.storage_attempts)
     except FileNotFoundError:
         raise NstError(f"{uri}: input not found") from None
     except PermissionError as e:

@@ -34,6 +34,8 @@ S3_ENV = {
     "AWS_SECRET_ACCESS_KEY": "testing",
     "AWS_DEFAULT_REGION": "us-east-1",
     "BOTO_CONFIG": "/dev/null",
+    # any S3 call that would go to AWS goes to a dead loopback port instead
+    "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
 }
 
 

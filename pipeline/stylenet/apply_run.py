@@ -15,7 +15,7 @@ from ..exit_summary import summary_on_exit
 from . import layout
 from .apply import ApplySummary, run_apply
 from .apply_worker import ApplyOptions
-from .model_file import from_bytes
+from .model_file import read_model
 
 
 def apply_command(
@@ -43,7 +43,7 @@ def _apply(
     from ..execute import RunProgress, init_ray
 
     started = time.time()
-    model = from_bytes(storage.read_bytes(model_uri, so), model_uri)
+    model = read_model(model_uri, so)
     ev = None
     if score != "none":
         ev = _evaluator(evaluator, [model.spec], default_evaluator([model.spec]).to_dict())

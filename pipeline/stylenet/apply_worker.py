@@ -20,7 +20,7 @@ from .. import images, scoring, storage
 from ..errors import NstError
 from ..worker import amp_enabled
 from . import apply_record, layout
-from .model_file import from_bytes
+from .model_file import read_model
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class Stylizer:
         self.opts = opts
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.store = storage.Store(opts.out, opts.storage_options)
-        model = from_bytes(storage.read_bytes(opts.model_uri, opts.storage_options), opts.model_uri)
+        model = read_model(opts.model_uri, opts.storage_options)
         self.model, self.net = model, model.net.to(self.device)
         self.dtype = autocast_dtype(opts.precision, self.device)
         self.evaluator = Evaluator.from_dict(opts.evaluator) if opts.evaluator else None
@@ -78,7 +78,7 @@ class Stylizer:
 
     def _stylise(self, item: dict[str, Any]) -> dict[str, Any]:
         o = self.opts
-        data = storage.read_bytes(item["input_uri"], o.storage_options)
+        data = storage.read_input(item["input_uri"], o.storage_options)
         photo = images.decode(data, item["input_uri"], o.max_pixels)
         x = fit_longer_side(photo, o.size) if o.size else photo[None]
         with torch.no_grad(), self._autocast():
@@ -93,7 +93,9 @@ class Stylizer:
         }  # fmt: skip
         if item.get("score") and self.evaluator is not None:
             spec, styles = self.model.spec, self.model.styles
-            found |= scoring.score_image(self.evaluator, encoded, spec, photo, styles, self.device)
+            found |= scoring.score_image(
+                self.evaluator, encoded, spec, photo, styles, self.device, o.storage_options
+            )
         return found
 
     def _autocast(self) -> Any:

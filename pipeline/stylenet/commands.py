@@ -12,8 +12,11 @@ from nst_ops.spec import JobSpec
 
 from .. import images, manifest, storage
 from ..cli_shared import (
+    AllowHttpOpt,
+    AllowPrivateOpt,
     EvaluatorOpt,
     ImageFormat,
+    MaxInputBytesOpt,
     MaxPixelsOpt,
     OutOpt,
     PresetOpt,
@@ -26,8 +29,10 @@ from ..cli_shared import (
     cli_errors,
     console,
     out_console,
+    set_input_policy,
 )
 from ..errors import NstError
+from ..input_policy import DEFAULT_MAX_BYTES
 
 
 class Precision(str, Enum):
@@ -99,6 +104,9 @@ def train(
     max_pixels: Annotated[int, typer.Option(help="Refuse larger photos.")] = (
         images.DEFAULT_MAX_PIXELS
     ),
+    allow_http: AllowHttpOpt = False,
+    allow_private_hosts: AllowPrivateOpt = False,
+    max_input_bytes: MaxInputBytesOpt = DEFAULT_MAX_BYTES,
 ) -> None:
     """Train a feed-forward style network with a grid job's own loss, on Ray Train.
 
@@ -107,10 +115,11 @@ def train(
 
     Example: nst train starry.jpg --content photos/ --out models/starry --set style_weight=1e6
     """
+    set_input_policy(allow_http, allow_private_hosts, max_input_bytes)
     from .train import make_settings
     from .train import train as run_training
 
-    so = _storage(storage_options)
+    so = _storage(storage_options, out)
     if not out or not content:
         raise NstError("nst train needs --out and --content")
     base, job_styles = job_params(*from_job, so) if from_job else ({}, [])
@@ -180,6 +189,9 @@ def apply(
     summary_json: Annotated[
         str | None, typer.Option(help="Write counts, failures and the exit code here as JSON.")
     ] = None,
+    allow_http: AllowHttpOpt = False,
+    allow_private_hosts: AllowPrivateOpt = False,
+    max_input_bytes: MaxInputBytesOpt = DEFAULT_MAX_BYTES,
 ) -> None:
     """Apply a trained style network to every image of a collection, on Ray Data.
 
@@ -190,10 +202,11 @@ def apply(
 
     Example: nst apply models/starry/model.pt --input photos/ --out results/starry
     """
+    set_input_policy(allow_http, allow_private_hosts, max_input_bytes)
     from .apply_run import apply_command
 
     code = apply_command(
-        model, input_, out, _storage(storage_options), size=size,
+        model, input_, out, _storage(storage_options, out), size=size,
         image_format=image_format.value, image_quality=image_quality, precision=precision.value,
         batch_size=batch_size, workers=workers, gpus=gpus_per_worker, retry_failed=retry_failed,
         score=score, evaluator=evaluator, address=address, max_pixels=max_pixels,
@@ -221,7 +234,7 @@ def models(
 
     from .registry import find_models
 
-    rows = find_models(root, _storage(storage_options))
+    rows = find_models(root, _storage(storage_options, root))
     if not rows:
         raise NstError(f"no model.pt under {root}")
     if as_json:

@@ -18,7 +18,9 @@ from torch import Tensor
 from nst_ops.spec import JobSpec
 from nst_ops.stylenet import NetConfig, TransformerNet
 
+from .. import storage
 from ..errors import NstError
+from ..input_policy import WEIGHTS_MAX_BYTES
 from ..weights import refusal_reason
 
 FORMAT = "nst-stylenet/1"
@@ -38,6 +40,11 @@ class StyleModel:
     @property
     def spec(self) -> JobSpec:
         return JobSpec.from_dict(self.meta["spec"])
+
+
+def read_model(uri: str, storage_options: dict | None = None) -> StyleModel:
+    """A model named by a user or a manifest: read under the input policy (weights' limit)."""
+    return from_bytes(storage.read_input(uri, storage_options, limit=WEIGHTS_MAX_BYTES), uri)
 
 
 def fingerprint_bytes(data: bytes) -> str:

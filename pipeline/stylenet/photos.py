@@ -83,7 +83,7 @@ class CropSampler:
         if uri in self.cache:
             self.cache.move_to_end(uri)
             return self.cache[uri]
-        data = storage.read_bytes(uri, self.options)
+        data = storage.read_input(uri, self.options)
         img = shorter_side_to(images.decode(data, uri, self.max_pixels), self.crop * 3 // 2)
         self.cache[uri] = img
         while sum(t.numel() * 4 for t in self.cache.values()) > self.cache_bytes:

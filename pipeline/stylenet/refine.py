@@ -10,7 +10,7 @@ from torch import Tensor
 from nst_ops.transfer import fit_longer_side
 
 from .. import storage
-from .model_file import StyleModel, from_bytes
+from .model_file import StyleModel, read_model
 
 _MODELS: dict[tuple[str, str | None], StyleModel] = {}
 
@@ -20,7 +20,7 @@ def load_model(uri: str, storage_options: dict | None = None) -> StyleModel:
     once, and a model replaced at the same URI is read again."""
     key = (uri, storage.fingerprint_of(uri, storage_options))
     if key not in _MODELS:
-        _MODELS[key] = from_bytes(storage.read_bytes(uri, storage_options), uri)
+        _MODELS[key] = read_model(uri, storage_options)
     return _MODELS[key]
 
 

@@ -41,7 +41,7 @@ def train_loop(config: dict[str, Any]) -> None:
     start, trace = _resume(store, net, opt)
     model = ray.train.torch.prepare_model(net)
     styles = [_read(u, s) for u in s.style_uris]
-    objective = StyleObjective(_extractor(spec, device), spec, styles, s.crop)
+    objective = StyleObjective(_extractor(spec, device, s.storage_options), spec, styles, s.crop)
     share = s.photos[rank::world] or s.photos
     sampler = CropSampler(share, s.crop, s.seed, rank, s.storage_options, s.max_pixels)
     t0, seen = time.time(), 0
@@ -63,12 +63,12 @@ def train_loop(config: dict[str, Any]) -> None:
 
 
 def _read(uri: str, s: TrainSettings) -> torch.Tensor:
-    return images.decode(storage.read_bytes(uri, s.storage_options), uri, s.max_pixels)
+    return images.decode(storage.read_input(uri, s.storage_options), uri, s.max_pixels)
 
 
-def _extractor(spec: JobSpec, device: torch.device) -> VGGFeatures:
+def _extractor(spec: JobSpec, device: torch.device, so: dict | None) -> VGGFeatures:
     _, seed = weights.parse(spec.weights)
-    sd = weights.cached_state_dict(spec.weights, spec.backbone)
+    sd = weights.cached_state_dict(spec.weights, spec.backbone, so)
     last = deepest(spec.backbone, spec.active_layers)
     net = VGGFeatures(spec.backbone, [last], spec.pooling, state_dict=sd, seed=seed)
     return net.optimised_for(device)
@@ -135,7 +135,9 @@ def _holdout_scores(
         for uri in s.holdout:
             photo = shorter_side_to(_read(uri, s), s.crop)
             png = images.encode(net.eval()(photo[None].to(device))[0].cpu())
-            found.append(scoring.score_image(ev, png, spec, photo, styles, device))
+            found.append(
+                scoring.score_image(ev, png, spec, photo, styles, device, s.storage_options)
+            )
     ok = [f for f in found if f["score_error"] is None]
     if not ok:
         return {"score_error": found[0]["score_error"], "score_by": ev.key}
