@@ -75,6 +75,39 @@ def feature_hw(backbone: str, layer: str, hw: tuple[int, int]) -> tuple[int, int
     return hw[0] >> pools, hw[1] >> pools
 
 
+def fits(backbone: str, layer: str, hw: tuple[int, int]) -> bool:
+    """Whether an input of ``hw`` still has a feature map at ``layer`` (each pooling before it
+    needs at least 2 px on each side: torch refuses an empty map)."""
+    return min(feature_hw(backbone, layer, hw)) >= 1
+
+
+def smallest_size(backbone: str, layer: str, aspect: float = 1.0) -> int:
+    """The smallest longer side that keeps a feature map at ``layer`` for an image whose
+    shorter side is ``aspect`` (<= 1) times its longer side (rounded as the resizing does)."""
+    need = 1 << sum(
+        n.startswith("pool")
+        for n in layer_names(backbone)[: layer_names(backbone).index(layer) + 1]
+    )
+    size = need
+    while max(1, round(size * min(aspect, 1.0))) < need:
+        size += 1
+    return size
+
+
+def size_problem(backbone: str, layer: str, size: int, hw: tuple[int, int]) -> str | None:
+    """Why an output of longer side ``size`` for an image of ``hw`` has no map at ``layer``."""
+    h, w = hw
+    s = size / max(h, w)
+    out = (max(1, round(h * s)), max(1, round(w * s)))
+    if fits(backbone, layer, out):
+        return None
+    least = smallest_size(backbone, layer, min(h, w) / max(h, w))
+    return (
+        f"size {size} gives a {out[1]}x{out[0]} output for this {w}x{h} image, too small for "
+        f"{layer} (its feature map would be empty); the smallest size that works is {least}"
+    )  # fmt: skip
+
+
 def sweep_layer_sets(style_layers: Sequence[str]) -> list[tuple[str, ...]]:
     """The study's growing subsets: (l1,), (l1, l2), ..., all layers."""
     return [tuple(style_layers[: k + 1]) for k in range(len(style_layers))]

@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from .layers import BACKBONE_CFG, POOLINGS, check_layers
+from .layers import BACKBONE_CFG, POOLINGS, check_layers, deepest, size_problem, smallest_size
 from .optimizers import OPTIMIZERS
 from .presets import FIRST_DEFAULTS, PresetError, apply_preset, edition_values
 from .vocab import Mode
@@ -237,9 +237,23 @@ class JobSpec:
             raise SpecError(
                 f"multires={self.multires} makes the first level smaller than {MIN_SIZE} px"
             )
+        self._check_size_for_layers()
         if self.divergence_factor <= 1:
             raise SpecError("divergence_factor must be > 1")
         self._check_levels()
+
+    def _check_size_for_layers(self) -> None:
+        """Even a square image must keep a feature map at the deepest layer, at every level;
+        an image's own aspect is checked where it is known (nst validate, the worker)."""
+        first = self.size >> (self.multires - 1)
+        if not self.active_layers:
+            return
+        layer = deepest(self.backbone, self.active_layers)
+        problem = size_problem(self.backbone, layer, first, (first, first))
+        if problem:
+            need = smallest_size(self.backbone, layer) << (self.multires - 1)
+            raise SpecError(f"size {self.size} is too small for {layer}: the smallest size "
+                            f"that works is {need}")  # fmt: skip
 
     def _check_levels(self) -> None:
         levels = self.level_iterations

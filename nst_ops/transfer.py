@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import losses
-from .layers import feature_hw, sweep_layer_sets  # noqa: F401  (sweep: re-exported)
+from .layers import deepest, feature_hw, size_problem, sweep_layer_sets  # noqa: F401
 from .optim import Outcome, Terms, optimize
 from .spec import BATCH_FIELDS, JobSpec, batch_key
 from .vgg import VGGFeatures
@@ -215,7 +215,10 @@ def _prepare(
     styles: Sequence[Tensor],
     device: torch.device,
 ) -> Prepared:
-    """Resize inputs for one resolution level; returns (content, styles, output hw)."""
+    """Resize inputs for one resolution level; returns (content, styles, output hw). An image
+    too small (or too elongated) for the deepest layer is refused here, in our words, before
+    torch refuses an empty feature map in its own."""
+    _check_fits(spec, size, content if spec.uses_content else None, styles)
     c: Tensor | None = None
     if spec.uses_content:
         c = fit_longer_side(_need(content, "content"), size).to(device)
@@ -231,6 +234,17 @@ def _prepare(
         s_list = [match_luminance(luminance(s), c_y) for s in s_list]
         c = c_y
     return c, s_list, hw
+
+
+def _check_fits(spec: JobSpec, size: int, content: Tensor | None, styles: Sequence[Tensor]) -> None:
+    layer = deepest(spec.backbone, spec.active_layers)
+    own = spec.style_scale == "own"
+    images = [content] if content is not None else list(styles[:1])
+    images += list(styles) if own and spec.uses_style else []
+    for img in images:
+        problem = size_problem(spec.backbone, layer, size, hw_of(img))
+        if problem:
+            raise ValueError(problem)
 
 
 def output_hw(spec: JobSpec, content: Tensor | None, styles: Sequence[Tensor]) -> tuple[int, int]:

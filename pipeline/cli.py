@@ -237,9 +237,12 @@ def validate(
             if uri:
                 rows_of.setdefault(uri, set()).add(j.row)
 
+    sizes: dict[str, tuple[int, int]] = {}
+
     def check(uri: str) -> str | None:
         try:
-            images.probe(storage.read_input(uri, so, attempts=2), uri, max_pixels)
+            w, h = images.probe(storage.read_input(uri, so, attempts=2), uri, max_pixels)
+            sizes[uri] = (h, w)
         except FileNotFoundError:
             return f"{uri}: not found"
         except (NstError, OSError) as e:
@@ -252,6 +255,7 @@ def validate(
             for u, msg in zip(rows_of, pool.map(check, rows_of), strict=True)
             if msg
         ]
+    problems += _size_problems(jobs, sizes)
     problems += _weights_problems(jobs, so) + _model_problems(jobs, so)
     for p in problems:
         console.print(f"[red]✗[/] {p}", highlight=False, soft_wrap=True)
@@ -261,6 +265,24 @@ def validate(
     out_console.print(
         f"ok: {len(jobs)} jobs, {len(rows_of)} inputs readable, {n_weights} weights source(s) fit"
     )
+
+
+def _size_problems(jobs: list, sizes: dict[str, tuple[int, int]]) -> list[str]:
+    """Jobs whose output (the content's aspect at the job's size, every multires level), or
+    whose style at its own scale, has no feature map at the deepest layer."""
+    from nst_ops.layers import deepest, size_problem
+
+    found: dict[str, set[int]] = {}
+    for j in jobs:
+        s = j.spec
+        layer = deepest(s.backbone, s.active_layers)
+        source = j.content_uri if s.uses_content else (j.style_uris or [None])[0]
+        checked = [source] + (list(j.style_uris) if s.style_scale == "own" else [])
+        for uri in (u for u in checked if u in sizes):
+            problem = size_problem(s.backbone, layer, s.size >> (s.multires - 1), sizes[uri])
+            if problem:
+                found.setdefault(f"{uri}: {problem}", set()).add(j.row)
+    return [f"rows {sorted(rows)}: {msg}" for msg, rows in found.items()]
 
 
 def _model_problems(jobs: list, so: dict | None) -> list[str]:

@@ -98,3 +98,41 @@ def test_params_piped_is_one_aligned_line_per_parameter():
     assert not any(ch in r.output for ch in "┃│┏━")  # no box drawn into a pipe
     starts = {ln.index(ln.split()[1]) for ln in lines[: len(JobSpec.field_names()) + 2]}
     assert len(starts) == 1  # the type column is aligned
+
+
+def _strip(tmp_path, w: int = 400, h: int = 8):
+    from PIL import Image
+
+    p = tmp_path / "strip.png"
+    Image.new("RGB", (w, h), (120, 30, 200)).save(p)
+    return str(p)
+
+
+def test_validate_refuses_a_size_too_small_for_the_layers_with_the_size_that_works(tmp_path):
+    s = write_images(tmp_path, 1, "s")[0]
+    rows = [{"content_uri": _strip(tmp_path), "style_uri": s, "size": 64,
+             "style_layers": ["relu1_1", "relu3_1"]}]  # fmt: skip
+    pq.write_table(table(rows), tmp_path / "m.parquet")
+    r = nst("validate", tmp_path / "m.parquet")
+    assert r.exit_code == 1
+    assert "rows [0]" in r.output and "too small for relu3_1" in r.output
+    assert "the smallest size that works is 175" in r.output  # round(175 * 8 / 400) = 4 px
+
+
+def test_transfer_with_a_size_too_small_is_one_line_in_our_words(tmp_path):
+    s = write_images(tmp_path, 1, "s")[0]
+    r = nst("transfer", _strip(tmp_path), s, tmp_path / "o.png", "--set", "weights=random:0",
+            "--set", "size=64", "--set", "style_layers=relu3_1", "--set",
+            "content_layers=relu3_1")  # fmt: skip
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert "too small for relu3_1" in r.output and "Output size is too small" not in r.output
+
+
+def test_a_size_too_small_even_for_a_square_is_refused_by_plan(tmp_path):
+    c, s = write_images(tmp_path, 2, "i")
+    rows = [{"content_uri": c, "style_uri": s, "size": 16, "style_layers": ["pool5"],
+             "weights": "random:0"}]  # fmt: skip
+    pq.write_table(table(rows), tmp_path / "m.parquet")
+    r = nst("plan", tmp_path / "m.parquet")
+    assert r.exit_code == 1 and "row 0: size 16 is too small for pool5" in r.output
+    assert "the smallest size that works is 32" in r.output
