@@ -255,7 +255,7 @@ def run_jobs(
     finally:
         bar.close()
     done = store.committed() if interrupted or error else _kept(plan)
-    rows = write_results(store, jobs, fresh, done, opts.evaluator)
+    rows = write_results(store, jobs, fresh, done, opts.evaluator, defaults)
     skipped = len(jobs) - len(plan.todo)
     return Summary(len(jobs), skipped, dict(bar.counts), rows, interrupted, plan, error)
 
@@ -344,6 +344,7 @@ def write_results(
     fresh: dict[str, dict],
     done: dict[str, dict],
     evaluator: dict[str, Any] | None = None,
+    defaults: int | None = None,
 ) -> list[dict]:
     """results.parquet: this run's rows, the committed rows it kept, the rest pending. Kept
     rows are updated in place, not copied: at 100k jobs a copy of every row is ~250 MB."""
@@ -358,5 +359,5 @@ def write_results(
             rows.append(row)
         else:
             rows.append(record.pending(j))
-    put_results(store, normalise(rows), evaluator)
+    put_results(store, normalise(rows), evaluator, defaults)
     return rows

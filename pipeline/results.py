@@ -13,6 +13,7 @@ from nst_ops.presets import FIRST_DEFAULTS
 from nst_ops.vocab import Status
 
 from . import layout, storage
+from .errors import NstError
 from .jobs import Job
 
 RESULTS = layout.RESULTS_TABLE
@@ -41,26 +42,46 @@ def collect(store: storage.Store) -> tuple[list[dict[str, Any]], int]:
             if r.get(key):
                 r[key] = store.resolve(r[key])
     total = len(rows)
-    if table is not None:
+    if table is not None:  # the markers are the truth: a table row whose marker is gone is stale
         known = {r["job_id"] for r in rows}
         rows += [
-            r for r in table.rows if r["job_id"] not in known and r.get("status") != Status.PENDING
+            r
+            for r in table.rows
+            if r["job_id"] not in known
+            and r.get("status") != Status.PENDING
+            and not r.get("committed")
         ]
-    if store.exists(JOBS):
-        total = store.table_footer(JOBS).num_rows
+    total = max(total, _job_count(store))
     return rows, max(total, len(rows))
+
+
+def _job_count(store: storage.Store) -> int:
+    """jobs.parquet's row count (0 when absent or unreadable: it is derived, `nst run`
+    writes it again from the manifest)."""
+    try:
+        return store.table_footer(JOBS).num_rows
+    except (FileNotFoundError, pa.ArrowException):
+        return 0
 
 
 EVALUATOR_KEY = b"nst_evaluator"
 DEFAULTS_KEY = b"nst_defaults"
 
 
-def put_results(store: storage.Store, table: pa.Table, evaluator: dict[str, Any] | None) -> None:
-    """results.parquet, with the run's evaluator in its metadata (what the scores mean)."""
+def put_results(
+    store: storage.Store,
+    table: pa.Table,
+    evaluator: dict[str, Any] | None,
+    defaults: int | None = None,
+) -> None:
+    """results.parquet, with the run's evaluator in its metadata (what the scores mean) and
+    its defaults edition (so either derived table can tell it)."""
+    meta = dict(table.schema.metadata or {})
     if evaluator is not None:
-        meta = {**(table.schema.metadata or {}), EVALUATOR_KEY: json.dumps(evaluator).encode()}
-        table = table.replace_schema_metadata(meta)
-    store.put_table(RESULTS, table)
+        meta[EVALUATOR_KEY] = json.dumps(evaluator).encode()
+    if defaults is not None:
+        meta[DEFAULTS_KEY] = str(defaults).encode()
+    store.put_table(RESULTS, table.replace_schema_metadata(meta))
 
 
 def put_jobs(store: storage.Store, jobs: Sequence[Job], defaults: int) -> None:
@@ -78,14 +99,28 @@ def defaults_of(store: storage.Store) -> int | None:
         meta = store.table_footer(JOBS).metadata or {}
     except FileNotFoundError:
         return None
+    except pa.ArrowException as e:  # derived from the manifest: say how to get it back
+        recorded = _results_meta(store).get(DEFAULTS_KEY)
+        if recorded is not None:
+            return int(recorded)
+        raise NstError(
+            f"{store.url(JOBS)} is unreadable ({e}); it is derived from the manifest: give "
+            f"--defaults with the edition this run started with (1 for runs before November "
+            f"2026, else 2) and `nst run` writes it again"
+        ) from None
     return int(meta.get(DEFAULTS_KEY, str(FIRST_DEFAULTS).encode()))
+
+
+def _results_meta(store: storage.Store) -> dict[bytes, bytes]:
+    try:
+        return dict(store.table_footer(RESULTS).metadata or {})
+    except (FileNotFoundError, pa.ArrowException):
+        return {}
 
 
 def evaluator_of(store: storage.Store) -> dict[str, Any] | None:
     """The evaluator recorded in results.parquet (None: none recorded)."""
-    if not store.exists(RESULTS):
-        return None
-    meta = store.table_footer(RESULTS).metadata or {}  # the footer: not the whole table
+    meta = _results_meta(store)  # the footer, not the whole table; {} if absent or unreadable
     return json.loads(meta[EVALUATOR_KEY]) if EVALUATOR_KEY in meta else None
 
 
@@ -116,8 +151,12 @@ def merge_scores(
 ) -> None:
     """results.parquet with the new scores of ``scored`` (other rows as they were)."""
     new = {r["job_id"]: {k: r.get(k) for k in SCORE_FIELDS} for r in scored}
-    rows = store.get_table(RESULTS).to_pylist() if store.exists(RESULTS) else []
+    try:
+        rows = store.get_table(RESULTS).to_pylist()
+    except (FileNotFoundError, pa.ArrowException):  # absent or unreadable: rebuilt from scored
+        rows = []
     known = {r["job_id"] for r in rows}
     rows = [{**r, **new.get(r["job_id"], {})} for r in rows]
     rows += [{**r, "committed": True} for r in scored if r["job_id"] not in known]
-    put_results(store, normalise(rows), evaluator)
+    recorded = _results_meta(store).get(DEFAULTS_KEY)
+    put_results(store, normalise(rows), evaluator, int(recorded) if recorded else None)

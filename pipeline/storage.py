@@ -108,7 +108,7 @@ def with_retries(
             if what in str(e):
                 raise
             raise type(e)(f"{what}: {_one_line(e)}") from e  # the same type, with the name
-        except NstError:
+        except (NstError, pa.ArrowException):  # not storage's: the caller's to judge
             raise
         except (TypeError, ValueError) as e:  # e.g. an option this store does not take
             raise OSError(f"{what}: {_one_line(e)} (check --storage-options)") from e

@@ -136,3 +136,38 @@ def test_a_size_too_small_even_for_a_square_is_refused_by_plan(tmp_path):
     r = nst("plan", tmp_path / "m.parquet")
     assert r.exit_code == 1 and "row 0: size 16 is too small for pool5" in r.output
     assert "the smallest size that works is 32" in r.output
+
+
+@pytest.mark.usefixtures("ray_cpu")
+def test_corrupt_and_stale_run_files_are_named_or_rebuilt_and_status_agrees_with_plan(tmp_path):
+    cs = write_images(tmp_path / "c", 4, "c")
+    s = write_images(tmp_path / "s", 1, "s")[0]
+    r, out = run_manifest(tmp_path, [{"content_uri": c, "style_uri": s} for c in cs])
+    assert r.exit_code == 0, r.output
+    m = tmp_path / "m.parquet"
+
+    (out / "results.parquet").write_bytes(b"")  # 0 bytes: report and status both cope
+    assert nst("report", out).exit_code == 0
+    assert "ok: 4" in nst("status", out).output
+
+    gone = sorted((out / "jobs").iterdir())[0] / "result.parquet"
+    gone.unlink()  # a job un-committed behind results.parquet's back: the table is stale
+    nst("run", m, "--out", out, "--no-progress", "--force")  # rewrites every derived file
+    gone.unlink()
+    status, plan = nst("status", out).output, nst("plan", m, "--out", out).output
+    assert "ok: 3" in status and "pending: 1" in status
+    assert "1 to run (new 1)" in plan
+
+    (out / "jobs.parquet").write_bytes(b"garbage")  # results.parquet still knows the edition
+    assert "ok: 3" in nst("status", out).output
+    again = nst("run", m, "--out", out, "--no-progress")
+    assert again.exit_code == 0 and "1 to run (new 1)" in again.output
+    assert pq.read_metadata(out / "jobs.parquet").num_rows == 4  # rebuilt
+
+    (out / "jobs.parquet").write_bytes(b"garbage")
+    (out / "results.parquet").write_bytes(b"garbage")
+    lost = nst("run", m, "--out", out, "--no-progress")
+    assert lost.exit_code == 1 and "jobs.parquet is unreadable" in lost.output
+    assert "--defaults" in lost.output and "Traceback" not in lost.output
+    fixed = nst("run", m, "--out", out, "--no-progress", "--defaults", "2")
+    assert fixed.exit_code == 0 and "0 to run" in fixed.output
