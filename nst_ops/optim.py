@@ -49,11 +49,15 @@ class Outcome:
     trace: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
     snapshots: list[tuple[int, Tensor]] = field(default_factory=list)  # (iteration, image)
+    restarts: list[int] = field(default_factory=list)  # iterations where a blow-up restarted
 
 
 def make_optimizer(specs: Sequence[JobSpec], params: list[Tensor]) -> Stepper:
     """The spec's optimizer from the registry, per image where batchable."""
     return OPTIMIZERS[specs[0].optimizer].make(specs, params)
+
+
+RESTART_AFTER = 5  # spike iterations before a restart (JobSpec.restarts)
 
 
 @dataclass
@@ -70,11 +74,12 @@ class Divergence:
     patience: int
     since: int | None = None
     peak: float = 0.0
+    nonfinite: bool = False
 
     def check(self, iteration: int, loss: float, best: float) -> str | None:
         """The reason to stop at ``iteration``, or None to go on."""
         if not math.isfinite(loss):
-            self.since = iteration
+            self.since, self.nonfinite = iteration, True
             return f"non-finite loss at iteration {iteration}"
         if loss <= self.factor * best:
             self.since = None
@@ -85,6 +90,16 @@ class Divergence:
         if iteration - self.since + 1 >= self.patience:
             return self._reason(best, f"for {self.patience} iterations")
         return None
+
+    def blew_up(self, iteration: int) -> bool:
+        """A blow-up worth a restart: a non-finite loss, or a spike that has lasted
+        RESTART_AFTER iterations (L-BFGS does not come back from those)."""
+        if self.since is None:
+            return False
+        return self.nonfinite or iteration - self.since + 1 >= RESTART_AFTER
+
+    def reset(self) -> None:
+        self.since, self.peak, self.nonfinite = None, 0.0, False
 
     def at_end(self, best: float) -> str | None:
         """A spike still under way when the iterations run out is a divergence too."""
@@ -141,6 +156,9 @@ class _Batch:
         self.outcomes = [Outcome(image=x0[i], status=Status.OK, iterations=0) for i in range(b)]
         self.guards = [Divergence(s.divergence_factor, s.divergence_patience) for s in specs]
         self.converging = [Convergence(s.tol, s.tol_window) for s in specs]
+        self.restarts_left = [s.restarts for s in specs]
+        self.forget: Callable[[int], None] = lambda i: None  # the optimizer's state of image i
+        self.on_restart: Callable[[], None] = lambda: None  # e.g. the network back to fp32
 
     def evaluate(self, iteration: int, backward: bool) -> Terms:
         """Losses at the current images; keep any image that beats its best; gradients only for
@@ -172,6 +190,8 @@ class _Batch:
                 continue
             out.iterations = step
             reason = self.guards[i].check(iteration, float(total[i]), float(self.best[i]))
+            if step < spec.iterations and self._restart(i, iteration):
+                continue
             if reason is None and step == spec.iterations:
                 reason = self.guards[i].at_end(float(self.best[i]))
             if step % spec.log_every == 0 or step == 1 or step == spec.iterations or reason:
@@ -192,6 +212,21 @@ class _Batch:
                 if out.trace and out.trace[-1]["iteration"] != iteration:
                     out.trace.append(_row(terms, i, iteration, now))
 
+    def _restart(self, i: int, iteration: int) -> bool:
+        """After a blow-up with restarts left: back to the best image, fresh optimizer state."""
+        if not self.restarts_left[i] or not self.guards[i].blew_up(iteration):
+            return False
+        if not math.isfinite(float(self.best[i])):
+            return False  # nothing good to go back to
+        self.restarts_left[i] -= 1
+        with torch.no_grad():
+            self.xs[i].copy_(self.best_img[i : i + 1])
+        self.forget(i)
+        self.guards[i].reset()
+        self.outcomes[i].restarts.append(iteration)
+        self.on_restart()
+        return True
+
     def finish(self, iteration: int) -> list[Outcome]:
         with torch.no_grad():
             self.evaluate(iteration, backward=False)  # the last step's result is a candidate too
@@ -201,6 +236,15 @@ class _Batch:
             out.final = self.best_terms[i] or {}
             out.seconds = now
         return self.outcomes
+
+
+def forget_state(opt: Stepper, params: list[Tensor], i: int) -> None:
+    """Drop image ``i``'s optimizer state (L-BFGS history, Adam moments): the next step
+    starts afresh from where the image is."""
+    for inner in getattr(opt, "inner", [opt]):
+        state = getattr(inner, "state", None)
+        if state is not None:
+            state.pop(params[i], None)
 
 
 def _check_specs(specs: list[JobSpec], b: int) -> None:
@@ -223,10 +267,13 @@ def optimize(
     iteration_offset: int = 0,
     clock_start: float | None = None,
     on_step: Callable[[int, float], None] | None = None,
+    on_restart: Callable[[], None] | None = None,
 ) -> list[Outcome]:
     """Minimise ``objective`` from ``x0`` (B,3,H,W), one spec per image (or one for all).
 
-    An image whose loss diverges (see :class:`Divergence`) stops with status ``diverged`` at the
+    An image whose loss blows up goes back to its best image with a fresh optimizer state, up
+    to ``spec.restarts`` times (``on_restart`` is then called, e.g. to leave bf16); one whose
+    loss still diverges (see :class:`Divergence`) stops with status ``diverged`` at the
     iteration the divergence began; its best image so far is what is returned.
     """
     specs = [specs] * x0.shape[0] if isinstance(specs, JobSpec) else list(specs)
@@ -234,6 +281,9 @@ def optimize(
     t0 = time.perf_counter() if clock_start is None else clock_start
     run = _Batch(objective, x0, specs, t0)
     opt = make_optimizer(specs, run.xs)
+    run.forget = functools.partial(forget_state, opt, run.xs)
+    if on_restart is not None:
+        run.on_restart = on_restart
     last: list[Terms] = []
 
     def closure(iteration: int) -> float:

@@ -62,8 +62,9 @@ STUDY: dict[str, Setting] = {
 
 PRESETS: dict[str, dict[str, Setting]] = {"study": STUDY}
 
-FIRST_DEFAULTS, LATEST_DEFAULTS = 1, 2
-EDITIONS = (FIRST_DEFAULTS, LATEST_DEFAULTS)
+FIRST_DEFAULTS, LATEST_DEFAULTS = 1, 3
+EDITIONS = (FIRST_DEFAULTS, 2, LATEST_DEFAULTS)
+LBFGS_RESTARTS = 2  # edition 3: L-BFGS restarts after a blow-up, at most this many times
 AMP_FROM = 256  # px: L-BFGS jobs this large get amp=auto in edition 2 (measured there)
 
 
@@ -75,14 +76,20 @@ def edition_values(edition: int, resolved: Mapping[str, Any]) -> dict[str, Any]:
     has bf16 units), which measured the tutorial's quality 1.7x sooner there, fp32 1.1x
     (bench/run.py, README "Performance"). Coarse-to-fine (``multires=2``) stays a choice, not a
     default: it was 2.8x sooner but 4% further from content and style. Adam and SGD
-    keep edition 1: bf16 was not measured to keep their quality."""
+    keep edition 1: bf16 was not measured to keep their quality.
+
+    Edition 3 adds, for L-BFGS jobs, ``restarts=2``: L-BFGS without line search can blow up
+    late on a real photo x painting pair and never come back (its history then only points
+    further out); going back to the best image with a fresh history, in fp32, lets such a job
+    finish instead of ending ``diverged``. A job that never blows up runs as in edition 2."""
     if edition not in EDITIONS:
         raise PresetError(f"unknown defaults edition {edition!r}; choose one of {list(EDITIONS)}")
-    if edition == FIRST_DEFAULTS:
+    if edition == FIRST_DEFAULTS or resolved["optimizer"] != "lbfgs":
         return {}
-    if resolved["optimizer"] != "lbfgs" or resolved["size"] < AMP_FROM:
-        return {}
-    return {"amp": "auto"}
+    values: dict[str, Any] = {"restarts": LBFGS_RESTARTS} if edition >= 3 else {}
+    if resolved["size"] >= AMP_FROM:
+        values["amp"] = "auto"
+    return values
 
 
 class PresetError(ValueError):

@@ -58,6 +58,9 @@ PARAM_HELP: dict[str, str] = {
     "the last tol_window iterations (0 = off)",
     "tol_window": "iterations over which tol measures the improvement",
     "save_every": "also save the image every N iterations (snapshots; 0 = off)",
+    "restarts": "after a blow-up (loss > divergence_factor x best for 5 iterations, or not "
+    "finite): go back to the best image with a fresh optimizer state (and fp32 for amp) up to "
+    "this many times before the job counts as diverged (latest defaults: 2 for L-BFGS)",
 }
 
 
@@ -85,6 +88,7 @@ NONNEGATIVE_FIELDS = (
 INTEGER_MINIMUMS = {
     "tol_window": 1,
     "save_every": 0,
+    "restarts": 0,
     "iterations": 1,
     "log_every": 1,
     "multires": 1,
@@ -147,6 +151,7 @@ class JobSpec:
     tol: float = 0.0
     tol_window: int = 20
     save_every: int = 0
+    restarts: int = 0
 
     def __post_init__(self) -> None:
         for name in (

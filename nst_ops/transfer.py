@@ -6,10 +6,11 @@ colour preservation, multi-resolution) happens here, on the extractor's device.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import time
-from collections.abc import Callable, Hashable, MutableMapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -311,6 +312,21 @@ def _restore_colour(out: Outcome, spec: JobSpec, content: Tensor | None) -> None
     out.image = yiq_to_rgb(torch.cat([y_out, yiq[:, 1:]], 1)).clamp(0, 1)[0]
 
 
+@contextlib.contextmanager
+def _fp32_after_restart(extractor: VGGFeatures) -> Iterator[Callable[[], None]]:
+    """A restart after a blow-up leaves bf16 for the rest of this optimisation (the network
+    is shared: its setting comes back afterwards)."""
+    amp = extractor.amp
+
+    def to_fp32() -> None:
+        extractor.amp = False
+
+    try:
+        yield to_fp32
+    finally:
+        extractor.amp = amp
+
+
 def stylize_batch(
     specs: Sequence[JobSpec],
     extractor: VGGFeatures,
@@ -346,7 +362,8 @@ def stylize_batch(
             x0 = resize(x, hw).to(device)
         objective = make_objective(extractor, specs, targets)
         at_level = [dataclasses.replace(s, iterations=s.iterations_at(level)) for s in specs]
-        results = optimize(objective, x0, at_level, max(done), t0, on_step)
+        with _fp32_after_restart(extractor) as on_restart:
+            results = optimize(objective, x0, at_level, max(done), t0, on_step, on_restart)
         for i, r in enumerate(results):
             traces[i] += [{**row, "level": level} for row in r.trace]
             snapshots[i] += r.snapshots

@@ -162,8 +162,8 @@ def params() -> None:
     )
     out_console.print(
         f"Defaults shown are edition {FIRST_DEFAULTS}'s. New runs get edition "
-        f"{LATEST_DEFAULTS}: L-BFGS jobs of size >= {AMP_FROM} that do not say otherwise "
-        "run with amp=auto. See --defaults on nst run."
+        f"{LATEST_DEFAULTS}: L-BFGS jobs that do not say otherwise restart after a blow-up "
+        f"(restarts=2) and from {AMP_FROM} px run with amp=auto. See --defaults on nst run."
     )
 
 

@@ -95,9 +95,9 @@ DefaultsOpt = Annotated[
     int | None,
     typer.Option(
         "--defaults",
-        help=f"Defaults edition for what a row does not give: 1 (runs before November 2026) or "
-        f"{LATEST_DEFAULTS} (latest: amp=auto for L-BFGS from 256 px). Default: "
-        "the edition the run at --out started with, the latest for a new run.",
+        help="Defaults edition for what a row does not give: 1 (runs before November 2026), 2 "
+        f"(amp=auto for L-BFGS from 256 px) or {LATEST_DEFAULTS} (latest: also restarts=2 for "
+        "L-BFGS). Default: the edition the run at --out started with, the latest for a new run.",
     ),
 ]
 ListOpt = Annotated[list[str] | None, typer.Option(help="Folder, glob or file; repeatable.")]

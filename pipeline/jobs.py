@@ -22,6 +22,7 @@ ADDED_LATER: dict[str, object] = {
     "tol": 0.0,
     "tol_window": 20,
     "save_every": 0,
+    "restarts": 0,  # edition 3 gives L-BFGS jobs 2: their ids differ, as amp's did in edition 2
     "level_iterations": None,
 }
 

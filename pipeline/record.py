@@ -47,6 +47,8 @@ def outcome_fields(job: Job, outcome: Outcome, ext: str = "png") -> dict[str, An
         "error": outcome.reason,
         "iterations_run": outcome.iterations,
         "diverged_at": outcome.diverged_at,
+        "restarts_used": len(outcome.restarts),
+        "restarted_at": list(outcome.restarts),
         "converged_at": outcome.converged_at,
         **{f"final_{k}": v for k, v in outcome.final.items() if k != "iteration"},
         "image_uri": layout.job_path(job.id, layout.image_name(ext)),

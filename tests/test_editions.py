@@ -25,7 +25,7 @@ LBFGS = {"optimizer": "lbfgs", "iterations": 300}
         ({**LBFGS, "size": 256, "amp": False}, False),  # what the row gives wins
     ],
 )
-def test_the_latest_edition_gives_large_lbfgs_jobs_amp_auto_and_nothing_else(params, amp):
+def test_edition_2_gives_large_lbfgs_jobs_amp_auto_and_nothing_else(params, amp):
     spec = JobSpec.from_dict(params, None, 2)
     assert spec.amp == amp
     changed = {k for k, v in spec.to_dict().items() if v != JobSpec(**params).to_dict()[k]}
@@ -51,6 +51,14 @@ def test_a_new_run_records_the_latest_edition_and_its_jobs_use_it(ray_cpu, tmp_p
     assert meta[b"nst_defaults"] == str(LATEST_DEFAULTS).encode()
     (row,) = pq.read_table(out / "results.parquet").to_pylist()
     assert row["amp"] == "auto" and row["status"] == "ok" and row["iterations_run"] == 2
+    assert row["restarts"] == 2 and row["restarts_used"] == 0  # edition 3: L-BFGS restarts
+
+
+def test_edition_3_adds_only_lbfgs_restarts_to_edition_2():
+    for params in ({**LBFGS, "size": 256}, {**LBFGS, "size": 64}, {"optimizer": "adam"}):
+        two, three = JobSpec.from_dict(params, None, 2), JobSpec.from_dict(params, None, 3)
+        changed = {k for k, v in three.to_dict().items() if v != two.to_dict()[k]}
+        assert changed == ({"restarts"} if params.get("optimizer") == "lbfgs" else set())
 
 
 def test_a_run_from_before_editions_keeps_its_job_ids_and_redoes_nothing(ray_cpu, tmp_path):
@@ -74,4 +82,4 @@ def test_a_run_from_before_editions_keeps_its_job_ids_and_redoes_nothing(ray_cpu
 def test_an_unknown_edition_is_refused_by_name(tmp_path):
     pq.write_table(table([{"content_uri": "c.png", "style_uri": "s.png"}]), tmp_path / "m.parquet")
     res = nst("plan", tmp_path / "m.parquet", "--defaults", "7")
-    assert res.exit_code != 0 and "--defaults 7: choose one of 1, 2" in res.output
+    assert res.exit_code != 0 and "--defaults 7: choose one of 1, 2, 3" in res.output

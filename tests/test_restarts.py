@@ -1,0 +1,80 @@
+"""L-BFGS restarts: a blow-up goes back to the best image with a fresh history (and fp32),
+a bounded number of times, before a job counts as diverged."""
+
+import torch
+from helpers import job_spec
+
+from nst_ops.optim import RESTART_AFTER, Terms, forget_state, optimize
+from nst_ops.presets import LATEST_DEFAULTS
+from nst_ops.spec import JobSpec
+from nst_ops.vocab import Status
+
+
+class SpikingObjective:
+    """A quadratic whose loss jumps 1e6x from evaluation ``at`` on and stays there until a
+    restart is reported (``heals``), or for good: a blow-up L-BFGS never leaves by itself."""
+
+    def __init__(self, at: int, heals: bool):
+        self.calls, self.at, self.heals, self.restarted = 0, at, heals, False
+        self.target = torch.full((1, 3, 8, 8), 0.3)
+
+    def __call__(self, x: torch.Tensor) -> Terms:
+        self.calls += 1
+        loss = ((x - self.target) ** 2).flatten(1).sum(1)
+        if self.calls >= self.at and not (self.heals and self.restarted):
+            loss = loss * 1e6 + 1e3
+        return Terms(loss, {"content": loss})
+
+    def restart(self) -> None:
+        self.restarted = True
+
+
+def _run(restarts: int, heals: bool, iterations: int = 40):
+    f = SpikingObjective(at=15, heals=heals)
+    spec = job_spec(optimizer="lbfgs", iterations=iterations, restarts=restarts,
+                    divergence_patience=50)  # fmt: skip
+    x0 = torch.full((1, 3, 8, 8), 0.9)
+    (out,) = optimize(f, x0, spec, on_restart=f.restart)
+    return out, f
+
+
+def test_without_restarts_a_blow_up_that_lasts_to_the_end_is_diverged():
+    out, _ = _run(restarts=0, heals=True)
+    assert out.status == Status.DIVERGED and out.restarts == []
+
+
+def test_a_restart_goes_back_to_the_best_image_and_the_job_finishes():
+    out, f = _run(restarts=2, heals=True)
+    assert out.status == Status.OK and f.restarted
+    assert out.restarts == [15 + RESTART_AFTER - 1]  # the 5th iteration of the spike
+    assert out.final["total"] < 1e-6  # it went on converging from the best image
+    assert out.iterations == 40
+
+
+def test_restarts_are_bounded_and_then_the_job_is_diverged():
+    out, _ = _run(restarts=2, heals=False, iterations=60)
+    assert len(out.restarts) == 2 and out.status == Status.DIVERGED
+    assert out.restarts[1] - out.restarts[0] == RESTART_AFTER
+
+
+def test_a_restart_forgets_the_lbfgs_history():
+    p = torch.zeros(4, requires_grad=True)
+    opt = torch.optim.LBFGS([p], max_iter=1)
+
+    def closure():
+        opt.zero_grad()
+        loss = ((p - 1) ** 2).sum()
+        loss.backward()
+        return loss
+
+    for _ in range(3):
+        opt.step(closure)
+    assert opt.state[p]["old_dirs"]
+    forget_state(opt, [p], 0)
+    assert p not in opt.state
+
+
+def test_the_latest_defaults_give_lbfgs_jobs_restarts_and_others_none():
+    assert JobSpec.from_dict({}, defaults=LATEST_DEFAULTS).restarts == 2
+    assert JobSpec.from_dict({"optimizer": "adam"}, defaults=LATEST_DEFAULTS).restarts == 0
+    assert JobSpec.from_dict({}, defaults=2).restarts == 0  # earlier editions: as before
