@@ -8,8 +8,10 @@ completion order with ``ray.wait``.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -106,6 +108,26 @@ def init_ray(
             log_to_driver=False,
             logging_level=level,
         )
+        atexit.register(_remove_session, _session_dir())
+
+
+def _session_dir() -> str | None:
+    """The folder embedded Ray writes its logs and sockets into (/tmp/ray/session_*)."""
+    try:
+        node = ray._private.worker._global_node
+        return str(node.get_session_dir_path()) if node is not None else None
+    except AttributeError:  # a Ray without this (private) accessor: leave the folder
+        return None
+
+
+def _remove_session(path: str | None) -> None:
+    """Embedded Ray's session folder goes with the command that started it (a day of runs
+    left 57 of them); NST_KEEP_RAY_SESSION=1 keeps it, e.g. to read its logs."""
+    if path is None or os.environ.get("NST_KEEP_RAY_SESSION") == "1":
+        return
+    if ray.is_initialized():
+        ray.shutdown()
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @ray.remote(max_calls=0)  # keep the worker (its VGG and target cache) alive between tasks

@@ -171,3 +171,20 @@ def test_corrupt_and_stale_run_files_are_named_or_rebuilt_and_status_agrees_with
     assert "--defaults" in lost.output and "Traceback" not in lost.output
     fixed = nst("run", m, "--out", out, "--no-progress", "--defaults", "2")
     assert fixed.exit_code == 0 and "0 to run" in fixed.output
+
+
+def test_an_embedded_run_removes_its_ray_session_folder(tmp_path):
+    import glob
+    import subprocess
+
+    from helpers import nst_cmd
+
+    c, s = write_images(tmp_path, 2, "i")
+    pq.write_table(table([{"content_uri": c, "style_uri": s}]), tmp_path / "m.parquet")
+    before = set(glob.glob("/tmp/ray/session_2*"))
+    env = {**os.environ, "RAY_worker_niceness": "0"}
+    cmd = nst_cmd("run", tmp_path / "m.parquet", "--out", tmp_path / "o", "--no-progress")
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "o" / "results.parquet").exists()
+    assert set(glob.glob("/tmp/ray/session_2*")) <= before  # its own session is gone
