@@ -122,7 +122,7 @@ def apply_time(net: torch.nn.Module, photo: torch.Tensor, size: int, reps: int =
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--crop", type=int, default=256)
     p.add_argument("--width", type=int, default=16)
     p.add_argument("--batch", type=int, default=2)
@@ -159,7 +159,7 @@ def run(a: argparse.Namespace, held: list[Path], trained_on: list[Path], tmp: Pa
     scale = {}
     for w in (1, 2):
         _, info = train_model(tmp / f"scale{w}", trained_on, a, w, a.scaling_steps)
-        scale[w] = info["images_per_s"]
+        scale[str(w)] = info["images_per_s"]
     res["train_scaling_images_per_s"] = scale
     res["train_seconds"], info = train_model(tmp / "model", trained_on, a, 1, a.steps)
     res["train_images_per_s"] = info["images_per_s"]
@@ -197,25 +197,30 @@ def run(a: argparse.Namespace, held: list[Path], trained_on: list[Path], tmp: Pa
 def summary(res: dict) -> list[str]:
     per = res["per_photo"]
     med = lambda k: statistics.median(r[k] for r in per)  # noqa: E731
+    ratio = lambda k: statistics.median(r[k] / r["opt_loss"] for r in per)  # noqa: E731
     opt_s, net_s = med("opt_s"), med("net_s")
+    scaling = res["train_scaling_images_per_s"]
     lines = [
         f"machine {res['machine']}, {res['threads']} threads; trained on {len(res['train_photos'])}"
         f" photos, evaluated on {', '.join(res['eval_photos'])} (never trained on)",
         f"training: {res['train_seconds']:.0f} s for {res['args']['steps']} steps "
         f"(crop {res['args']['crop']}, width {res['args']['width']}, batch {res['args']['batch']}),"
         f" {res['train_images_per_s']:.2f} images/s; 1 -> 2 workers: "
-        f"{res['train_scaling_images_per_s'][1]:.2f} -> {res['train_scaling_images_per_s'][2]:.2f}"
+        f"{scaling['1']:.2f} -> {scaling['2']:.2f}"
         " images/s",
         f"throughput at {res['args']['eval_size']} px: optimisation {opt_s:.1f} s/image, network "
         f"{net_s * 1000:.0f} ms/image: {opt_s / net_s:.0f}x",
         "apply alone: " + ", ".join(f"{s} px {t * 1000:.0f} ms" for s, t in res["apply_s"].items()),
-        f"quality (loss, lower is better; median over photos): optimiser {med('opt_loss'):.4g}, "
-        f"network {med('net_loss'):.4g} ({med('net_loss') / med('opt_loss'):.2f}x)",
+        f"quality (loss, lower is better; medians over photos): optimiser {med('opt_loss'):.4g}, "
+        f"network {med('net_loss'):.4g}; network / optimiser per photo "
+        + ", ".join(f"{r['net_loss'] / r['opt_loss']:.2f}x" for r in per)
+        + f" (median {ratio('net_loss'):.2f}x)",
     ]
     for k in res["args"]["refine"]:
         lines.append(
-            f"refined {k} iterations: loss {med(f'refine{k}_loss'):.4g} "
-            f"({med(f'refine{k}_loss') / med('opt_loss'):.3f}x the optimiser's) in "
+            f"refined {k} iterations: loss {ratio(f'refine{k}_loss'):.3f}x the optimiser's "
+            f"(median of per-photo ratios; worst "
+            f"{max(r[f'refine{k}_loss'] / r['opt_loss'] for r in per):.3f}x) in "
             f"{med(f'refine{k}_s'):.1f} s ({opt_s / med(f'refine{k}_s'):.1f}x less time)"
         )
     saved = opt_s - net_s

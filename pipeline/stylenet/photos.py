@@ -60,8 +60,9 @@ def shorter_side_to(img: Tensor, side: int) -> Tensor:
 
 class CropSampler:
     """Random crops of ``crop`` px from a worker's share of the photos. Each photo is decoded
-    once and kept at a shorter side of 1.5 x crop (a bounded cache), crops come from a random
-    scale between 1 and 1.5 of that, half of them flipped."""
+    once and kept at a shorter side of ``crop`` (a bounded cache): the scale a photo has when
+    `nst apply --size` gives it about that size, as Johnson et al. train (resize, then crop);
+    crops come from a random scale between 1 and ``zoom`` of that, half of them flipped."""
 
     def __init__(
         self,
@@ -72,19 +73,23 @@ class CropSampler:
         storage_options: dict | None = None,
         max_pixels: int = images.DEFAULT_MAX_PIXELS,
         cache_bytes: int = 1 << 30,
+        zoom: float = 1.0,
     ):
         if not uris:
             raise NstError("no photos to train on")
         self.uris, self.crop, self.seed, self.rank = list(uris), crop, seed, rank
         self.options, self.max_pixels, self.cache_bytes = storage_options, max_pixels, cache_bytes
         self.cache: OrderedDict[str, Tensor] = OrderedDict()
+        self.zoom = zoom
 
     def photo(self, uri: str) -> Tensor:
         if uri in self.cache:
             self.cache.move_to_end(uri)
             return self.cache[uri]
         data = storage.read_input(uri, self.options)
-        img = shorter_side_to(images.decode(data, uri, self.max_pixels), self.crop * 3 // 2)
+        img = shorter_side_to(
+            images.decode(data, uri, self.max_pixels), round(self.crop * self.zoom)
+        )
         self.cache[uri] = img
         while sum(t.numel() * 4 for t in self.cache.values()) > self.cache_bytes:
             self.cache.popitem(last=False)
@@ -96,7 +101,7 @@ class CropSampler:
         return torch.stack([self._crop(self.photo(self.uris[i]), rng) for i in picks])
 
     def _crop(self, img: Tensor, rng: np.random.Generator) -> Tensor:
-        side = int(self.crop * rng.uniform(1.0, 1.5))
+        side = int(self.crop * rng.uniform(1.0, self.zoom))
         h, w = img.shape[-2:]
         side = min(side, h, w)
         top, left = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
