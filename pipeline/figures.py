@@ -230,11 +230,18 @@ def _scale(lo: float, hi: float, a: float, b: float) -> Any:
 
 
 def _ticks(logs: list[float], s: Any) -> list[tuple[float, str]]:
-    lo, hi = math.floor(min(logs)), math.ceil(max(logs))
-    step = max(1, (hi - lo) // 5)
-    return [
-        (round(s(e), 1), f"1e{e}") for e in range(lo, hi + 1, step) if min(logs) <= e <= max(logs)
-    ]
+    """Decades where the range holds two or more; else 1-2-5 steps inside it; else its ends
+    (scores from 10 to 19 hold no decade but must still be read off the axis)."""
+    lo, hi = min(logs), max(logs)
+    first, last = math.floor(lo), math.ceil(hi)
+    step = max(1, (last - first) // 5)
+    decades = [float(e) for e in range(first, last + 1, step) if lo <= e <= hi]
+    if len(decades) >= 2:
+        return [(round(s(e), 1), f"1e{int(e)}") for e in decades]
+    nice = [math.log10(m) + e for e in range(first - 1, last + 1) for m in (1, 2, 5)]
+    inside = [v for v in nice if lo - 1e-9 <= v <= hi + 1e-9]
+    chosen = inside if len(inside) >= 2 else sorted({lo, hi})
+    return [(round(s(v), 1), f"{10**v:.3g}") for v in chosen]
 
 
 def _colors(rows: Sequence[dict[str, Any]], axis: str | None) -> tuple[dict[str, str], list]:

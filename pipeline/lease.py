@@ -62,6 +62,11 @@ def _create_exclusive(store: storage.Store, data: bytes) -> bool:
     return True
 
 
+def current(store: storage.Store) -> dict[str, Any] | None:
+    """The lease at the root (None: no live or dead run holds one)."""
+    return _read(store)
+
+
 def _read(store: storage.Store) -> dict[str, Any] | None:
     try:
         return json.loads(store.get(layout.LEASE))

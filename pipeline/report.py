@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import time
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +23,7 @@ from rich.table import Table
 from nst_ops.spec import JobSpec
 from nst_ops.vocab import Status
 
-from . import figures, layout, storage
+from . import figures, layout, lease, storage
 from .errors import NstError
 from .figures import _order, label
 from .ranking import Effect, Rank, effects, members, pareto_front, ranked
@@ -49,6 +51,7 @@ def _fmt(v: Any, key: str | None = None) -> str:
 @dataclass
 class Tile:
     job_id: str
+    name: str  # the row's job_name, else the id's first 8 characters
     status: str
     thumb: str | None
     missing: bool
@@ -60,6 +63,7 @@ class Tile:
 @dataclass
 class SheetRow:
     label: str
+    thumb: str | None  # the content (or style) image itself, when the rows are inputs
     cells: list[list[Tile]]
     hidden: list[int]  # tiles per cell left out of a sampled sheet
 
@@ -69,6 +73,7 @@ class Sheet:
     row_axis: str | None
     col_axis: str | None
     col_labels: list[str]
+    col_thumbs: list[str | None]
     rows: list[SheetRow]
     hidden: int = 0
 
@@ -92,6 +97,7 @@ def _tile(r: dict[str, Any], shown: Sequence[str], thumbs: dict[str, str | None]
     ]
     return Tile(
         job_id=r["job_id"],
+        name=str(r.get("job_name") or r["job_id"][:8]),
         status=r["status"],
         thumb=thumbs.get(r["job_id"]),
         missing=bool(r.get("image_uri")),
@@ -154,21 +160,55 @@ def _sheet(
     axes: tuple[str | None, str | None],
     col_values: list[str],
     thumbs: dict[str, str | None],
+    inputs: dict[str, str | None],
 ) -> Sheet:
-    """One row per value of the row axis, one column per value of the column axis."""
+    """One row per value of the row axis, one column per value of the column axis; where an
+    axis is an input (content, style) its header shows the image itself."""
     row_axis, col_axis = axes
     col_labels = (
         [f"{col_axis} = {label(json.loads(c), col_axis)}" for c in col_values] if col_axis else [""]
     )
+    col_thumbs: list[str | None] = [inputs.get(c) for c in col_values] if col_axis else [None]
     rows = [
         SheetRow(
             f"{row_axis} = {label(json.loads(rv), row_axis)}" if row_axis else "",
+            inputs.get(rv) if row_axis else None,
             [[_tile(r, shown, thumbs) for r in cell] for cell in chosen],
             hidden,
         )
         for rv, shown, chosen, hidden in picked
     ]
-    return Sheet(row_axis, col_axis, col_labels, rows, sum(sum(h) for *_, h in picked))
+    return Sheet(row_axis, col_axis, col_labels, col_thumbs, rows,
+                 sum(sum(h) for *_, h in picked))  # fmt: skip
+
+
+def _input_thumbs(
+    store: storage.Store, results: list[dict[str, Any]], axes: tuple[str | None, str | None],
+    most: int = 60,
+) -> dict[str, str | None]:  # fmt: skip
+    """Thumbnails of the content/style images that head the sheet's rows or columns."""
+    keys = [k for a in axes if a in INPUT_AXES for k in _axis_values(results, a)][:most]
+
+    def one(key: str) -> tuple[str, str | None]:
+        value = json.loads(key)
+        uri = value[0] if isinstance(value, list) and value else value
+        data = figures.thumbnail(store.resolve(uri), store.options, 96) if uri else None
+        return key, figures.data_uri(data, "image/jpeg") if data else None
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        return dict(pool.map(one, keys))
+
+
+def live_lease(store: storage.Store) -> str | None:
+    """A line saying a run still writes here (its lease is fresh), else None."""
+    held = lease.current(store)
+    if held is None or lease.is_stale(held):
+        return None
+    age = time.time() - float(held.get("heartbeat", 0))
+    return (
+        f"A run is still writing to this output (host {held.get('host')}, pid "
+        f"{held.get('pid')}, heartbeat {age:.0f}s ago): what this page shows will change."
+    )
 
 
 def _per_cell(layout_: list, max_tiles: int) -> int:
@@ -217,8 +257,17 @@ def _choose_axes(
     free = [a for a in reversed(axes) if a not in (rows, cols)]
     free.sort(key=lambda a: a in INPUT_AXES)
     row_axis = rows or (free.pop(0) if free else None)
+    if row_axis:  # an axis that groups the jobs exactly as the rows do (tag_style beside
+        same = _grouping(results, row_axis)  # style_uris) would leave half the cells empty
+        free = [a for a in free if _grouping(results, a) != same]
     col_axis = cols or (free.pop(0) if free else None)
     return (None if row_axis == "none" else row_axis), (None if col_axis == "none" else col_axis)
+
+
+def _grouping(results: list[dict[str, Any]], axis: str) -> list[int]:
+    """Which jobs share a value of ``axis``, as group numbers in order of first appearance."""
+    seen: dict[str, int] = {}
+    return [seen.setdefault(_key(r.get(axis)), len(seen)) for r in results]
 
 
 def _timing(results: list[dict[str, Any]]) -> str:
@@ -297,7 +346,14 @@ def render(
         effects=[_effect_view(e) for e in d["effects"]],
         rank=o.rank.value,
         top=[_tile(r, grid_cols, thumbs) for r in top],
-        sheet=_sheet(picked, (row_axis, col_axis), _axis_values(results, col_axis), thumbs),
+        sheet=_sheet(
+            picked,
+            (row_axis, col_axis),
+            _axis_values(results, col_axis),
+            thumbs,
+            _input_thumbs(store, results, (row_axis, col_axis)),
+        ),  # fmt: skip
+        live=live_lease(store),
         also_varying=", ".join(a for a in axes if a not in (row_axis, col_axis)),
         grid_cols=grid_cols,
         jobs=[_job_line(r, grid_cols) for r in results],

@@ -205,3 +205,40 @@ def test_every_tile_of_a_sampled_sheet_gets_its_thumbnail_even_without_scores(tm
     page = (run / "report.html").read_text()
     assert "more tiles hidden" in page
     assert "output missing" not in page and "no image" not in page
+
+
+def test_an_axis_with_scores_inside_one_decade_still_has_labels():
+    from pipeline.figures import _ticks
+
+    logs = [1.0, 1.05, 1.28]  # scores 10 to 19
+    ticks = _ticks(logs, lambda v: v * 100)
+    assert len(ticks) >= 2 and all(label for _, label in ticks)
+    assert [t for _, t in _ticks([0.0, 3.0], lambda v: v)] == ["1e0", "1e1", "1e2", "1e3"]
+
+
+def test_the_sheet_never_crosses_two_axes_that_group_the_jobs_alike():
+    from pipeline.report import _choose_axes
+
+    results = [
+        {"job_id": f"{c}{s}", "content_uri": c, "style_uris": [s], "tag_style": s.upper(),
+         "style_weight": w}
+        for c in ("c1", "c2") for s in ("a", "b") for w in (1.0,)
+    ]  # fmt: skip
+    axes = varying_axes(results)
+    rows, cols = _choose_axes(results, axes, None, None)
+    assert {rows, cols} != {"tag_style", "style_uris"}
+    assert "content_uri" in (rows, cols)
+
+
+def test_tiles_are_named_inputs_head_the_sheet_and_a_live_run_is_announced(run_dir, tmp_path):
+    from pipeline import lease, storage
+
+    with lease.held(storage.Store(str(run_dir))):
+        res = nst("report", run_dir, "--rows", "content_uri", "--cols", "optimizer")
+    assert res.exit_code == 0, res.output
+    page = (run_dir / "report.html").read_text()
+    assert 'id="live"' in page and "still writing to this output" in page
+    assert page.count('<img class="input"') == 2  # each content row with a readable image
+    assert ">blowup</b>" in page and ">missing</b>" in page  # job names, not hash ids
+    again = nst("report", run_dir)
+    assert again.exit_code == 0 and 'id="live"' not in (run_dir / "report.html").read_text()
