@@ -30,7 +30,7 @@ from nst_ops.presets import FIRST_DEFAULTS
 from nst_ops.spec import batch_key
 from nst_ops.vocab import Status
 
-from . import input_policy, record, storage
+from . import input_policy, ray_watchdog, record, storage
 from .jobs import Job, RunOptions
 from .plan import Plan, make_plan
 from .results import normalise, put_jobs, put_results
@@ -108,7 +108,10 @@ def init_ray(
             log_to_driver=False,
             logging_level=level,
         )
-        atexit.register(_remove_session, _session_dir())
+        session = _session_dir()
+        atexit.register(_remove_session, session)
+        if session is not None:
+            ray_watchdog.start(session)
 
 
 def _session_dir() -> str | None:

@@ -188,3 +188,36 @@ def test_an_embedded_run_removes_its_ray_session_folder(tmp_path):
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "o" / "results.parquet").exists()
     assert set(glob.glob("/tmp/ray/session_2*")) <= before  # its own session is gone
+
+
+def test_a_sigkilled_drivers_embedded_ray_and_session_folder_go_with_it(tmp_path):
+    import glob
+    import signal
+    import subprocess
+    import time
+
+    from helpers import nst_cmd
+
+    from pipeline.ray_watchdog import session_processes
+
+    cs = write_images(tmp_path / "c", 6, "c")
+    s = write_images(tmp_path / "s", 1, "s")[0]
+    rows = [{"content_uri": c, "style_uri": s} for c in cs]
+    pq.write_table(table(rows, iterations=300, size=32), tmp_path / "m.parquet")
+    before = set(glob.glob("/tmp/ray/session_2*"))
+    env = {**os.environ, "RAY_worker_niceness": "0"}
+    cmd = nst_cmd("run", tmp_path / "m.parquet", "--out", tmp_path / "o", "--no-progress")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (tmp_path / "o" / "jobs.parquet").exists():  # Ray is up, jobs are submitted
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    (session,) = set(glob.glob("/tmp/ray/session_2*")) - before
+    assert session_processes(session)
+    proc.send_signal(signal.SIGKILL)  # the driver alone
+    proc.wait()
+    deadline = time.time() + 45  # Ray's own agents lingered ~90 s
+    while (session_processes(session) or os.path.exists(session)) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not session_processes(session), "Ray processes outlived the driver"
+    assert not os.path.exists(session)
