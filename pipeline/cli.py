@@ -26,6 +26,7 @@ from nst_ops.vocab import BAD_STATUSES, Mode, RowMode, Status
 from . import images, layout, lease, manifest, results, storage
 from .cli_shared import (
     _DEBUG,
+    AddressOpt,
     AllowHttpOpt,
     AllowPrivateOpt,
     DefaultsOpt,
@@ -331,9 +332,7 @@ def _weights_problems(jobs: list, so: dict | None = None) -> list[str]:
 def run(
     manifest_uri: Annotated[str, typer.Argument(metavar="MANIFEST")],
     out: OutOpt,
-    address: Annotated[
-        str | None, typer.Option(help="Ray cluster: 'auto' or ray://host:10001. Default: embedded.")
-    ] = None,
+    address: AddressOpt = None,
     gpus_per_job: Annotated[
         float | None,
         typer.Option(

@@ -89,6 +89,9 @@ def set_input_policy(allow_http: bool, allow_private: bool, max_bytes: int) -> N
     InputPolicy(allow_http, allow_private, max_bytes).export()
 
 
+AddressOpt = Annotated[
+    str | None, typer.Option(help="Ray cluster: 'auto' or ray://host:10001. Default: embedded.")
+]
 MaxJobsOpt = Annotated[int, typer.Option(help="Refuse manifests that expand past this.")]
 MaxPixelsOpt = Annotated[int, typer.Option(help="Refuse input images with more pixels.")]
 DefaultsOpt = Annotated[

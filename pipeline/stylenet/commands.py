@@ -12,6 +12,7 @@ from nst_ops.spec import JobSpec
 
 from .. import images, manifest, storage
 from ..cli_shared import (
+    AddressOpt,
     AllowHttpOpt,
     AllowPrivateOpt,
     EvaluatorOpt,
@@ -40,11 +41,6 @@ class Precision(str, Enum):
     FP32 = "fp32"
     BF16 = "bf16"
     FP16 = "fp16"
-
-
-AddressOpt = Annotated[
-    str | None, typer.Option(help="Ray cluster: 'auto' or ray://host:10001. Default: embedded.")
-]
 
 
 def job_params(run: str, job_id: str, so: dict | None) -> tuple[dict[str, Any], list[str]]:
