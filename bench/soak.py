@@ -87,8 +87,35 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args: object) -> None:
         pass
 
+    def _body(self) -> bytes:
+        """The request body, de-chunked (botocore streams uploads with chunked encoding). A
+        body cut short (its sender killed mid-upload) raises, as S3 refuses it: it is never
+        stored."""
+        if self.headers.get("Transfer-Encoding", "").lower() != "chunked":
+            want = int(self.headers.get("Content-Length") or 0)
+            data = self.rfile.read(want)
+            if len(data) != want:
+                raise ConnectionError("incomplete body")
+            return data
+        data = b""
+        while True:
+            line = self.rfile.readline()
+            if not line:
+                raise ConnectionError("incomplete chunked body")
+            size = int(line.split(b";")[0], 16)
+            if size == 0:
+                while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                    pass  # trailers
+                return data
+            data += self.rfile.read(size)
+            self.rfile.readline()
+
     def _forward(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        try:
+            body = self._body()
+        except (ConnectionError, ValueError):
+            self.close_connection = True
+            return
         kind = f"{self.command} {'LIST' if 'list-type' in self.path else 'object'}"
         self.server.requests[kind] += 1
         roll = self.server.roll() if self.server.enabled else 1.0
@@ -101,7 +128,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             )
             return
         conn = http.client.HTTPConnection("127.0.0.1", self.server.upstream, timeout=60)
-        headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+        drop = ("host", "transfer-encoding", "content-length")
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in drop}
+        headers["Content-Length"] = str(len(body))
         headers["Host"] = f"127.0.0.1:{self.server.upstream}"
         conn.request(self.command, self.path, body=body, headers=headers)
         resp = conn.getresponse()
@@ -117,11 +146,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _reply(self, status: int, data: bytes, headers: dict, cut: bool = False) -> None:
         self.send_response(status)
-        skip = {"content-length", "transfer-encoding", "connection", "server", "date"}
+        head = self.command == "HEAD"  # no body, but the object's own length
+        skip = {"transfer-encoding", "connection", "server", "date"} | (
+            set() if head else {"content-length"}
+        )
         for k, v in headers.items():
             if k.lower() not in skip:
                 self.send_header(k, v)
-        self.send_header("Content-Length", str(len(data)))
+        if not head:
+            self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data[: len(data) // 2] if cut else data)
         if cut:
@@ -212,7 +245,9 @@ def committed(endpoint: str, out: str) -> dict[str, bytes]:
 
     from pipeline import record
 
-    fs = s3fs.S3FileSystem(endpoint_url=endpoint)
+    fs = s3fs.S3FileSystem(
+        endpoint_url=endpoint, skip_instance_cache=True, use_listings_cache=False
+    )
     found = {}
     for path in fs.find(f"{BUCKET}/{out}/jobs"):
         if path.endswith("result.parquet"):
@@ -275,7 +310,11 @@ def main() -> None:
     p.add_argument("--kill-every", type=float, default=4.0, help="seconds between worker kills")
     a = p.parse_args()
     os.environ.update(ENV)
+    import logging
+
     from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
 
     moto_port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=moto_port, verbose=False)
