@@ -26,6 +26,7 @@ from nst_ops.vocab import BAD_STATUSES, Mode, RowMode, Status
 from . import images, layout, lease, manifest, results, storage
 from .cli_shared import (
     _DEBUG,
+    QUICK_START,  # noqa: F401  (re-exported: tests and docs quote it)
     AddressOpt,
     AllowHttpOpt,
     AllowPrivateOpt,
@@ -49,7 +50,7 @@ from .cli_shared import (
     cli_errors,
     console,
     out_console,
-    set_input_policy,  # noqa: F401  (re-exported: `pipeline.cli:app` is the entry point)
+    set_input_policy,
 )
 from .errors import NstError
 from .exit_summary import summary_on_exit
