@@ -113,7 +113,8 @@ def test_train_apply_and_refine_run_on_a_two_node_cluster(tmp_path, cluster):
     rows = [{"content_uri": str(coll / "p0.png"), "style_uri": str(style),
              "init": f"model:{model / 'model.pt'}", "optimizer": "adam"}]  # fmt: skip
     pq.write_table(table(rows, iterations=5, size=16), tmp_path / "m.parquet")
-    run = nst_cmd("run", tmp_path / "m.parquet", "--out", tmp_path / "r", "--no-progress", *at)
+    run = nst_cmd("run", tmp_path / "m.parquet", "--out", tmp_path / "r", "--no-progress",
+                  "--gpus-per-job", "0", *at)  # fmt: skip
     done = subprocess.run(run, env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     (rec,) = committed_records(tmp_path / "r").values()
