@@ -60,11 +60,11 @@ def refusal_reason(e: BaseException) -> str:
     """Why safe loading refused a file, without PyTorch's advice to load it unsafely (which
     this tool never does: a pickle can run code)."""
     text = str(e)
-    detail = re.search(r"WeightsUnpickler error: *(.+?)(?:\n\n|$)", text, re.S)
-    if detail:
-        found = " ".join(detail.group(1).split())
-        return f"it holds Python objects, not only tensors ({found}); such files are never loaded"
-    lines = [ln for ln in text.strip().splitlines() if "weights_only" not in ln]
+    detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    if detail or "Weights only load failed" in text:
+        found = f" ({detail.group(1).strip()})" if detail else ""
+        return f"it holds Python objects, not only tensors{found}; such files are never loaded"
+    lines = [ln for ln in text.strip().splitlines() if ln.strip() and "weights_only" not in ln]
     return lines[0] if lines else type(e).__name__
 
 
