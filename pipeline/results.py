@@ -105,8 +105,8 @@ def defaults_of(store: storage.Store) -> int | None:
             return int(recorded)
         raise NstError(
             f"{store.url(JOBS)} is unreadable ({e}); it is derived from the manifest: give "
-            f"--defaults with the edition this run started with (1 for runs before November "
-            f"2026, else 2) and `nst run` writes it again"
+            "--defaults with the edition this run started with (1 for runs before November "
+            "2026, 2 for runs before December 2026, else 3) and `nst run` writes it again"
         ) from None
     return int(meta.get(DEFAULTS_KEY, str(FIRST_DEFAULTS).encode()))
 

@@ -169,7 +169,7 @@ def test_corrupt_and_stale_run_files_are_named_or_rebuilt_and_status_agrees_with
     lost = nst("run", m, "--out", out, "--no-progress")
     assert lost.exit_code == 1 and "jobs.parquet is unreadable" in lost.output
     assert "--defaults" in lost.output and "Traceback" not in lost.output
-    fixed = nst("run", m, "--out", out, "--no-progress", "--defaults", "2")
+    fixed = nst("run", m, "--out", out, "--no-progress", "--defaults", "3")  # the latest
     assert fixed.exit_code == 0 and "0 to run" in fixed.output
 
 
