@@ -1,9 +1,9 @@
 """What batching jobs costs or saves per image: one worker's thread(s) running a batch of b jobs
 (one shared forward/backward per step; L-BFGS keeps one history per image) against b = 1.
 
-    python bench/batching.py [--optimizer lbfgs|adam|sgd] [--sizes 128 256] [--batches 1 2 4 8]
+    python -m bench.batching [--optimizer lbfgs|adam|sgd] [--sizes 128 256] [--batches 1 2 4 8]
                              [--threads 1] [--steps 8] [--layers real|gatys]
-    python bench/batching.py --device cuda --sizes 512 --batches 1 2 4 8 16   # a GPU's figures
+    python -m bench.batching --device cuda --sizes 512 --batches 1 2 4 8 16   # a GPU's figures
 
 bench/run.py's layer sets: real (content relu3_1, style relu1_1..relu3_1, the shipped VGG19
 weights) or gatys (to conv5_1, seeded random weights), fp32 and amp. Prints milliseconds per
@@ -15,18 +15,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-import run as B  # noqa: E402
-
-from nst_ops.spec import JobSpec  # noqa: E402
-from nst_ops.transfer import stylize_batch  # noqa: E402
-from nst_ops.vgg import VGGFeatures, use_cuda_precision  # noqa: E402
+from bench import common as B
+from nst_ops.spec import JobSpec
+from nst_ops.transfer import stylize_batch
+from nst_ops.vgg import VGGFeatures, use_cuda_precision
 
 
 def per_image_ms(net: VGGFeatures, spec: JobSpec, b: int, steps: int) -> tuple[float, float]:

@@ -1,7 +1,7 @@
 """Does any simple change to the optimiser reach the tutorial's quality in fewer evaluations?
 
-    python bench/convergence.py [--size 128] [--job 1 1 1e6] [--budget 320]
-    python bench/convergence.py --size 256     # the time-to-quality grid's size (~20 min)
+    python -m bench.convergence [--size 128] [--job 1 1 1e6] [--budget 320]
+    python -m bench.convergence --size 256     # the time-to-quality grid's size (~20 min)
 
 One job of the time-to-quality grid (content index, style index, β; real-weights layers, the
 tutorial's objective). The reference is L-BFGS as the tutorial runs it (torch's LBFGS, history
@@ -14,19 +14,15 @@ the reference's best at the full budget. Quality per evaluation, not speed: spee
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-import run as B  # noqa: E402
-
-from nst_ops.optimizers import LINE_SEARCH_EVALUATIONS  # noqa: E402
-from nst_ops.spec import JobSpec  # noqa: E402
-from nst_ops.transfer import compute_targets, hw_of, make_objective, resize  # noqa: E402
-from nst_ops.vgg import VGGFeatures  # noqa: E402
+from bench import common as B
+from nst_ops.optimizers import LINE_SEARCH_EVALUATIONS
+from nst_ops.spec import JobSpec
+from nst_ops.transfer import compute_targets, hw_of, make_objective, resize
+from nst_ops.vgg import VGGFeatures
 
 Objective = Callable[[torch.Tensor], torch.Tensor]
 
@@ -40,7 +36,7 @@ def objective(
     hw = hw_of(B.pair(weights_at, ci, si)[0]) if weights_at else hw_of(c)
     cl, sl = B.CONFIGS["real"]
     spec = JobSpec(weights="w", content_layers=cl, style_layers=sl, size=size,
-                   **B._tutorial_equivalent("real", hw, beta))  # fmt: skip
+                   **B.tutorial_equivalent("real", hw, beta))  # fmt: skip
     fn = make_objective(net, [spec], compute_targets(net, spec, c, [s], hw_of(c)))
     return c, s, lambda x: fn(x).total.sum()
 

@@ -18,10 +18,10 @@ python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_devic
     2>&1 | tee -a "$OUT/gpu.txt"
 timeout 150 python3 -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py 2>&1 \
     | tee "$OUT/tests.log" || status=1
-timeout 240 python3 bench/run.py --device cuda --repeats 5 2>&1 | tee "$OUT/run.log" || status=1
+timeout 240 python3 -m bench.run --device cuda --repeats 5 2>&1 | tee "$OUT/run.log" || status=1
 cp bench/results/cuda.md bench/results/cuda.json "$OUT"/ 2>/dev/null
 for layers in gatys real; do
-    timeout 90 python3 bench/batching.py --device cuda --layers "$layers" --sizes 512 \
+    timeout 90 python3 -m bench.batching --device cuda --layers "$layers" --sizes 512 \
         --batches 1 2 4 8 16 --steps 5 2>&1 | tee -a "$OUT/batching.log" || status=1
 done
 exit $status

@@ -1,7 +1,7 @@
 """The Gram's one-matmul backward (nst_ops.losses._Gram) against autograd's backward of
 bmm(V, V^T), alone and inside a whole iteration (loss + gradient), in one run.
 
-    python bench/gram.py [--size 256] [--repeats 7]
+    python -m bench.gram [--size 256] [--repeats 7]
 
 Gram alone: the feature shapes of relu1_1, relu2_1 and relu3_1 at --size. Whole iteration: the
 real-weights layers (bench/run.py's "real"), fp32 and amp, with losses.gram swapped for the
@@ -10,15 +10,11 @@ plain autograd version. Medians of interleaved repeats; > 1 = ours is faster."""
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-import run as B  # noqa: E402
-
-from nst_ops import losses  # noqa: E402
+from bench import common as B
+from nst_ops import losses
 
 OURS = losses.gram
 

@@ -1,6 +1,6 @@
 """Where one iteration's time goes: torch's profiler over loss + gradient evaluations.
 
-    python bench/op_profile.py [--size 256] [--config real|gatys] [--amp] [--steps 5]
+    python -m bench.op_profile [--size 256] [--config real|gatys] [--amp] [--steps 5]
 
 Prints the operators by self CPU time (bench/run.py's layer sets and shipped weights), so the
 shares quoted in the README (convolutions, Gram matmuls, max pooling) can be checked."""
@@ -8,14 +8,11 @@ shares quoted in the README (convolutions, Gram matmuls, max pooling) can be che
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 from torch.profiler import profile
 
-sys.path.insert(0, str(Path(__file__).parent))
-import run as B  # noqa: E402
+from bench import common as B
 
 
 def main() -> None:

@@ -1,8 +1,8 @@
-"""`nst report` at scale: a synthetic finished run of N scored jobs (tests/helpers.synthetic_run:
+"""`nst report` at scale: a synthetic finished run of N scored jobs (pipeline.testing.synthetic_run:
 real images, traces, markers and results.parquet, nothing optimised), reported twice (the second
 time with the thumbnail cache warm). Prints seconds and the page's size.
 
-    python bench/report_scale.py --jobs 10000
+    python -m bench.report_scale --jobs 10000
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from pipeline.testing import synthetic_run
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-from helpers import synthetic_run  # noqa: E402
 
 
 def main() -> None:

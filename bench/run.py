@@ -1,10 +1,10 @@
 """Benchmark: ours vs the real peers, measured in one run on one machine.
 
-    python bench/run.py                     # CPU: per-iteration at 128 and 256 px, GEMM peak,
+    python -m bench.run                     # CPU: per-iteration at 128 and 256 px, GEMM peak,
                                             # 16-job time to quality at 256 px (~45 min on 2 cores)
-    python bench/run.py --ttq-size 128      # the time-to-quality grid at 128 px (quicker)
-    python bench/run.py --only-ttq --ttq-levers '{}' '{"multires": 2}'   # lever sets, one run
-    python bench/run.py --device cuda       # CUDA: 512 px, plus TFLOP/s and memory
+    python -m bench.run --ttq-size 128      # the time-to-quality grid at 128 px (quicker)
+    python -m bench.run --only-ttq --ttq-levers '{}' '{"multires": 2}'   # lever sets, one run
+    python -m bench.run --device cuda       # CUDA: 512 px, plus TFLOP/s and memory
 
 Peers, fed the same weights, layers and images: the PyTorch tutorial as published
 (bench/tutorial.py: trimmed after its last loss, its own L-BFGS loop) and pystiche 1.0.1 where it
@@ -28,93 +28,32 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-import peers  # noqa: E402
-import tutorial  # noqa: E402
-
-from nst_ops.layers import deepest, feature_hw, layer_table  # noqa: E402
-from nst_ops.spec import JobSpec  # noqa: E402
-from nst_ops.transfer import (  # noqa: E402
-    compute_targets,
-    fit_longer_side,
+from bench import peers, tutorial
+from bench.common import (
+    CONFIGS,
+    IMAGES,
+    interleaved,
+    load,
+    ours_step,
+    pair,
+    sync,
+    tutorial_equivalent,
+    weights_for,
+)
+from nst_ops.layers import deepest
+from nst_ops.spec import JobSpec
+from nst_ops.transfer import (
     hw_of,
-    make_objective,
-    resize,
     stylize_batch,
 )
-from nst_ops.vgg import VGGFeatures, layer_names, use_cuda_precision  # noqa: E402
-from pipeline.images import decode  # noqa: E402
-from pipeline.storage import Store  # noqa: E402
-from pipeline.weights import load_state_dict  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
-WEIGHTS = ROOT / "manifests/weights/vgg19_tv_features_conv1_1-conv3_1.pth"
-IMAGES = ROOT / "manifests/images"
-CONFIGS = {
-    "gatys": (("conv4_2",), ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")),
-    "real": (("relu3_1",), ("relu1_1", "relu2_1", "relu3_1")),
-}
-
-
-def load(path: Path) -> torch.Tensor:
-    return decode(path.read_bytes(), str(path))
-
-
-def pair(size: int, ci: int = 0, si: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """A content (longer side ``size``) and a style resized to it, both (1,3,H,W)."""
-    c = fit_longer_side(load(sorted((IMAGES / "content").glob("*"))[ci]), size)
-    s = resize(load(sorted((IMAGES / "style").glob("*"))[si]), tuple(c.shape[-2:]))
-    return c, s
-
-
-def weights_for(config: str) -> tuple[dict | None, str]:
-    if config == "real" and WEIGHTS.exists():
-        return load_state_dict(str(WEIGHTS)), str(WEIGHTS)
-    return None, "random:0"
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def interleaved(steps: dict[str, Callable[[], object]], device, repeats: int) -> dict[str, float]:
-    """Median seconds per call of each step, calls interleaved so load hits all alike."""
-    for fn in steps.values():  # warm-up: first calls allocate and pick kernels
-        fn(), fn()
-    times: dict[str, list[float]] = {k: [] for k in steps}
-    for _ in range(repeats):
-        for name, fn in steps.items():
-            sync(device)
-            t = time.perf_counter()
-            fn()
-            sync(device)
-            times[name].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
-def ours_step(config, sd, wname, c, s, device, channels_last: bool, amp: bool = False):
-    """One evaluation of our objective (loss + gradient), in a given layout."""
-    cl, sl = CONFIGS[config]
-    net = VGGFeatures("vgg19", cl + sl, state_dict=sd, seed=0, amp=amp)
-    net.optimised_for(device, channels_last)
-    spec = JobSpec(weights=wname, content_layers=cl, style_layers=sl, size=max(c.shape[-2:]))
-    targets = compute_targets(net, spec, c, [s], tuple(c.shape[-2:]))
-    objective = make_objective(net, [spec], targets)
-    x = c.clone().requires_grad_(True)
-
-    def step():
-        x.grad = None
-        objective(x).total.sum().backward()
-
-    return step
+from nst_ops.vgg import VGGFeatures, layer_names, use_cuda_precision
+from pipeline.store.storage import Store
 
 
 def tutorial_step(config, sd, c, s, device):
@@ -276,18 +215,6 @@ def cuda_memory(size, device, budget_gib):
     }
 
 
-def _tutorial_equivalent(config: str, c_hw: tuple[int, int], beta_t: float) -> dict:
-    """Our α, β and w_l that make our objective equal (up to one constant factor) to the
-    tutorial's: its content term is mse(F, P) = Σ(F-P)²/(N·M), its style term per layer
-    mse(G/NM, A/NM) = Σ(G-A)²/(N⁴M²); ours are ½Σ(F-P)² and Σ(G-A)²/(4N²M²)."""
-    cl, sl = CONFIGS[config]
-    channels = {n: c for n, _, c, _ in layer_table("vgg19")}
-    h, w = feature_hw("vgg19", cl[0], c_hw)
-    alpha = 2.0 / (channels[cl[0]] * h * w)
-    return {"content_weight": alpha, "style_weight": 1.0,
-            "style_layer_weights": [4.0 * beta_t / channels[n] ** 2 for n in sl]}  # fmt: skip
-
-
 def time_to_quality(
     size: int,
     steps: int,
@@ -376,7 +303,7 @@ def _ttq_rows(grid, size, evaluations, cfiles, sfiles, levers) -> list[dict]:
                      "job_name": f"j{k}", "weights": wname, "content_layers": list(cl),
                      "style_layers": list(sl), "size": size, "optimizer": "lbfgs",
                      "init": "content", "iterations": evaluations, "seed": k,
-                     **_tutorial_equivalent("real", hw_of(c), beta),
+                     **tutorial_equivalent("real", hw_of(c), beta),
                      **{k: v for k, v in levers.items() if k not in RUN_FLAGS}})  # fmt: skip
     return rows
 
@@ -384,8 +311,8 @@ def _ttq_rows(grid, size, evaluations, cfiles, sfiles, levers) -> list[dict]:
 def _qualities(ev, grid, tut, results, cfiles, sfiles) -> tuple[list[float], list[int]]:
     """q per job, and iterations run; the evaluator's inputs exactly as the worker gives them
     for our result: the files as decoded (it resizes them itself), never pre-resized tensors."""
-    from pipeline import images
-    from pipeline.scoring import score_image
+    from pipeline.run import images
+    from pipeline.run.scoring import score_image
 
     wname = weights_for("real")[1]
     cl, sl = CONFIGS["real"]

@@ -1,8 +1,8 @@
 """Scale: `nst status`, `nst run` with nothing to do, and a resume, over 10k/100k committed jobs
 on S3 (moto's S3 server on loopback), with request counts, wall time and driver peak RSS.
 
-    python bench/scale.py --jobs 10000                  # S3 (moto server), request counts
-    python bench/scale.py --jobs 100000 --store local   # driver memory at 100k jobs
+    python -m bench.scale --jobs 10000                  # S3 (moto server), request counts
+    python -m bench.scale --jobs 100000 --store local   # driver memory at 100k jobs
 
 Committed jobs are synthesised (image and result.parquet exactly as a worker writes them, with
 the inputs' real fingerprints; ``--v1``: the four-file form of earlier runs, for comparison)
@@ -37,13 +37,12 @@ from moto.s3.models import s3_backends
 from moto.server import DomainDispatcherApplication, create_backend_app
 from werkzeug.serving import make_server
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-from helpers import TINY, png_bytes  # noqa: E402
+from nst_ops.vocab import Status
+from pipeline.jobs.grid import expand
+from pipeline.store import layout, record
+from pipeline.testing import TINY, png_bytes
 
-from nst_ops.vocab import Status  # noqa: E402
-from pipeline import layout, record  # noqa: E402
-from pipeline.grid import expand  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 BUCKET = "bench"
 ENV = {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -110,7 +109,7 @@ class LocalTarget:
         path.write_bytes(data)
 
     def fingerprint(self, key: str) -> str:
-        from pipeline.storage import fingerprint_of
+        from pipeline.store.storage import fingerprint_of
 
         return fingerprint_of(self.uri(key)) or ""
 

@@ -8,8 +8,8 @@ again. Checks, against a clean run of the same manifest in the same session:
 
 and prints the faults injected, the redone jobs and the time against the clean run.
 
-    python bench/soak.py                       # 2,000 jobs, ~15 min on 2 cores
-    python bench/soak.py --jobs 300 --fault-rate 0.05   # a quick look
+    python -m bench.soak                       # 2,000 jobs, ~15 min on 2 cores
+    python -m bench.soak --jobs 300 --fault-rate 0.05   # a quick look
 
 Nothing leaves 127.0.0.1: moto and the proxy listen there, and AWS_ENDPOINT_URL points any
 stray S3 call at a dead loopback port.
@@ -243,7 +243,7 @@ def committed(endpoint: str, out: str) -> dict[str, bytes]:
     """job id -> image bytes of every committed job (every object read: none partial)."""
     import s3fs
 
-    from pipeline import record
+    from pipeline.store import record
 
     fs = s3fs.S3FileSystem(
         endpoint_url=endpoint, skip_instance_cache=True, use_listings_cache=False

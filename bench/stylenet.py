@@ -1,8 +1,8 @@
 """Benchmark: the collection path (train once, apply per image) against our own optimisation
 path, in one run on one machine.
 
-    python bench/stylenet.py                 # CPU defaults: ~25 min on 2 cores
-    python bench/stylenet.py --steps 300 --eval-size 128   # a quick look
+    python -m bench.stylenet                 # CPU defaults: ~25 min on 2 cores
+    python -m bench.stylenet --steps 300 --eval-size 128   # a quick look
 
 What it measures, all in this run:
 - training: `nst train`'s code on Ray Train (1 worker, --threads CPUs) on the training photos,
@@ -36,11 +36,13 @@ import torch
 from nst_ops.evaluator import Evaluator
 from nst_ops.spec import JobSpec
 from nst_ops.transfer import fit_longer_side
-from pipeline import images, scoring
-from pipeline.jobs import Job, RunOptions
-from pipeline.stylenet.model_file import from_bytes
-from pipeline.stylenet.train import TrainSettings, train
-from pipeline.worker import run_job
+from pipeline.jobs.job import Job
+from pipeline.run import images, scoring
+from pipeline.run.model_file import from_bytes
+from pipeline.run.options import RunOptions
+from pipeline.run.task import run_job
+from pipeline.stylenet.train import train
+from pipeline.stylenet.train_settings import TrainSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
@@ -146,7 +148,7 @@ def main() -> None:
 
 
 def run(a: argparse.Namespace, held: list[Path], trained_on: list[Path], tmp: Path) -> dict:
-    from pipeline.execute import init_ray
+    from pipeline.run.scheduler import init_ray
 
     init_ray(None, num_cpus=a.threads)
     res: dict = {

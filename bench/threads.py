@@ -2,8 +2,8 @@
 num_cpus, so 2 one-thread workers on 2 cores) against one 2-thread worker, and against
 oversubscribed 2-thread workers with spinning and with passive OpenMP waits.
 
-    python bench/threads.py [--jobs 8] [--repeats 2] [--size 256 --amp] [--only "1 worker"]
-    python bench/threads.py --compare batch [--size 256] [--amp]   # jobs per task on CPU
+    python -m bench.threads [--jobs 8] [--repeats 2] [--size 256 --amp] [--only "1 worker"]
+    python -m bench.threads --compare batch [--size 256] [--amp]   # jobs per task on CPU
 
 Each setting runs the same `nst run` (L-BFGS jobs, shipped weights, 96 px) from scratch in a
 subprocess; prints wall seconds (median of --repeats, and the range)."""

@@ -1,7 +1,7 @@
 """How GPU jobs should hold their worker: Ray tasks with max_calls=1 (Ray's default for GPU
 tasks), tasks with max_calls=0 (ours), or an actor pool (one actor per GPU share).
 
-    python bench/workers.py [--jobs 24] [--repeats 3]
+    python -m bench.workers [--jobs 24] [--repeats 3]
 
 Embedded Ray with 2 CPUs and 2 fake GPUs (every task asks for 1 GPU, so two run at once as on
 a 2-GPU node); small jobs, so the figure is the per-job overhead of each strategy: process
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,16 +22,12 @@ import ray
 import torch
 from ray.util import ActorPool
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from helpers import table, write_images  # noqa: E402
-
-from pipeline.execute import _task  # noqa: E402
-from pipeline.grid import expand  # noqa: E402
-from pipeline.jobs import (
-    Job,  # noqa: E402
-    RunOptions,  # noqa: E402
-)
-from pipeline.worker import run_group  # noqa: E402
+from pipeline.jobs.grid import expand
+from pipeline.jobs.job import Job
+from pipeline.run.options import RunOptions
+from pipeline.run.scheduler import _task
+from pipeline.run.task import run_group
+from pipeline.testing import table, write_images
 
 
 @ray.remote(num_gpus=1, num_cpus=1)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from enum import Enum
 from typing import Any
 
 from .layers import BACKBONE_CFG, POOLINGS, check_layers, deepest, size_problem, smallest_size
@@ -19,82 +21,33 @@ GATYS_STYLE_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
 MIN_SIZE, MAX_SIZE = 16, 4096
 
 
-# One line per parameter, shown by `nst params` (a test checks every field has one).
-PARAM_HELP: dict[str, str] = {
-    "mode": "transfer (content + style), style or content reconstruction",
-    "backbone": "the network: vgg16 or vgg19",
-    "pooling": "max, or avg (the study's choice: smoother gradients)",
-    "weights": "imagenet (torchvision), random:<seed>, or a state-dict path/URL",
-    "content_layers": "layers whose features the content loss matches",
-    "style_layers": "layers whose Gram matrices the style loss matches",
-    "style_layer_weights": "w_l per style layer (default equal, summing to 1)",
-    "content_weight": "alpha, the content loss weight",
-    "style_weight": "beta, the style loss weight",
-    "tv_weight": "total-variation smoothing weight (0 = off)",
-    "optimizer": "how to step: " + ", ".join(OPTIMIZERS),
-    "lr": "learning rate (default per optimizer: "
-    + ", ".join(f"{k} {v.default_lr:g}" for k, v in OPTIMIZERS.items())
-    + ")",
-    "momentum": "SGD momentum",
-    "line_search": "L-BFGS strong-Wolfe line search",
-    "iterations": "optimizer steps (per resolution level with multires)",
-    "size": "longer side of the output in pixels",
-    "init": "start image: noise (seeded), content (recognisable results fastest), style, "
-    "an image path/URL (e.g. a previous result), or model:<URI> (a trained style network's "
-    "output: refinement)",
-    "seed": "seed of the noise init",
-    "style_scale": "content: style resized to the content's size (the study); own: kept",
-    "style_blend": "weights blending several style images",
-    "preserve_color": "luminance-only transfer, keeping the content's colours",
-    "multires": "coarse-to-fine levels (each halves the size)",
-    "level_iterations": "iterations of each multires level, coarsest first (default: "
-    "`iterations` at every level)",
-    "log_every": "trace a row every N iterations",
-    "divergence_factor": "a loss above this x best counts as a spike",
-    "divergence_patience": "iterations a spike may last before the job counts as diverged",
-    "amp": "bf16 convolutions (losses stay fp32): true, false, or auto (on where the device has "
-    "bf16 units: CUDA with bf16, CPUs with AVX512-BF16/AMX)",
-    "tol": "early stopping: stop when the best loss improved by less than this fraction over "
-    "the last tol_window iterations (0 = off)",
-    "tol_window": "iterations over which tol measures the improvement",
-    "save_every": "also save the image every N iterations (snapshots; 0 = off)",
-    "restarts": "after a blow-up (loss > divergence_factor x best for 5 iterations, or not "
-    "finite): go back to the best image with a fresh optimizer state (and fp32 for amp) up to "
-    "this many times before the job counts as diverged (latest defaults: 2 for L-BFGS)",
-}
+class Role(str, Enum):
+    """What a parameter means for batching (nst_ops.transfer.stylize_batch)."""
+
+    JOB = "job"  # may differ between the images of one batch (weights' scale, lr, seed, inputs)
+    BATCH = "batch"  # shared by every image of a batch: one forward/backward for all of them
+    LOOP = "loop"  # shared by the optimisation loop too: one optimizer step for the batch
 
 
-def choices(name: str) -> tuple[str, ...] | None:
-    """The allowed values of a parameter that is a choice (None for free values)."""
-    return {
-        "mode": MODES,
-        "backbone": tuple(BACKBONE_CFG),
-        "pooling": POOLINGS,
-        "optimizer": tuple(OPTIMIZERS),
-        "init": INITS,
-        "style_scale": STYLE_SCALES,
-    }.get(name)
+@dataclass(frozen=True)
+class Param:
+    """A parameter's rules, declared once beside its field: validation, `nst params`, batching
+    and job ids read them from here (``JobSpec.params()``)."""
+
+    help: str
+    role: Role = Role.JOB
+    choices: Callable[[], tuple[str, ...]] | None = None  # a registry may grow: read when asked
+    only_choices: bool = True  # False: the choices are named values beside free ones (init)
+    minimum: float | None = None  # numbers: the smallest allowed value, checked finite
+    maximum: float | None = None
+    integer: bool = False
+    added_later: bool = False  # added after job ids were published: at its default, a job's id
+    # stays what it was before the parameter existed
 
 
-CHOICE_FIELDS = ("mode", "backbone", "pooling", "optimizer", "style_scale")
-NONNEGATIVE_FIELDS = (
-    "content_weight",
-    "style_weight",
-    "tv_weight",
-    "momentum",
-    "divergence_factor",
-    "tol",
-)
-INTEGER_MINIMUMS = {
-    "tol_window": 1,
-    "save_every": 0,
-    "restarts": 0,
-    "iterations": 1,
-    "log_every": 1,
-    "multires": 1,
-    "divergence_patience": 1,
-    "seed": 0,
-}
+def param(default: Any, help: str, **rules: Any) -> Any:
+    """A JobSpec field with its rules (see Param)."""
+    return field(default=default, metadata={"param": Param(help, **rules)})
 
 
 def is_image_ref(value: str) -> bool:
@@ -113,6 +66,21 @@ def _finite_nonneg(name: str, value: float) -> None:
         raise SpecError(f"{name} must be finite and >= 0, got {value!r}")
 
 
+def _check_bounds(name: str, value: Any, rules: Param) -> None:
+    """A number within the parameter's declared bounds (integers also integral)."""
+    lo = -math.inf if rules.minimum is None else rules.minimum
+    hi = math.inf if rules.maximum is None else rules.maximum
+    if not rules.integer:
+        if lo == 0:
+            return _finite_nonneg(name, value)  # the message the nonnegative weights have had
+        if not isinstance(value, (int, float)) or not lo <= value <= hi:
+            raise SpecError(f"{name} must be finite and within [{lo:g}, {hi:g}], got {value!r}")
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        span = f">= {lo:g}" if hi == math.inf else f"in [{lo:g}, {hi:g}]"
+        raise SpecError(f"{name} must be an integer {span}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class JobSpec:
     """Hyper-parameters of one optimisation (inputs are passed separately).
@@ -121,37 +89,73 @@ class JobSpec:
     w_l (default: equal, summing to 1). ``lr=None`` picks the optimizer's default.
     """
 
-    mode: str = Mode.TRANSFER.value
-    backbone: str = "vgg19"
-    pooling: str = "max"
-    weights: str = "imagenet"
-    content_layers: tuple[str, ...] = ("conv4_2",)
-    style_layers: tuple[str, ...] = GATYS_STYLE_LAYERS
-    style_layer_weights: tuple[float, ...] | None = None
-    content_weight: float = 1.0
-    style_weight: float = 1e7
-    tv_weight: float = 0.0
-    optimizer: str = "lbfgs"
-    lr: float | None = None
-    momentum: float = 0.0
-    line_search: bool = False
-    iterations: int = 300
-    size: int = 256
-    init: str = "noise"
-    seed: int = 0
-    style_scale: str = "content"
-    style_blend: tuple[float, ...] | None = None
-    preserve_color: bool = False
-    multires: int = 1
-    level_iterations: tuple[int, ...] | None = None
-    log_every: int = 10
-    divergence_factor: float = 100.0
-    divergence_patience: int = 50
-    amp: bool | str = False  # True, False or "auto" (resolved by the worker for its device)
-    tol: float = 0.0
-    tol_window: int = 20
-    save_every: int = 0
-    restarts: int = 0
+    # fmt: off
+    mode: str = param(Mode.TRANSFER.value, "transfer (content + style), style or content "
+                      "reconstruction", role=Role.BATCH, choices=lambda: MODES)
+    backbone: str = param("vgg19", "the network: vgg16 or vgg19", role=Role.BATCH,
+                          choices=lambda: tuple(BACKBONE_CFG))
+    pooling: str = param("max", "max, or avg (the study's choice: smoother gradients)",
+                         role=Role.BATCH, choices=lambda: POOLINGS)
+    weights: str = param("imagenet", "imagenet (torchvision), random:<seed>, or a state-dict "
+                         "path/URL", role=Role.BATCH)
+    content_layers: tuple[str, ...] = param(("conv4_2",), "layers whose features the content "
+                                            "loss matches", role=Role.BATCH)
+    style_layers: tuple[str, ...] = param(GATYS_STYLE_LAYERS, "layers whose Gram matrices the "
+                                          "style loss matches", role=Role.BATCH)
+    style_layer_weights: tuple[float, ...] | None = param(None, "w_l per style layer (default "
+                                                          "equal, summing to 1)")
+    content_weight: float = param(1.0, "alpha, the content loss weight", minimum=0)
+    style_weight: float = param(1e7, "beta, the style loss weight", minimum=0)
+    tv_weight: float = param(0.0, "total-variation smoothing weight (0 = off)", minimum=0)
+    optimizer: str = param("lbfgs", "how to step: " + ", ".join(OPTIMIZERS), role=Role.LOOP,
+                           choices=lambda: tuple(OPTIMIZERS))
+    lr: float | None = param(None, "learning rate (default per optimizer: "
+                             + ", ".join(f"{k} {v.default_lr:g}" for k, v in OPTIMIZERS.items())
+                             + ")")
+    momentum: float = param(0.0, "SGD momentum", minimum=0)
+    line_search: bool = param(False, "L-BFGS strong-Wolfe line search", role=Role.LOOP)
+    iterations: int = param(300, "optimizer steps (per resolution level with multires)",
+                            role=Role.LOOP, integer=True, minimum=1)
+    size: int = param(256, "longer side of the output in pixels", role=Role.BATCH, integer=True,
+                      minimum=MIN_SIZE, maximum=MAX_SIZE)
+    init: str = param("noise", "start image: noise (seeded), content (recognisable results "
+                      "fastest), style, an image path/URL (e.g. a previous result), or "
+                      "model:<URI> (a trained style network's output: refinement)",
+                      choices=lambda: INITS, only_choices=False)
+    seed: int = param(0, "seed of the noise init", integer=True, minimum=0)
+    style_scale: str = param("content", "content: style resized to the content's size (the "
+                             "study); own: kept", role=Role.BATCH, choices=lambda: STYLE_SCALES)
+    style_blend: tuple[float, ...] | None = param(None, "weights blending several style images")
+    preserve_color: bool = param(False, "luminance-only transfer, keeping the content's colours",
+                                 role=Role.BATCH)
+    multires: int = param(1, "coarse-to-fine levels (each halves the size)", role=Role.BATCH,
+                          integer=True, minimum=1)
+    level_iterations: tuple[int, ...] | None = param(
+        None, "iterations of each multires level, coarsest first (default: `iterations` at "
+        "every level)", role=Role.LOOP, added_later=True)
+    log_every: int = param(10, "trace a row every N iterations", role=Role.LOOP, integer=True,
+                           minimum=1)
+    divergence_factor: float = param(100.0, "a loss above this x best counts as a spike",
+                                     role=Role.LOOP, minimum=0)
+    divergence_patience: int = param(50, "iterations a spike may last before the job counts as "
+                                     "diverged", role=Role.LOOP, integer=True, minimum=1,
+                                     added_later=True)
+    amp: bool | str = param(False, "bf16 convolutions (losses stay fp32): true, false, or auto "
+                            "(on where the device has bf16 units: CUDA with bf16, CPUs with "
+                            "AVX512-BF16/AMX)", role=Role.BATCH)  # auto: resolved per device
+    tol: float = param(0.0, "early stopping: stop when the best loss improved by less than this "
+                       "fraction over the last tol_window iterations (0 = off)", minimum=0,
+                       added_later=True)
+    tol_window: int = param(20, "iterations over which tol measures the improvement",
+                            integer=True, minimum=1, added_later=True)
+    save_every: int = param(0, "also save the image every N iterations (snapshots; 0 = off)",
+                            integer=True, minimum=0, added_later=True)
+    restarts: int = param(0, "after a blow-up (loss > divergence_factor x best for 5 iterations, "
+                          "or not finite): go back to the best image with a fresh optimizer "
+                          "state (and fp32 for amp) up to this many times before the job counts "
+                          "as diverged (latest defaults: 2 for L-BFGS)", integer=True, minimum=0,
+                          added_later=True)
+    # fmt: on
 
     def __post_init__(self) -> None:
         for name in (
@@ -182,8 +186,10 @@ class JobSpec:
             check()
 
     def _check_choices(self) -> None:
-        for name in CHOICE_FIELDS:
-            v, options = getattr(self, name), choices(name) or ()
+        for name, rules in PARAMS.items():
+            if rules.choices is None or not rules.only_choices:
+                continue
+            v, options = getattr(self, name), rules.choices()
             if v not in options:
                 raise SpecError(f"unknown {name} {v!r}; choose one of {', '.join(options)}")
 
@@ -224,20 +230,13 @@ class JobSpec:
             raise SpecError(str(e)) from None
 
     def _check_numbers(self) -> None:
-        for name in NONNEGATIVE_FIELDS:
-            _finite_nonneg(name, getattr(self, name))
+        for name, rules in PARAMS.items():
+            if rules.minimum is not None:
+                _check_bounds(name, getattr(self, name), rules)
         if self.lr is not None:
             _finite_nonneg("lr", self.lr)
             if self.lr == 0:
                 raise SpecError("lr must be > 0")
-        for name, lo in INTEGER_MINIMUMS.items():
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < lo:
-                raise SpecError(f"{name} must be an integer >= {lo}, got {v!r}")
-        if not isinstance(self.size, int) or not MIN_SIZE <= self.size <= MAX_SIZE:
-            raise SpecError(
-                f"size must be an integer in [{MIN_SIZE}, {MAX_SIZE}], got {self.size!r}"
-            )
         if self.size >> (self.multires - 1) < MIN_SIZE:
             raise SpecError(
                 f"multires={self.multires} makes the first level smaller than {MIN_SIZE} px"
@@ -392,35 +391,27 @@ class JobSpec:
             raise SpecError(str(e)) from None
 
 
-# Every field's default, built once: from_dict runs once per job (100k jobs at a time).
+# Every field's rules and default, built once: from_dict runs once per job (100k jobs at a time).
+PARAMS: dict[str, Param] = {f.name: f.metadata["param"] for f in fields(JobSpec)}
 _FIELD_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(JobSpec)}
+PARAM_HELP: dict[str, str] = {name: rules.help for name, rules in PARAMS.items()}
 
 # What every image of one optimisation loop must share (one optimizer step for the batch).
-LOOP_FIELDS = (
-    "optimizer",
-    "iterations",
-    "level_iterations",
-    "log_every",
-    "divergence_factor",
-    "divergence_patience",
-    "line_search",
-)
-
+LOOP_FIELDS = tuple(name for name, rules in PARAMS.items() if rules.role is Role.LOOP)
 # What every image of one batch must share (the rest, e.g. weights, lr, seed, inputs, may vary).
 BATCH_FIELDS = (
-    "mode",
-    "backbone",
-    "pooling",
-    "weights",
-    "amp",
-    "content_layers",
-    "style_layers",
-    "size",
-    "multires",
-    "style_scale",
-    "preserve_color",
+    *(name for name, rules in PARAMS.items() if rules.role is Role.BATCH),
     *LOOP_FIELDS,
 )
+# Parameters added after job ids were published, at the default that reproduces the old
+# behaviour for every job the old code completed: at that value they leave a job's id as it was.
+ADDED_LATER: dict[str, Any] = {n: _FIELD_DEFAULTS[n] for n, r in PARAMS.items() if r.added_later}
+
+
+def choices(name: str) -> tuple[str, ...] | None:
+    """The named values of a parameter that has them (None for free values)."""
+    rules = PARAMS.get(name)
+    return None if rules is None or rules.choices is None else rules.choices()
 
 
 def batch_key(spec: JobSpec) -> tuple[Any, ...]:

@@ -245,14 +245,15 @@ def test_a_batch_out_of_gpu_memory_is_halved_until_it_fits_and_fails_only_a_job_
     import fsspec
     from helpers import TINY, png_bytes
 
-    from pipeline import worker
-    from pipeline.jobs import Job, RunOptions
-    from pipeline.storage import Store
+    from pipeline.jobs.job import Job
+    from pipeline.run import task
+    from pipeline.run.options import RunOptions
+    from pipeline.store.storage import Store
 
     fs = fsspec.filesystem("memory")
     fs.pipe_file("/oom/c.png", png_bytes(seed=1))
     fs.pipe_file("/oom/s.png", png_bytes(seed=2))
-    real, attempts = worker.stylize_batch, []
+    real, attempts = task.stylize_batch, []
 
     def fits_two(specs, *args, **kwargs):
         attempts.append(len(specs))
@@ -260,12 +261,12 @@ def test_a_batch_out_of_gpu_memory_is_halved_until_it_fits_and_fails_only_a_job_
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(specs, *args, **kwargs)
 
-    monkeypatch.setattr(worker, "stylize_batch", fits_two)
+    monkeypatch.setattr(task, "stylize_batch", fits_two)
     tiny = {**TINY, "content_layers": ("relu2_1",), "style_layers": ("relu1_1",)}
     job_specs = [JobSpec(**tiny, optimizer="adam", style_weight=w) for w in (1, 2, 3, 4, 7)]
     content, styles = "memory://oom/c.png", ("memory://oom/s.png",)
     jobs = [Job(s, content, styles, i) for i, s in enumerate(job_specs)]
-    rows = worker.run_group(jobs, RunOptions(out="memory://oom/out"), torch.device("cpu"), None, 8)
+    rows = task.run_group(jobs, RunOptions(out="memory://oom/out"), torch.device("cpu"), None, 8)
     assert attempts == [5, 2, 3, 1, 2, 1, 1]
     assert [r["status"] for r in rows] == ["ok"] * 4 + ["failed"]
     assert "OutOfMemoryError: CUDA out of memory" in rows[4]["error"]

@@ -207,7 +207,7 @@ def test_gpu_scheduling_pins_tasks_to_gpus_with_fractions(tmp_path):
 def test_gpu_demand_is_what_the_user_asks_not_what_is_up_at_start(ray_cpu):
     """On a cluster, tasks ask for GPUs even while none is up (an autoscaler only starts GPU
     nodes for demand it sees); embedded without a GPU they are CPU tasks."""
-    from pipeline.execute import Resources, task_options
+    from pipeline.run.scheduler import Resources, task_options
 
     assert task_options(Resources(on_cluster=True))["num_gpus"] == 1.0
     assert task_options(Resources(on_cluster=True, gpus_per_job=0.25))["num_gpus"] == 0.25
@@ -251,7 +251,7 @@ def test_make_manifest_keeps_relative_paths_portable(tmp_path, monkeypatch):
 
 
 def test_jobs_per_task_default_to_one_on_cpu_eight_on_gpu_unless_given():
-    from pipeline.execute import Resources, task_batch_size
+    from pipeline.run.scheduler import Resources, task_batch_size
 
     assert task_batch_size(Resources(), gpus=0) == 1
     assert task_batch_size(Resources(), gpus=0.5) == 8

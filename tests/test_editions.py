@@ -9,7 +9,7 @@ from helpers import nst, run_manifest, table, write_images
 
 from nst_ops.presets import LATEST_DEFAULTS
 from nst_ops.spec import JobSpec
-from pipeline.jobs import job_id
+from pipeline.jobs.job import job_id
 
 LBFGS = {"optimizer": "lbfgs", "iterations": 300}
 

@@ -8,7 +8,7 @@ from helpers import png_bytes
 from PIL import Image
 
 from pipeline.errors import InputError
-from pipeline.images import decode, encode_png, probe
+from pipeline.run.images import decode, encode_png, probe
 
 
 def save(img: Image.Image, fmt: str = "PNG") -> bytes:

@@ -15,8 +15,8 @@ import pytest
 import s3fs
 from helpers import nst, nst_cmd, png_bytes, run_manifest, table, write_images
 
-from pipeline import storage
 from pipeline.errors import InputError
+from pipeline.store import storage
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):

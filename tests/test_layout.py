@@ -11,8 +11,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from helpers import nst, run_manifest, synthetic_run, write_images
 
-from pipeline import layout, record
-from pipeline.storage import Store
+from pipeline.store import layout, record
+from pipeline.store.storage import Store
 
 
 def _to_v1(out: Path) -> None:

@@ -131,7 +131,7 @@ def test_nst_layers_lists_every_layer_with_channels_and_scale():
 
 
 def test_new_parameters_at_their_defaults_keep_existing_job_ids():
-    from pipeline.jobs import ADDED_LATER
+    from nst_ops.spec import ADDED_LATER
 
     spec = job_spec()
     for name, default in ADDED_LATER.items():
@@ -141,22 +141,22 @@ def test_new_parameters_at_their_defaults_keep_existing_job_ids():
 
 def test_amp_auto_turns_bf16_on_only_where_the_device_has_bf16_units(monkeypatch):
     from nst_ops.spec import SpecError
-    from pipeline import worker
+    from pipeline.run import task
 
     assert job_spec(amp="auto").amp == "auto"
     with pytest.raises(SpecError, match="amp must be true, false or auto"):
         job_spec(amp="yes")
     cpu = torch.device("cpu")
-    monkeypatch.setattr(worker, "_cpu_has_bf16", lambda: True)
-    assert worker.amp_enabled("auto", cpu) is True
-    monkeypatch.setattr(worker, "_cpu_has_bf16", lambda: False)
-    assert worker.amp_enabled("auto", cpu) is False
-    assert worker.amp_enabled(True, cpu) is True and worker.amp_enabled(False, cpu) is False
+    monkeypatch.setattr(task, "_cpu_has_bf16", lambda: True)
+    assert task.amp_enabled("auto", cpu) is True
+    monkeypatch.setattr(task, "_cpu_has_bf16", lambda: False)
+    assert task.amp_enabled("auto", cpu) is False
+    assert task.amp_enabled(True, cpu) is True and task.amp_enabled(False, cpu) is False
 
 
 @pytest.mark.usefixtures("ray_cpu")
 def test_amp_auto_from_a_csv_manifest_runs_and_records_what_it_used(tmp_path):
-    from pipeline import worker
+    from pipeline.run import task
 
     c = write_images(tmp_path / "c", 1, "c")[0]
     s = write_images(tmp_path / "s", 1, "s")[0]
@@ -168,4 +168,4 @@ def test_amp_auto_from_a_csv_manifest_runs_and_records_what_it_used(tmp_path):
     assert done.exit_code == 0, done.output
     (row,) = pq.read_table(tmp_path / "o" / "results.parquet").to_pylist()
     assert row["status"] == "ok" and row["amp"] == "auto"
-    assert row["amp_used"] == worker._cpu_has_bf16()
+    assert row["amp_used"] == task._cpu_has_bf16()

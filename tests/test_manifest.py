@@ -6,8 +6,8 @@ import pytest
 from helpers import table
 
 from pipeline.errors import ManifestError
-from pipeline.grid import expand
-from pipeline.manifest import check_schema, read_manifest
+from pipeline.jobs.grid import expand
+from pipeline.jobs.manifest import check_schema, read_manifest
 
 PAIR = {"content_uri": "/c.png", "style_uri": "/s.png"}
 
@@ -106,7 +106,7 @@ def test_a_grid_past_the_limit_is_refused_with_its_real_count():
 
 
 def test_a_200k_job_grid_is_refused_before_any_job_is_built(monkeypatch):
-    from pipeline import grid
+    from pipeline.jobs import grid
 
     def built(*args, **kwargs):
         raise AssertionError("a job was built")  # 200k of them took ~10 s and 290 MB

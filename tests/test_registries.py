@@ -56,9 +56,10 @@ def test_a_loss_term_added_as_one_entry_is_in_the_trace_and_the_results(monkeypa
     from helpers import TINY, png_bytes
 
     from nst_ops import losses
-    from pipeline.jobs import Job, RunOptions
-    from pipeline.storage import Store
-    from pipeline.worker import run_job
+    from pipeline.jobs.job import Job
+    from pipeline.run.options import RunOptions
+    from pipeline.run.task import run_job
+    from pipeline.store.storage import Store
 
     def brightness(i: losses.TermInputs):
         return (i.x.mean(dim=(1, 2, 3)) - 0.5).pow(2) * 1e3, {}

@@ -16,9 +16,9 @@ from helpers import nst, nst_cmd, png_bytes, run_manifest, table, write_images
 from PIL import Image
 
 from nst_ops.vgg import VGGFeatures
-from pipeline.execute import Resources, run_jobs
-from pipeline.grid import expand
-from pipeline.jobs import RunOptions
+from pipeline.jobs.grid import expand
+from pipeline.run.options import RunOptions
+from pipeline.run.scheduler import Resources, run_jobs
 
 
 def kill_first_running_task(killed: list, stop: threading.Event) -> None:

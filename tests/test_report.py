@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import nst, table, write_images
 
-from pipeline.report import varying_axes
+from pipeline.report.page import varying_axes
 
 ARTIFACTS = Path(os.environ.get("NST_ARTIFACTS", Path(__file__).parent.parent / "test-artifacts"))
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -140,7 +140,7 @@ def test_a_large_report_shows_the_scatter_pareto_front_sampled_sheet_and_pages(t
     from helpers import synthetic_run
     from playwright.sync_api import sync_playwright
 
-    from pipeline.ranking import pareto_front
+    from pipeline.report.ranking import pareto_front
 
     run = synthetic_run(tmp_path / "run", 250)
     assert nst("report", str(run), "--max-tiles", "40", "--color", "lr").exit_code == 0
@@ -187,7 +187,7 @@ def test_a_large_report_shows_the_scatter_pareto_front_sampled_sheet_and_pages(t
 
 
 def test_tiles_order_numbers_by_value_and_layer_lists_by_length():
-    from pipeline.report import _order
+    from pipeline.report.page import _order
 
     assert sorted([1e8, 1e5, 1e6, 2], key=_order) == [2, 1e5, 1e6, 1e8]
     sweep = [["conv1_1", "conv2_1", "conv3_1"], ["conv1_1"], ["conv1_1", "conv2_1"]]
@@ -208,7 +208,7 @@ def test_every_tile_of_a_sampled_sheet_gets_its_thumbnail_even_without_scores(tm
 
 
 def test_an_axis_with_scores_inside_one_decade_still_has_labels():
-    from pipeline.figures import _ticks
+    from pipeline.report.figures import _ticks
 
     logs = [1.0, 1.05, 1.28]  # scores 10 to 19
     ticks = _ticks(logs, lambda v: v * 100)
@@ -217,7 +217,7 @@ def test_an_axis_with_scores_inside_one_decade_still_has_labels():
 
 
 def test_the_sheet_never_crosses_two_axes_that_group_the_jobs_alike():
-    from pipeline.report import _choose_axes
+    from pipeline.report.page import _choose_axes
 
     results = [
         {"job_id": f"{c}{s}", "content_uri": c, "style_uris": [s], "tag_style": s.upper(),
@@ -231,7 +231,8 @@ def test_the_sheet_never_crosses_two_axes_that_group_the_jobs_alike():
 
 
 def test_tiles_are_named_inputs_head_the_sheet_and_a_live_run_is_announced(run_dir, tmp_path):
-    from pipeline import lease, storage
+    from pipeline.run import lease
+    from pipeline.store import storage
 
     with lease.held(storage.Store(str(run_dir))):
         res = nst("report", run_dir, "--rows", "content_uri", "--cols", "optimizer")

@@ -9,7 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import nst, png_bytes, run_manifest, table, write_images
 
-from pipeline import lease, storage
+from pipeline.run import lease
+from pipeline.store import storage
 
 
 def _summary(path) -> dict:
@@ -198,7 +199,7 @@ def test_a_sigkilled_drivers_embedded_ray_and_session_folder_go_with_it(tmp_path
 
     from helpers import nst_cmd
 
-    from pipeline.ray_watchdog import session_processes
+    from pipeline.run.ray_watchdog import session_processes
 
     cs = write_images(tmp_path / "c", 6, "c")
     s = write_images(tmp_path / "s", 1, "s")[0]

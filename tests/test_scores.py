@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import nst, run_manifest, write_images
 
-from pipeline.storage import Store
+from pipeline.store.storage import Store
 
 pytestmark = pytest.mark.usefixtures("ray_cpu")
 

@@ -12,9 +12,10 @@ from fsspec.implementations.memory import MemoryFileSystem
 from helpers import TINY, png_bytes
 
 from nst_ops.spec import JobSpec
-from pipeline import layout, record, storage
-from pipeline.jobs import Job, RunOptions
-from pipeline.worker import run_job
+from pipeline.jobs.job import Job
+from pipeline.run.options import RunOptions
+from pipeline.run.task import run_job
+from pipeline.store import layout, record, storage
 
 
 class FlakyFS(MemoryFileSystem):
@@ -112,7 +113,7 @@ def test_job_ids_that_are_not_plain_hex_never_become_paths():
 def test_results_tables_accept_rows_whose_tags_changed_type_between_runs():
     """A finished run must never fail at its last step: a tag that became a list (rows merged)
     or changed type since an earlier run still gives a results table."""
-    from pipeline.results import normalise
+    from pipeline.store.results import normalise
 
     rows = [
         {"job_id": "a", "tag_experiment": "pooling", "tag_n": 3},
@@ -130,7 +131,7 @@ def test_results_tables_accept_rows_whose_tags_changed_type_between_runs():
 
 def _committed_run(tmp_path, n: int = 3):
     """n committed jobs, then results.parquet, as `nst run` leaves them (markers 60 s older)."""
-    from pipeline.execute import write_results
+    from pipeline.run.scheduler import write_results
 
     store = storage.Store(str(tmp_path / "run"))
     jobs = [Job(spec(), f"/in/c{i}.png", ("/in/s.png",), i) for i in range(n)]

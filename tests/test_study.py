@@ -12,7 +12,7 @@ from nst_ops.presets import STUDY
 from nst_ops.spec import JobSpec, SpecError
 from nst_ops.transfer import compute_targets, fit_longer_side, resize
 from nst_ops.vgg import VGGFeatures, feature_hw
-from pipeline.grid import expand
+from pipeline.jobs.grid import expand
 
 # Seed lines 94-103: the +3-layers run's style loss every 100 iterations. It jumps 123x at 400
 # and recovers (1.07e7 at 700): the study carried on, and so must we.

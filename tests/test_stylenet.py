@@ -19,7 +19,7 @@ from helpers import nst, nst_cmd, png_bytes, write_images
 
 from nst_ops.stylenet import NetConfig, StyleObjective, TransformerNet
 from nst_ops.vgg import VGGFeatures
-from pipeline.stylenet import model_file
+from pipeline.run import model_file
 from pipeline.stylenet.photos import CropSampler
 
 TINY_JOB = [
@@ -36,7 +36,7 @@ def smooth_photos(folder: Path, n: int, size: int = 48) -> list[str]:
     for i in range(n):
         g = torch.Generator().manual_seed(i)
         x = torch.nn.functional.avg_pool2d(torch.rand(1, 3, size, size, generator=g), 5, 1, 2)
-        from pipeline import images
+        from pipeline.run import images
 
         p = folder / f"p{i}.png"
         p.write_bytes(images.encode(x[0]))
@@ -304,8 +304,9 @@ def test_apply_refuses_a_file_that_is_not_a_model(tmp_path):
 def test_refinement_starts_from_the_networks_output_and_lowers_the_loss(trained, tmp_path):
     from helpers import job_spec
 
-    from pipeline.jobs import Job, RunOptions
-    from pipeline.worker import run_job
+    from pipeline.jobs.job import Job
+    from pipeline.run.options import RunOptions
+    from pipeline.run.task import run_job
 
     model = trained[0] / "model.pt"
     content = write_images(tmp_path / "c", 1, "c")[0]
@@ -361,7 +362,7 @@ def test_models_lists_every_trained_network_with_its_parameters(trained, tmp_pat
 def test_a_relative_model_path_in_a_manifest_is_relative_to_the_manifest(tmp_path):
     import pyarrow as pa
 
-    from pipeline.manifest import resolve_paths
+    from pipeline.jobs.manifest import resolve_paths
 
     t = pa.table({"content_uri": ["c.png"], "init": ["model:models/m.pt"]})
     out = resolve_paths(t, str(tmp_path / "m.parquet")).column("init").to_pylist()
@@ -395,7 +396,8 @@ def test_the_plan_redoes_exactly_new_changed_other_model_missing_and_with_retry_
 
 
 def test_a_second_apply_into_a_live_output_exits_4_and_writes_nothing(trained, tmp_path):
-    from pipeline import lease, storage
+    from pipeline.run import lease
+    from pipeline.store import storage
 
     coll = tmp_path / "c"
     write_images(coll, 2, "i")

@@ -16,9 +16,10 @@ import s3fs
 import torch
 from helpers import committed_records, nst, png_bytes, run_manifest, table, write_images
 
-from pipeline import lease, storage
 from pipeline.cli import QUICK_START
-from pipeline.manifest import read_manifest
+from pipeline.jobs.manifest import read_manifest
+from pipeline.run import lease
+from pipeline.store import storage
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -176,7 +177,7 @@ def test_rows_differing_only_in_name_run_once_keeping_every_name_and_tag(tmp_pat
     pq.write_table(table(rows), tmp_path / "m.parquet")
     res = nst("plan", str(tmp_path / "m.parquet"))
     assert "1 jobs" in res.output and "differ only in job_name or tags" in res.output
-    from pipeline.grid import expand
+    from pipeline.jobs.grid import expand
 
     (job,) = expand(read_manifest(str(tmp_path / "m.parquet")))
     assert job.job_name == "first | second" and dict(job.tags)["tag_exp"] == ["a", "b"]
@@ -193,7 +194,7 @@ def test_status_of_something_that_is_not_a_run_says_so(tmp_path):
 # 8 ----------------------------------------------------------------------------------------------
 def test_weights_that_are_not_a_vgg_state_dict_are_named_for_what_they_are(tmp_path):
     from nst_ops.vgg import VGGFeatures, WeightsError
-    from pipeline.weights import load_state_dict
+    from pipeline.run.weights import load_state_dict
 
     text = tmp_path / "w.txt"
     text.write_text("hello\n")
@@ -236,7 +237,7 @@ def test_out_pointing_at_a_file_is_a_clear_error(tmp_path):
 
 # 10 ---------------------------------------------------------------------------------------------
 def test_csv_and_json_lines_manifests_are_read_with_the_same_checks(tmp_path):
-    from pipeline.grid import expand
+    from pipeline.jobs.grid import expand
 
     c, s = write_images(tmp_path, 2, "m")
     (tmp_path / "m.csv").write_text(
@@ -385,7 +386,7 @@ def test_light_commands_never_import_torch_or_ray(tmp_path):
 
 @pytest.mark.usefixtures("ray_cpu")
 def test_a_finished_run_never_starts_ray_and_a_resume_does(tmp_path, monkeypatch):
-    from pipeline import execute
+    from pipeline.run import scheduler
 
     c = write_images(tmp_path / "c", 2, "c")
     s = write_images(tmp_path / "s", 1, "s")[0]
@@ -393,8 +394,9 @@ def test_a_finished_run_never_starts_ray_and_a_resume_does(tmp_path, monkeypatch
     result, out = run_manifest(tmp_path, rows)
     assert result.exit_code == 0, result.output
     started: list[bool] = []
-    real = execute.init_ray
-    monkeypatch.setattr(execute, "init_ray", lambda *a, **k: (started.append(True), real(*a, **k)))
+    real = scheduler.init_ray
+    fake = lambda *a, **k: (started.append(True), real(*a, **k))  # noqa: E731
+    monkeypatch.setattr(scheduler, "init_ray", fake)
     again = nst("run", tmp_path / "m.parquet", "--out", out, "--no-progress")
     assert again.exit_code == 0 and "0 to run" in again.output and started == []
     result, _ = run_manifest(tmp_path, [*rows, {"content_uri": c[1], "style_uri": s}])

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from nst_ops.vgg import VGGFeatures, WeightsError
-from pipeline.weights import load_state_dict
+from pipeline.run.weights import load_state_dict
 
 
 def tv_state_dict(layer: str = "relu2_1", full: bool = True) -> dict:
@@ -91,7 +91,7 @@ def test_shipped_partial_imagenet_weights_load_up_to_relu3_1_and_not_beyond():
 def test_imagenet_weights_come_from_torchvisions_weights_api(monkeypatch):
     import torchvision.models._api as api
 
-    from pipeline.weights import imagenet_state_dict
+    from pipeline.run.weights import imagenet_state_dict
 
     asked = []
 
@@ -110,7 +110,7 @@ def test_imagenet_weights_offline_give_a_clear_error_with_the_staging_hint(monke
 
     import torchvision.models._api as api
 
-    from pipeline.weights import imagenet_state_dict
+    from pipeline.run.weights import imagenet_state_dict
 
     def offline(url, *args, **kwargs):
         raise urllib.error.URLError("no route to host")

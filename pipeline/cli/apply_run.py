@@ -7,15 +7,15 @@ import time
 from typing import Any
 
 from nst_ops.evaluator import default_evaluator
-
-from .. import lease, record, storage
-from ..cli_shared import _evaluator, console, out_console
-from ..errors import NstError
-from ..exit_summary import summary_on_exit
-from . import layout
-from .apply import ApplySummary, run_apply
-from .apply_worker import ApplyOptions
-from .model_file import read_model
+from pipeline.cli.common import _evaluator, console, out_console
+from pipeline.cli.exit_summary import summary_on_exit
+from pipeline.errors import NstError
+from pipeline.run import lease
+from pipeline.run.model_file import read_model
+from pipeline.store import record, storage
+from pipeline.stylenet import layout
+from pipeline.stylenet.apply import ApplySummary, run_apply
+from pipeline.stylenet.apply_worker import ApplyOptions
 
 
 def apply_command(
@@ -40,7 +40,7 @@ def _apply(
     score: str, evaluator: str | None, address: str | None, progress: bool, batch_size: int,
     workers: int | None, retry_failed: bool, **options: Any,
 ) -> ApplySummary:  # fmt: skip
-    from ..execute import RunProgress, init_ray
+    from pipeline.run.scheduler import RunProgress, init_ray
 
     started = time.time()
     model = read_model(model_uri, so)

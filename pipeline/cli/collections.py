@@ -9,9 +9,7 @@ import typer
 
 from nst_ops.presets import LATEST_DEFAULTS
 from nst_ops.spec import JobSpec
-
-from .. import images, manifest, storage
-from ..cli_shared import (
+from pipeline.cli.common import (
     AddressOpt,
     AllowHttpOpt,
     AllowPrivateOpt,
@@ -32,8 +30,11 @@ from ..cli_shared import (
     out_console,
     set_input_policy,
 )
-from ..errors import NstError
-from ..input_policy import DEFAULT_MAX_BYTES
+from pipeline.errors import NstError
+from pipeline.jobs import manifest
+from pipeline.run import images
+from pipeline.store import storage
+from pipeline.store.input_policy import DEFAULT_MAX_BYTES
 
 
 class Precision(str, Enum):
@@ -45,7 +46,7 @@ class Precision(str, Enum):
 
 def job_params(run: str, job_id: str, so: dict | None) -> tuple[dict[str, Any], list[str]]:
     """A committed job's parameters and style images (`--from-job RUN JOB_ID`)."""
-    from .. import layout
+    from pipeline.store import layout
 
     store = storage.Store(run, so)
     try:
@@ -112,8 +113,8 @@ def train(
     Example: nst train starry.jpg --content photos/ --out models/starry --set style_weight=1e6
     """
     set_input_policy(allow_http, allow_private_hosts, max_input_bytes)
-    from .train import make_settings
-    from .train import train as run_training
+    from pipeline.stylenet.train import make_settings
+    from pipeline.stylenet.train import train as run_training
 
     so = _storage(storage_options, out)
     if not out or not content:
@@ -199,7 +200,7 @@ def apply(
     Example: nst apply models/starry/model.pt --input photos/ --out results/starry
     """
     set_input_policy(allow_http, allow_private_hosts, max_input_bytes)
-    from .apply_run import apply_command
+    from pipeline.cli.apply_run import apply_command
 
     code = apply_command(
         model, input_, out, _storage(storage_options, out), size=size,
@@ -228,7 +229,7 @@ def models(
 
     from rich.table import Table
 
-    from .registry import find_models
+    from pipeline.stylenet.registry import find_models
 
     rows = find_models(root, _storage(storage_options, root))
     if not rows:

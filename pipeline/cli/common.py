@@ -10,7 +10,7 @@ import json
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 import yaml
@@ -18,11 +18,20 @@ from rich.console import Console
 from rich.markup import escape
 
 from nst_ops.layers import WeightsError
-from nst_ops.presets import LATEST_DEFAULTS
+from nst_ops.presets import (
+    EDITIONS,
+    LATEST_DEFAULTS,
+)
 from nst_ops.spec import JobSpec, SpecError
+from pipeline.errors import NstError
+from pipeline.jobs import manifest
+from pipeline.jobs.grid import expand
+from pipeline.jobs.plan import Plan
+from pipeline.store import results, storage
 
-from . import manifest, storage
-from .errors import NstError
+if TYPE_CHECKING:
+    pass
+
 
 QUICK_START = (
     "nst make-manifest m.parquet --content manifests/images/content "
@@ -84,7 +93,7 @@ MaxInputBytesOpt = Annotated[
 
 def set_input_policy(allow_http: bool, allow_private: bool, max_bytes: int) -> None:
     """This command's input policy, for itself and the Ray workers it starts."""
-    from .input_policy import InputPolicy
+    from pipeline.store.input_policy import InputPolicy
 
     InputPolicy(allow_http, allow_private, max_bytes).export()
 
@@ -260,3 +269,52 @@ def _check_name(name: str, where: str = "") -> None:
         close = difflib.get_close_matches(name, manifest.PARAMS, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else " (see `nst params`)"
         raise NstError(f"{where}unknown parameter {name!r}{hint}")
+
+
+def _warn(message: str) -> None:
+    console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)
+
+
+def _load_jobs(path: str, so: dict | None, max_jobs: int, defaults: int = LATEST_DEFAULTS) -> list:
+    return expand(manifest.read_manifest(path, so), max_jobs, warn=_warn, defaults=defaults)
+
+
+def _edition(store: storage.Store | None, given: int | None) -> int:
+    """The defaults edition to resolve a manifest under: the one asked for, else the one the
+    run at ``store`` started with (its job ids depend on it), else the latest."""
+    if given is not None:
+        if given not in EDITIONS:
+            raise NstError(f"--defaults {given}: choose one of {', '.join(map(str, EDITIONS))}")
+        return given
+    recorded = results.defaults_of(store) if store is not None else None
+    return LATEST_DEFAULTS if recorded is None else recorded
+
+
+def _say_edition(edition: int) -> None:
+    if edition != LATEST_DEFAULTS:
+        console.print(
+            f"defaults edition {edition} (this run's; --defaults {LATEST_DEFAULTS} for the latest, "
+            "which gives the jobs new ids)",
+            highlight=False,
+        )
+
+
+def _plan_line(plan: Plan, total: int) -> str:
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(plan.counts().items()))
+    kept = total - len(plan.todo)
+    return f"{len(plan.todo)} to run ({reasons or 'nothing to do'}), {kept} already done"
+
+
+def _existing_run(out: str, so: dict | None) -> storage.Store:
+    """The store of a run that exists (status and score refuse a path that holds none)."""
+    store = storage.Store(out, so)
+    if not results.is_run(store):
+        raise NstError(f"not a run: {out} (no jobs.parquet, results.parquet or jobs/ under it)")
+    return store
+
+
+def _run_root(out: str, so: dict | None) -> storage.Store:
+    store = storage.Store(out, so)
+    if storage.with_retries(lambda: store.fs.isfile(store.root), f"checking {out}"):
+        raise NstError(f"--out {out} is a file; give a folder or URL prefix for the run")
+    return store

@@ -16,7 +16,7 @@ from typing import Any
 
 import typer
 
-from . import storage
+from pipeline.store import storage
 
 
 @dataclass

@@ -14,10 +14,9 @@ from nst_ops.layers import sweep_layer_sets
 from nst_ops.presets import FIRST_DEFAULTS
 from nst_ops.spec import JobSpec, SpecError
 from nst_ops.vocab import RowMode
-
-from .errors import ManifestError
-from .jobs import Job, job_id
-from .manifest import MODES, PARAMS, TAG_PREFIX
+from pipeline.errors import ManifestError
+from pipeline.jobs.job import Job, job_id
+from pipeline.jobs.manifest import MODES, PARAMS, TAG_PREFIX
 
 DEFAULT_MAX_JOBS = 100_000
 

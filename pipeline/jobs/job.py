@@ -7,24 +7,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from nst_ops.spec import JobSpec
-
-from .images import DEFAULT_MAX_PIXELS
-from .storage import DEFAULT_ATTEMPTS
+from nst_ops.spec import ADDED_LATER, JobSpec
 
 _ABSENT = object()
-# Parameters added after job ids were first published, with the default that reproduces the
-# old behaviour for every job the old code completed. divergence_patience: a job that finished
-# "ok" under the old rule (stop at the first spike) never spiked, so it runs identically now.
-# tol/tol_window: 0 = no early stopping, as before.
-ADDED_LATER: dict[str, object] = {
-    "divergence_patience": 50,
-    "tol": 0.0,
-    "tol_window": 20,
-    "save_every": 0,
-    "restarts": 0,  # edition 3 gives L-BFGS jobs 2: their ids differ, as amp's did in edition 2
-    "level_iterations": None,
-}
 
 
 def job_id(spec: JobSpec, content_uri: str | None, style_uris: tuple[str, ...]) -> str:
@@ -79,16 +64,3 @@ class Job:
         rec.update(self.spec.to_dict())
         rec.update({k: v for k, v in self.tags})
         return rec
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """Per-run settings that are not job parameters (never part of a job id)."""
-
-    out: str
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    storage_attempts: int = DEFAULT_ATTEMPTS
-    storage_options: dict | None = None  # credentials live here: never written anywhere
-    evaluator: dict[str, Any] | None = None  # scores every result (nst_ops.evaluate); None: not
-    image_format: str = "png"  # images.FORMATS
-    image_quality: int = 95  # JPEG/WebP

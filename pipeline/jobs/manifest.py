@@ -23,9 +23,8 @@ import pyarrow.parquet as pq
 
 from nst_ops.spec import INITS, MODEL_INIT, JobSpec
 from nst_ops.vocab import RowMode
-
-from . import storage
-from .errors import ManifestError
+from pipeline.errors import ManifestError
+from pipeline.store import storage
 
 MODES = RowMode.values()
 URI_COLUMNS = ("content_uri", "style_uri")

@@ -15,9 +15,8 @@ from enum import Enum
 from typing import Any
 
 from nst_ops.vocab import BAD_STATUSES
-
-from . import layout, storage
-from .jobs import Job
+from pipeline.jobs.job import Job
+from pipeline.store import layout, storage
 
 
 class Reason(str, Enum):

@@ -21,9 +21,9 @@ import pyarrow.parquet as pq
 from matplotlib.figure import Figure
 from PIL import Image
 
-from . import layout, storage
-from .ranking import members
-from .ranking import value_key as _key
+from pipeline.report.ranking import members
+from pipeline.report.ranking import value_key as _key
+from pipeline.store import layout, storage
 
 
 def _order(value: Any) -> tuple:

@@ -22,13 +22,14 @@ from rich.table import Table
 
 from nst_ops.spec import JobSpec
 from nst_ops.vocab import Status
-
-from . import figures, layout, lease, storage
-from .errors import NstError
-from .figures import _order, label
-from .ranking import Effect, Rank, effects, members, pareto_front, ranked
-from .ranking import value_key as _key
-from .results import collect, evaluator_of
+from pipeline.errors import NstError
+from pipeline.report import figures
+from pipeline.report.figures import _order, label
+from pipeline.report.ranking import Effect, Rank, effects, members, pareto_front, ranked
+from pipeline.report.ranking import value_key as _key
+from pipeline.run import lease
+from pipeline.store import layout, storage
+from pipeline.store.results import collect, evaluator_of
 
 INPUT_AXES = ("content_uri", "style_uris")
 AXIS_KEYS = (*INPUT_AXES, *JobSpec.field_names())
@@ -240,7 +241,7 @@ def _job_line(r: dict[str, Any], grid_cols: Sequence[str]) -> dict[str, Any]:
 
 
 TEMPLATES = Environment(
-    loader=PackageLoader("pipeline", "templates"), autoescape=select_autoescape(["html"])
+    loader=PackageLoader("pipeline.report", "templates"), autoescape=select_autoescape(["html"])
 )
 
 

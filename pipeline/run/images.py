@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import InputError
+from pipeline.errors import InputError
 
 if TYPE_CHECKING:
     import torch

@@ -19,8 +19,8 @@ from typing import Any
 
 import psutil
 
-from . import layout, storage
-from .errors import NstError
+from pipeline.errors import NstError
+from pipeline.store import layout, storage
 
 TTL_S = float(os.environ.get("NST_LEASE_TTL_S", 120))
 HEARTBEAT_S = float(os.environ.get("NST_LEASE_HEARTBEAT_S", 20))

@@ -17,11 +17,10 @@ from torch import Tensor
 
 from nst_ops.spec import JobSpec
 from nst_ops.stylenet import NetConfig, TransformerNet
-
-from .. import storage
-from ..errors import NstError
-from ..input_policy import WEIGHTS_MAX_BYTES
-from ..weights import refusal_reason
+from pipeline.errors import NstError
+from pipeline.run.weights import refusal_reason
+from pipeline.store import storage
+from pipeline.store.input_policy import WEIGHTS_MAX_BYTES
 
 FORMAT = "nst-stylenet/1"
 

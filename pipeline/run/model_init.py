@@ -8,9 +8,8 @@ import torch
 from torch import Tensor
 
 from nst_ops.transfer import fit_longer_side
-
-from .. import storage
-from .model_file import StyleModel, read_model
+from pipeline.run.model_file import StyleModel, read_model
+from pipeline.store import storage
 
 _MODELS: dict[tuple[str, str | None], StyleModel] = {}
 

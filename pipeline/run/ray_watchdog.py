@@ -7,7 +7,7 @@ process, started beside embedded Ray, waits for the driver's PID to end, then en
 process still running on that session (found by the session folder in its command line: only
 what this run started) and removes the folder (NST_KEEP_RAY_SESSION=1 keeps it).
 
-    python -m pipeline.ray_watchdog DRIVER_PID SESSION_DIR
+    python -m pipeline.run.ray_watchdog DRIVER_PID SESSION_DIR
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import psutil
 def start(session_dir: str) -> None:
     """Watch this process (the driver) and clean up after it."""
     subprocess.Popen(
-        [sys.executable, "-m", "pipeline.ray_watchdog", str(os.getpid()), session_dir],
+        [sys.executable, "-m", "pipeline.run.ray_watchdog", str(os.getpid()), session_dir],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

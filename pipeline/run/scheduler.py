@@ -29,11 +29,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from nst_ops.presets import FIRST_DEFAULTS
 from nst_ops.spec import batch_key
 from nst_ops.vocab import Status
-
-from . import input_policy, ray_watchdog, record, storage
-from .jobs import Job, RunOptions
-from .plan import Plan, make_plan
-from .results import normalise, put_jobs, put_results
+from pipeline.jobs.job import Job
+from pipeline.jobs.plan import Plan, make_plan
+from pipeline.run import ray_watchdog
+from pipeline.run.options import RunOptions
+from pipeline.store import input_policy, record, storage
+from pipeline.store.results import normalise, put_jobs, put_results
 
 DEFAULT_MAX_IN_FLIGHT = 2048  # tasks submitted ahead: the autoscaler sees the real demand
 
@@ -139,7 +140,7 @@ def _task(jobs: list[Job], opts: RunOptions, batch_size: int) -> list[dict[str, 
     here, in the worker: the driver never needs it (a run with nothing to do stays small)."""
     import torch
 
-    from .worker import run_group
+    from pipeline.run.task import run_group
 
     gpu_ids = [str(g) for g in ray.get_gpu_ids()]
     use_gpu = bool(gpu_ids) and torch.cuda.is_available()

@@ -15,9 +15,9 @@ from nst_ops.evaluator import SCORE_FIELDS, SCORES, Evaluator
 from nst_ops.spec import JobSpec
 from nst_ops.transfer import fit_longer_side, hw_of, resize
 from nst_ops.vgg import VGGFeatures
-
-from . import images, layout, record, storage, weights
-from .errors import NstError
+from pipeline.errors import NstError
+from pipeline.run import images, weights
+from pipeline.store import layout, record, storage
 
 _NETS: dict[tuple[Evaluator, str], VGGFeatures] = {}
 

@@ -25,11 +25,11 @@ from nst_ops.spec import batch_key
 from nst_ops.transfer import InputKeys, output_hw, stylize_batch
 from nst_ops.vgg import VGGFeatures, use_cuda_precision
 from nst_ops.vocab import Status
-
-from . import images, layout, record, scoring, storage, weights
-from .errors import NstError
-from .jobs import Job, RunOptions
-from .stylenet import refine
+from pipeline.errors import NstError
+from pipeline.jobs.job import Job
+from pipeline.run import images, model_init, scoring, weights
+from pipeline.run.options import RunOptions
+from pipeline.store import layout, record, storage
 
 _EXTRACTORS: dict[tuple, VGGFeatures] = {}
 # Exceptions whose message is the whole story for the user (no traceback in the record).
@@ -153,8 +153,8 @@ class Inputs:
     def model_start(self, uri: str, content: torch.Tensor, size: int) -> torch.Tensor:
         """A trained network's output for the content (a bad model file fails the job)."""
         self.prints[uri] = storage.fingerprint_of(uri, self.opts.storage_options)
-        model = refine.load_model(uri, self.opts.storage_options)
-        return refine.network_start(model, content, size)
+        model = model_init.load_model(uri, self.opts.storage_options)
+        return model_init.network_start(model, content, size)
 
     def start(self, job: Job) -> torch.Tensor | None:
         if job.spec.init_model:

@@ -15,10 +15,9 @@ import torch
 from torch import Tensor
 
 from nst_ops.layers import WeightsError
-
-from . import storage
-from .errors import NstError
-from .input_policy import WEIGHTS_MAX_BYTES
+from pipeline.errors import NstError
+from pipeline.store import storage
+from pipeline.store.input_policy import WEIGHTS_MAX_BYTES
 
 
 def parse(weights: str) -> tuple[str, int | None]:

@@ -12,7 +12,7 @@ workers call internal services, a cloud metadata address, or read a device.
   before anything is decoded. Devices, FIFOs and other non-regular local files are refused.
 
 The policy lives in the environment so that Ray workers inherit it (embedded Ray) or receive
-it (``runtime_env`` on a cluster, see pipeline.execute.init_ray).
+it (``runtime_env`` on a cluster, see pipeline.run.scheduler.init_ray).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import stat
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from .errors import InputError
+from pipeline.errors import InputError
 
 ALLOW_HTTP, ALLOW_PRIVATE, MAX_BYTES = (
     "NST_ALLOW_HTTP",

@@ -11,19 +11,26 @@ import platform
 import sys
 import time
 from importlib import metadata
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from nst_ops.vocab import Status
+from pipeline.store import layout
 
-from . import layout
-
-if TYPE_CHECKING:  # keeps reading a run back free of torch (and storage free of a cycle)
+if TYPE_CHECKING:  # keeps reading a run back free of torch
     from nst_ops.optim import Outcome
 
-    from .jobs import Job
+
+class Job(Protocol):
+    """What the store needs of a job (pipeline.jobs.job.Job): the store sits below the jobs
+    layer, so it names the shape rather than importing the class."""
+
+    @property
+    def id(self) -> str: ...
+
+    def to_record(self) -> dict[str, Any]: ...
 
 
 def row(job: Job, status: Status, **fields: Any) -> dict[str, Any]:

@@ -11,10 +11,9 @@ import pyarrow as pa
 from nst_ops.evaluator import SCORE_FIELDS
 from nst_ops.presets import FIRST_DEFAULTS
 from nst_ops.vocab import Status
-
-from . import layout, storage
-from .errors import NstError
-from .jobs import Job
+from pipeline.errors import NstError
+from pipeline.store import layout, storage
+from pipeline.store.record import Job
 
 RESULTS = layout.RESULTS_TABLE
 JOBS = layout.JOBS_TABLE

@@ -5,7 +5,7 @@ upload a partial object on ``close()`` after an exception. Reading a run back co
 listing of ``jobs/`` (one LIST request per 1,000 keys on S3), one read of results.parquet, and
 reads of only the markers written since it. Each job is two objects (its image and its
 result.parquet), so 10,000 jobs are 20 LIST requests.
-The layout itself lives in :mod:`pipeline.layout`.
+The layout itself lives in :mod:`pipeline.store.layout`.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
-from . import input_policy, layout, record
-from .errors import NstError
+from pipeline.errors import NstError
+from pipeline.store import input_policy, layout, record
 
 T = TypeVar("T")
 NOT_TRANSIENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)

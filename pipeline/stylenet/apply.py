@@ -19,11 +19,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .. import storage
-from ..errors import NstError
-from ..manifest import IMAGE_SUFFIXES
-from . import apply_record, layout
-from .apply_worker import ApplyOptions, Stylizer
+from pipeline.errors import NstError
+from pipeline.jobs.manifest import IMAGE_SUFFIXES
+from pipeline.store import storage
+from pipeline.stylenet import apply_record, layout
+from pipeline.stylenet.apply_worker import ApplyOptions, Stylizer
 
 
 @dataclass

@@ -11,9 +11,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .. import layout as run_layout
-from .. import storage
-from . import layout
+from pipeline.store import layout as run_layout
+from pipeline.store import storage
+from pipeline.stylenet import layout
 
 SCHEMA = pa.schema(
     [

@@ -13,12 +13,13 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from .. import figures, storage
-from .. import layout as run_layout
-from ..errors import NstError
-from ..report import TEMPLATES
-from ..results import collect
-from . import apply_record, layout
+from pipeline.errors import NstError
+from pipeline.report import figures
+from pipeline.report.page import TEMPLATES
+from pipeline.store import layout as run_layout
+from pipeline.store import storage
+from pipeline.store.results import collect
+from pipeline.stylenet import apply_record, layout
 
 
 def is_apply_run(store: storage.Store) -> bool:

@@ -15,12 +15,12 @@ import torch
 
 from nst_ops.evaluator import Evaluator
 from nst_ops.transfer import fit_longer_side
-
-from .. import images, scoring, storage
-from ..errors import NstError
-from ..worker import amp_enabled
-from . import apply_record, layout
-from .model_file import read_model
+from pipeline.errors import NstError
+from pipeline.run import images, scoring
+from pipeline.run.model_file import read_model
+from pipeline.run.task import amp_enabled
+from pipeline.store import storage
+from pipeline.stylenet import apply_record, layout
 
 
 @dataclass(frozen=True)

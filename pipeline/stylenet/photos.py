@@ -16,9 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .. import images, storage
-from ..errors import NstError
-from ..manifest import list_images
+from pipeline.errors import NstError
+from pipeline.jobs.manifest import list_images
+from pipeline.run import images
+from pipeline.store import storage
 
 URI_COLUMNS = ("uri", "content_uri")
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import storage
-from . import layout
-from .model_file import ModelError, from_bytes
+from pipeline.run.model_file import ModelError, from_bytes
+from pipeline.store import storage
+from pipeline.stylenet import layout
 
 
 def find_models(root: str, so: dict | None = None) -> list[dict[str, Any]]:

@@ -8,55 +8,19 @@ run started again with the same command continues where its last checkpoint left
 
 from __future__ import annotations
 
-import io
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
-import pyarrow as pa
-
 from nst_ops.spec import JobSpec
-
-from .. import images, lease, record, storage
-from ..errors import NstError
-from . import layout
-from .photos import list_photos
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """Everything a training worker needs (plain values: it travels to Ray workers). The
-    storage options are credentials: never written anywhere."""
-
-    out: str
-    spec: dict[str, Any]
-    style_uris: list[str]
-    photos: list[str]
-    holdout: list[str]
-    steps: int = 2000
-    batch_size: int = 4
-    crop: int = 256
-    lr: float = 1e-3
-    width: int = 32
-    residual_blocks: int = 5
-    checkpoint_every: int = 100
-    sample_every: int = 100
-    seed: int = 0
-    workers: int = 1
-    use_gpu: bool | None = None  # None: GPUs when the Ray cluster has any
-    cpus_per_worker: float = 1.0
-    max_pixels: int = images.DEFAULT_MAX_PIXELS
-    from_job: dict[str, str] | None = None
-    storage_options: dict | None = field(default=None, compare=False)
-
-    def identity(self) -> dict[str, Any]:
-        """What must match for a rerun to continue this training (steps may grow)."""
-        d = asdict(self)
-        for k in ("storage_options", "steps", "checkpoint_every", "sample_every", "out", "workers",
-                  "use_gpu", "cpus_per_worker"):  # fmt: skip
-            d.pop(k)
-        return d
+from pipeline.errors import NstError
+from pipeline.run import lease
+from pipeline.store import record, storage
+from pipeline.stylenet import layout
+from pipeline.stylenet.checkpoints import latest_checkpoint
+from pipeline.stylenet.photos import list_photos
+from pipeline.stylenet.train_settings import TrainSettings
 
 
 def split_photos(photos: list[str], holdout: int) -> tuple[list[str], list[str]]:
@@ -107,7 +71,7 @@ def check_rerun(store: storage.Store, settings: TrainSettings) -> None:
 
 def train(settings: TrainSettings, address: str | None = None) -> dict[str, Any]:
     """Run (or continue) the training; returns the model's metadata."""
-    from ..execute import init_ray
+    from pipeline.run.scheduler import init_ray
 
     store = storage.Store(settings.out, settings.storage_options)
     check_rerun(store, settings)
@@ -124,14 +88,14 @@ def train(settings: TrainSettings, address: str | None = None) -> dict[str, Any]
             print(f"resuming from the checkpoint at step {resume}", file=sys.stderr, flush=True)
         init_ray(address)
         _fit(settings if settings.use_gpu is not None else replace(settings, use_gpu=_has_gpu()))
-    from .model_file import from_bytes
+    from pipeline.run.model_file import from_bytes
 
     return from_bytes(store.get(layout.MODEL), store.url(layout.MODEL)).meta
 
 
 def _finished_model(store: storage.Store, settings: TrainSettings) -> dict[str, Any] | None:
     """The model already trained to the asked steps (a rerun then has nothing to do)."""
-    from .model_file import ModelError, from_bytes
+    from pipeline.run.model_file import ModelError, from_bytes
 
     if not store.exists(layout.MODEL):
         return None
@@ -152,7 +116,7 @@ def _fit(settings: TrainSettings) -> None:
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from .train_loop import train_loop
+    from pipeline.stylenet.train_loop import train_loop
 
     trainer = TorchTrainer(
         train_loop,
@@ -179,21 +143,3 @@ def _first_cause(e: BaseException) -> str:
         e = e.__cause__
     text = str(e).strip().splitlines()
     return text[-1] if text else type(e).__name__
-
-
-def latest_checkpoint(store: storage.Store) -> int:
-    """The step of the newest checkpoint under the root (0: none yet)."""
-    try:
-        names = store.fs.ls(storage.join(store.root, layout.CHECKPOINTS), detail=False)
-    except FileNotFoundError:
-        return 0
-    return max((s for n in names if (s := layout.step_of_checkpoint(n)) is not None), default=0)
-
-
-def trace_table(rows: list[dict[str, float]]) -> bytes:
-    import pyarrow.parquet as pq
-
-    buf = io.BytesIO()
-    table = pa.Table.from_pylist(rows) if rows else pa.table({"step": pa.array([], pa.int64())})
-    pq.write_table(table, buf)
-    return buf.getvalue()

@@ -16,11 +16,12 @@ from nst_ops.spec import JobSpec
 from nst_ops.stylenet import NetConfig, StyleObjective, TransformerNet
 from nst_ops.stylenet.network import parameter_count
 from nst_ops.vgg import VGGFeatures
-
-from .. import images, record, scoring, storage, weights
-from . import layout, model_file
-from .photos import CropSampler, shorter_side_to
-from .train import TrainSettings, latest_checkpoint, trace_table
+from pipeline.run import images, model_file, scoring, weights
+from pipeline.store import record, storage
+from pipeline.stylenet import layout
+from pipeline.stylenet.checkpoints import latest_checkpoint, trace_table
+from pipeline.stylenet.photos import CropSampler, shorter_side_to
+from pipeline.stylenet.train_settings import TrainSettings
 
 
 def train_loop(config: dict[str, Any]) -> None:
