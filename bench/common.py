@@ -10,9 +10,10 @@ from pathlib import Path
 
 import torch
 
+from nst_ops.image_ops import fit_longer_side, resize
 from nst_ops.layers import feature_hw, layer_table
 from nst_ops.spec import JobSpec
-from nst_ops.transfer import compute_targets, fit_longer_side, make_objective, resize
+from nst_ops.transfer import compute_targets, make_objective
 from nst_ops.vgg import VGGFeatures
 from pipeline.run.images import decode
 from pipeline.run.weights import load_state_dict

@@ -19,9 +19,10 @@ from collections.abc import Callable
 import torch
 
 from bench import common as B
+from nst_ops.image_ops import hw_of, resize
 from nst_ops.optimizers import LINE_SEARCH_EVALUATIONS
 from nst_ops.spec import JobSpec
-from nst_ops.transfer import compute_targets, hw_of, make_objective, resize
+from nst_ops.transfer import compute_targets, make_objective
 from nst_ops.vgg import VGGFeatures
 
 Objective = Callable[[torch.Tensor], torch.Tensor]

@@ -46,12 +46,10 @@ from bench.common import (
     tutorial_equivalent,
     weights_for,
 )
+from nst_ops.image_ops import hw_of
 from nst_ops.layers import deepest
 from nst_ops.spec import JobSpec
-from nst_ops.transfer import (
-    hw_of,
-    stylize_batch,
-)
+from nst_ops.transfer import stylize_batch
 from nst_ops.vgg import VGGFeatures, layer_names, use_cuda_precision
 from pipeline.store.storage import Store
 

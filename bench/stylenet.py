@@ -34,8 +34,8 @@ import pyarrow.parquet as pq
 import torch
 
 from nst_ops.evaluator import Evaluator
+from nst_ops.image_ops import fit_longer_side
 from nst_ops.spec import JobSpec
-from nst_ops.transfer import fit_longer_side
 from pipeline.jobs.job import Job
 from pipeline.run import images, scoring
 from pipeline.run.model_file import from_bytes

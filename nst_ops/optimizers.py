@@ -16,7 +16,16 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     import torch
 
-    from .spec import JobSpec
+
+class JobSpec(Protocol):
+    """What a factory reads of a job's parameters (``nst_ops.spec.JobSpec``, which reads this
+    table for its choices and default learning rates: so the shape is named, not imported)."""
+
+    @property
+    def learning_rate(self) -> float: ...
+
+    @property
+    def line_search(self) -> bool: ...
 
 
 class Stepper(Protocol):

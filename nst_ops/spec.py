@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
-from enum import Enum
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from .layers import BACKBONE_CFG, POOLINGS, check_layers, deepest, size_problem, smallest_size
 from .optimizers import OPTIMIZERS
+from .param import Param, Role, param
 from .presets import FIRST_DEFAULTS, PresetError, apply_preset, edition_values
 from .vocab import Mode
 
@@ -21,33 +20,7 @@ GATYS_STYLE_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
 MIN_SIZE, MAX_SIZE = 16, 4096
 
 
-class Role(str, Enum):
-    """What a parameter means for batching (nst_ops.transfer.stylize_batch)."""
-
-    JOB = "job"  # may differ between the images of one batch (weights' scale, lr, seed, inputs)
-    BATCH = "batch"  # shared by every image of a batch: one forward/backward for all of them
-    LOOP = "loop"  # shared by the optimisation loop too: one optimizer step for the batch
-
-
-@dataclass(frozen=True)
-class Param:
-    """A parameter's rules, declared once beside its field: validation, `nst params`, batching
-    and job ids read them from here (``JobSpec.params()``)."""
-
-    help: str
-    role: Role = Role.JOB
-    choices: Callable[[], tuple[str, ...]] | None = None  # a registry may grow: read when asked
-    only_choices: bool = True  # False: the choices are named values beside free ones (init)
-    minimum: float | None = None  # numbers: the smallest allowed value, checked finite
-    maximum: float | None = None
-    integer: bool = False
-    added_later: bool = False  # added after job ids were published: at its default, a job's id
-    # stays what it was before the parameter existed
-
-
-def param(default: Any, help: str, **rules: Any) -> Any:
-    """A JobSpec field with its rules (see Param)."""
-    return field(default=default, metadata={"param": Param(help, **rules)})
+# stays what it was before the parameter existed
 
 
 def is_image_ref(value: str) -> bool:

@@ -47,7 +47,7 @@ def test_a_start_image_from_a_file_is_where_the_optimisation_begins(net, content
     start = torch.rand(3, 10, 10, generator=torch.Generator().manual_seed(5))
     spec = job_spec(optimizer="sgd", lr=1e-30, iterations=1, init="start.png")
     out = stylize(spec, net, content, [style], init=start)
-    from nst_ops.transfer import resize
+    from nst_ops.image_ops import resize
 
     expected = resize(start, tuple(out.image.shape[-2:]))[0]
     assert torch.allclose(out.image, expected, atol=1e-6)

@@ -169,7 +169,7 @@ def test_own_style_scale_keeps_the_style_shape_and_runs(net, content, style):
 
 
 def test_preserve_color_keeps_the_content_chrominance(net, content, style):
-    from nst_ops.transfer import fit_longer_side, rgb_to_yiq
+    from nst_ops.image_ops import fit_longer_side, rgb_to_yiq
 
     content = 0.4 + 0.2 * content  # mid-range colours: recombined pixels stay inside the gamut
     out = stylize(spec(preserve_color=True, iterations=3), net, content, [style])

@@ -9,9 +9,10 @@ import dataclasses
 import torch
 from torch import Tensor
 
+from ..image_ops import fit_longer_side, resize
 from ..optim import Terms
 from ..spec import JobSpec
-from ..transfer import Targets, compute_targets, fit_longer_side, resize
+from ..transfer import Targets, compute_targets
 from ..vgg import VGGFeatures
 from ..vocab import Mode
 

@@ -6,13 +6,11 @@ is HTML-escaped: job names and tags are data, never markup.
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 import time
 from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,63 +18,29 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from rich.console import Console
 from rich.table import Table
 
-from nst_ops.spec import JobSpec
 from nst_ops.vocab import Status
 from pipeline.errors import NstError
 from pipeline.report import figures
 from pipeline.report.figures import _order, label
 from pipeline.report.ranking import Effect, Rank, effects, members, pareto_front, ranked
 from pipeline.report.ranking import value_key as _key
+from pipeline.report.sheet import (
+    INPUT_AXES,
+    axis_values,
+    build_sheet,
+    format_value,
+    grid_cells,
+    input_thumbs,
+    make_tile,
+    pick_tiles,
+    tiles_per_cell,
+    varying_axes,
+)
 from pipeline.run import lease
 from pipeline.store import layout, storage
 from pipeline.store.results import collect, evaluator_of
 
-INPUT_AXES = ("content_uri", "style_uris")
-AXIS_KEYS = (*INPUT_AXES, *JobSpec.field_names())
 STATUS_ORDER = Status.values()
-
-
-def varying_axes(rows: Sequence[dict]) -> list[str]:
-    """Parameters (and tags) whose value differs between jobs, most distinct values last."""
-    keys = [k for k in AXIS_KEYS if k != "mode"]
-    keys += sorted({k for r in rows for k in r if k.startswith("tag_")})
-    counts = {k: len({_key(r.get(k)) for r in rows}) for k in keys}
-    return sorted((k for k, n in counts.items() if n > 1), key=lambda k: (counts[k], keys.index(k)))
-
-
-def _fmt(v: Any, key: str | None = None) -> str:
-    """Display text (plain: the template escapes it)."""
-    return f"{v:.4g}" if isinstance(v, float) else label(v, key)
-
-
-@dataclass
-class Tile:
-    job_id: str
-    name: str  # the row's job_name, else the id's first 8 characters
-    status: str
-    thumb: str | None
-    missing: bool
-    params: list[tuple[str, str]]
-    losses: list[tuple[str, str]]
-    error: str | None
-
-
-@dataclass
-class SheetRow:
-    label: str
-    thumb: str | None  # the content (or style) image itself, when the rows are inputs
-    cells: list[list[Tile]]
-    hidden: list[int]  # tiles per cell left out of a sampled sheet
-
-
-@dataclass
-class Sheet:
-    row_axis: str | None
-    col_axis: str | None
-    col_labels: list[str]
-    col_thumbs: list[str | None]
-    rows: list[SheetRow]
-    hidden: int = 0
 
 
 @dataclass(frozen=True)
@@ -87,117 +51,6 @@ class ReportOptions:
     rank: Rank = Rank.PARETO
     top: int = 12
     max_tiles: int = 300  # above this the contact sheet shows the best tiles of each cell
-
-
-def _tile(r: dict[str, Any], shown: Sequence[str], thumbs: dict[str, str | None]) -> Tile:
-    """One result: thumbnail (linking to its row in the jobs table), parameters, scores."""
-    losses = [
-        (k.replace("final_", ""), _fmt(r.get(k)))
-        for k in ("score_content", "score_style", "final_total")
-        if r.get(k) is not None
-    ]
-    return Tile(
-        job_id=r["job_id"],
-        name=str(r.get("job_name") or r["job_id"][:8]),
-        status=r["status"],
-        thumb=thumbs.get(r["job_id"]),
-        missing=bool(r.get("image_uri")),
-        params=[(k, _fmt(r.get(k), k)) for k in shown],
-        losses=losses,
-        error=str(r["error"]) if r.get("error") else None,
-    )
-
-
-def _axis_values(rows: list[dict[str, Any]], axis: str | None) -> list[str]:
-    if not axis:
-        return ["null"]
-    found = {_key(v) for r in rows for v in members(r, axis)}
-    return sorted(found, key=lambda k: _order(json.loads(k)))
-
-
-def _cells(
-    rows: list[dict[str, Any]], row_axis: str | None, col_axis: str | None
-) -> list[tuple[str, list[tuple[str, list[dict[str, Any]]]]]]:
-    """(row value, [(column value, jobs)]): a job shared by several values is in each."""
-    cvals = _axis_values(rows, col_axis)
-    out = []
-    for rv in _axis_values(rows, row_axis):
-        group = [r for r in rows if not row_axis or rv in map(_key, members(r, row_axis))]
-        cells = [
-            (cv, [r for r in group if not col_axis or cv in map(_key, members(r, col_axis))])
-            for cv in cvals
-        ]
-        out.append((rv, cells))
-    return out
-
-
-Picked = list[tuple[str, list[str], list[list[dict[str, Any]]], list[int]]]
-
-
-def _pick(
-    layout_: list[tuple[str, list[tuple[str, list[dict[str, Any]]]]]],
-    axes: tuple[str | None, str | None],
-    per_cell: int,
-    position: dict[str, int],
-) -> Picked:
-    """The tiles the sheet shows, chosen once (so exactly these get thumbnails): per row value,
-    the parameters that vary within the row, at most ``per_cell`` jobs per cell (best by the
-    report's ranking, then by those parameters) and how many each cell hides."""
-    out: Picked = []
-    for rv, cells in layout_:
-        shown = [a for a in varying_axes([r for _, hits in cells for r in hits]) if a not in axes]
-        chosen, hidden = [], []
-        for _, hits in cells:
-            hits = sorted(hits, key=lambda r: (position.get(r["job_id"], len(position)),
-                                               tuple(_order(r.get(a)) for a in shown)))  # fmt: skip
-            chosen.append(hits[:per_cell])
-            hidden.append(max(0, len(hits) - per_cell))
-        out.append((rv, shown, chosen, hidden))
-    return out
-
-
-def _sheet(
-    picked: Picked,
-    axes: tuple[str | None, str | None],
-    col_values: list[str],
-    thumbs: dict[str, str | None],
-    inputs: dict[str, str | None],
-) -> Sheet:
-    """One row per value of the row axis, one column per value of the column axis; where an
-    axis is an input (content, style) its header shows the image itself."""
-    row_axis, col_axis = axes
-    col_labels = (
-        [f"{col_axis} = {label(json.loads(c), col_axis)}" for c in col_values] if col_axis else [""]
-    )
-    col_thumbs: list[str | None] = [inputs.get(c) for c in col_values] if col_axis else [None]
-    rows = [
-        SheetRow(
-            f"{row_axis} = {label(json.loads(rv), row_axis)}" if row_axis else "",
-            inputs.get(rv) if row_axis else None,
-            [[_tile(r, shown, thumbs) for r in cell] for cell in chosen],
-            hidden,
-        )
-        for rv, shown, chosen, hidden in picked
-    ]
-    return Sheet(row_axis, col_axis, col_labels, col_thumbs, rows,
-                 sum(sum(h) for *_, h in picked))  # fmt: skip
-
-
-def _input_thumbs(
-    store: storage.Store, results: list[dict[str, Any]], axes: tuple[str | None, str | None],
-    most: int = 60,
-) -> dict[str, str | None]:  # fmt: skip
-    """Thumbnails of the content/style images that head the sheet's rows or columns."""
-    keys = [k for a in axes if a in INPUT_AXES for k in _axis_values(results, a)][:most]
-
-    def one(key: str) -> tuple[str, str | None]:
-        value = json.loads(key)
-        uri = value[0] if isinstance(value, list) and value else value
-        data = figures.thumbnail(store.resolve(uri), store.options, 96) if uri else None
-        return key, figures.data_uri(data, "image/jpeg") if data else None
-
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        return dict(pool.map(one, keys))
 
 
 def live_lease(store: storage.Store) -> str | None:
@@ -212,30 +65,21 @@ def live_lease(store: storage.Store) -> str | None:
     )
 
 
-def _per_cell(layout_: list, max_tiles: int) -> int:
-    """Tiles per cell so the sheet stays near ``max_tiles`` (every cell shows at least one)."""
-    sizes = [len(hits) for _, cells in layout_ for _, hits in cells]
-    if sum(sizes) <= max_tiles:
-        return max(sizes, default=0)
-    filled = sum(1 for n in sizes if n) or 1
-    return max(1, max_tiles // filled)
-
-
 def _job_line(r: dict[str, Any], grid_cols: Sequence[str]) -> dict[str, Any]:
     return {
         "job_id": r["job_id"],
-        "name": _fmt(r.get("job_name")),
+        "name": format_value(r.get("job_name")),
         "row": r.get("row"),
-        "content": _fmt(r.get("content_uri"), "content_uri"),
-        "style": _fmt(r.get("style_uris"), "style_uris"),
-        "grid": [_fmt(r.get(a), a) for a in grid_cols],
+        "content": format_value(r.get("content_uri"), "content_uri"),
+        "style": format_value(r.get("style_uris"), "style_uris"),
+        "grid": [format_value(r.get(a), a) for a in grid_cols],
         "status": r["status"],
         "missing": bool(r.get("outputs_missing")),
-        "seconds": _fmt(r.get("seconds")),
-        "final_total": _fmt(r.get("final_total")),
-        "score_content": _fmt(r.get("score_content")),
-        "score_style": _fmt(r.get("score_style")),
-        "diverged_at": _fmt(r.get("diverged_at")),
+        "seconds": format_value(r.get("seconds")),
+        "final_total": format_value(r.get("final_total")),
+        "score_content": format_value(r.get("score_content")),
+        "score_style": format_value(r.get("score_style")),
+        "diverged_at": format_value(r.get("diverged_at")),
         "error": str(r.get("error") or ""),
     }
 
@@ -324,8 +168,8 @@ def render(
     scored, score_note = _comparable(results)
     d = _decide(scored, axes, o)
     position = {r["job_id"]: i for i, r in enumerate(d["ranking"])}
-    cells = _cells(results, row_axis, col_axis)
-    picked = _pick(cells, (row_axis, col_axis), _per_cell(cells, o.max_tiles), position)
+    cells = grid_cells(results, row_axis, col_axis)
+    picked = pick_tiles(cells, (row_axis, col_axis), tiles_per_cell(cells, o.max_tiles), position)
     top = d["ranking"][: o.top]
     on_sheet = [r for _, _, chosen, _ in picked for cell in chosen for r in cell]
     pictured = {r["job_id"]: r for r in [*top, *on_sheet] if r.get("image_uri")}
@@ -346,13 +190,13 @@ def render(
         color=d["color"],
         effects=[_effect_view(e) for e in d["effects"]],
         rank=o.rank.value,
-        top=[_tile(r, grid_cols, thumbs) for r in top],
-        sheet=_sheet(
+        top=[make_tile(r, grid_cols, thumbs) for r in top],
+        sheet=build_sheet(
             picked,
             (row_axis, col_axis),
-            _axis_values(results, col_axis),
+            axis_values(results, col_axis),
             thumbs,
-            _input_thumbs(store, results, (row_axis, col_axis)),
+            input_thumbs(store, results, (row_axis, col_axis)),
         ),  # fmt: skip
         live=live_lease(store),
         also_varying=", ".join(a for a in axes if a not in (row_axis, col_axis)),
@@ -396,8 +240,8 @@ def _effect_view(e: Effect) -> dict[str, Any]:
             {
                 "value": label(v, e.axis),
                 "n": n,
-                "content": _fmt(mc),
-                "style": _fmt(ms),
+                "content": format_value(mc),
+                "style": format_value(ms),
                 "content_bar": bars[0][k],
                 "style_bar": bars[1][k],
                 "best_content": e.best.get("score_content") == v and mc is not None,
@@ -464,5 +308,5 @@ def _summary_table(out: str, results: list[dict[str, Any]], total: int) -> Table
         best = min(
             (r["final_total"] for r in group if r.get("final_total") is not None), default=None
         )
-        t.add_row(status, str(counts[status]), _fmt(mean), _fmt(best))
+        t.add_row(status, str(counts[status]), format_value(mean), format_value(best))
     return t

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from nst_ops.transfer import fit_longer_side
+from nst_ops.image_ops import fit_longer_side
 from pipeline.run.model_file import StyleModel, read_model
 from pipeline.store import storage
 

@@ -12,8 +12,8 @@ import torch
 
 from nst_ops.evaluate import scores
 from nst_ops.evaluator import SCORE_FIELDS, SCORES, Evaluator
+from nst_ops.image_ops import fit_longer_side, hw_of, resize
 from nst_ops.spec import JobSpec
-from nst_ops.transfer import fit_longer_side, hw_of, resize
 from nst_ops.vgg import VGGFeatures
 from pipeline.errors import NstError
 from pipeline.run import images, weights

@@ -14,7 +14,7 @@ import pyarrow as pa
 import torch
 
 from nst_ops.evaluator import Evaluator
-from nst_ops.transfer import fit_longer_side
+from nst_ops.image_ops import fit_longer_side
 from pipeline.errors import NstError
 from pipeline.run import images, scoring
 from pipeline.run.model_file import read_model
