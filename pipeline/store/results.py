@@ -12,7 +12,7 @@ from nst_ops.evaluator import SCORE_FIELDS
 from nst_ops.presets import FIRST_DEFAULTS
 from nst_ops.vocab import Status
 from pipeline.errors import NstError
-from pipeline.store import layout, storage
+from pipeline.store import layout, result_schema, storage
 from pipeline.store.record import Job
 
 RESULTS = layout.RESULTS_TABLE
@@ -124,25 +124,32 @@ def evaluator_of(store: storage.Store) -> dict[str, Any] | None:
 
 
 def normalise(rows: Sequence[dict[str, Any]]) -> pa.Table:
-    """Rows with differing keys (tags, per-layer losses) -> one table with the union of columns.
+    """Rows with differing keys (tags, per-layer losses) -> one table with the union of columns,
+    each declared column in its declared type (pipeline.store.result_schema), so a column has
+    the same type in every run.
 
-    A column must have one type: where some rows hold a list (a tag shared by several manifest
-    rows), single values become one-element lists; anything else that still will not convert
-    (e.g. a tag that was a number in an older run and text now) is stored as JSON text, so a
-    finished run never fails at its last step."""
+    Open columns (tags) take their values' type: where some rows hold a list (a tag shared by
+    several manifest rows), single values become one-element lists; anything else that still
+    will not convert (e.g. a tag that was a number in an older run and text now) is stored as
+    JSON text, so a finished run never fails at its last step."""
     keys: dict[str, None] = {}
     for r in rows:
         keys.update(dict.fromkeys(r))
     columns = {}
     for k in keys:
         values = [r.get(k) for r in rows]
-        if any(isinstance(v, list) for v in values):
-            values = [v if v is None or isinstance(v, list) else [v] for v in values]
-        try:
-            columns[k] = pa.array(values)
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
-            columns[k] = pa.array([None if v is None else json.dumps(v) for v in values])
+        declared = result_schema.typed_array(k, values)
+        columns[k] = declared if declared is not None else _inferred(values)
     return pa.table(columns)
+
+
+def _inferred(values: list[Any]) -> pa.Array:
+    if any(isinstance(v, list) for v in values):
+        values = [v if v is None or isinstance(v, list) else [v] for v in values]
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return pa.array([None if v is None else json.dumps(v) for v in values])
 
 
 def merge_scores(
@@ -151,7 +158,7 @@ def merge_scores(
     """results.parquet with the new scores of ``scored`` (other rows as they were)."""
     new = {r["job_id"]: {k: r.get(k) for k in SCORE_FIELDS} for r in scored}
     try:
-        rows = store.get_table(RESULTS).to_pylist()
+        rows = result_schema.rows_of(store.get_table(RESULTS))
     except (FileNotFoundError, pa.ArrowException):  # absent or unreadable: rebuilt from scored
         rows = []
     known = {r["job_id"] for r in rows}

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
 from pipeline.errors import NstError
-from pipeline.store import input_policy, layout, record
+from pipeline.store import input_policy, layout, record, result_schema
 
 T = TypeVar("T")
 NOT_TRANSIENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
@@ -191,7 +191,7 @@ class Store:
         path = join(self.root, layout.RESULTS_TABLE)
         try:
             written = modified(self.fs.info(path))
-            rows = self.get_table(layout.RESULTS_TABLE).to_pylist()
+            rows = result_schema.rows_of(self.get_table(layout.RESULTS_TABLE))
         except (OSError, pa.ArrowException):
             return None  # the markers say the same
         return ResultsTable(rows, written)

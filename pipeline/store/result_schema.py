@@ -1,0 +1,161 @@
+"""The declared schema of a result row: one type per column in results.parquet, in every run.
+
+A row is the job (identity, inputs, every JobSpec parameter), then what running it produced
+(status, losses, outputs, where it ran, scores). Only families stay open: ``final_<term>`` and
+``final_style_<layer>`` (float64, one per loss term and layer) and the manifest's ``tag_*``
+columns (their type comes from the values). Before the schema, Parquet inferred each column's
+type per run, so one column could be null-typed in one run, bool in another and JSON text in a
+third; `conform` reads such earlier tables back in the declared types.
+"""
+
+from __future__ import annotations
+
+import json
+import types
+import typing
+from dataclasses import fields
+from typing import Any
+
+import pyarrow as pa
+
+from nst_ops.evaluator import SCORES
+from nst_ops.spec import JobSpec
+
+STR, INT, FLOAT, BOOL = pa.string(), pa.int64(), pa.float64(), pa.bool_()
+
+JOB_COLUMNS: dict[str, pa.DataType] = {
+    "job_id": STR,
+    "row": INT,
+    "job_name": STR,
+    "content_uri": STR,
+    "style_uris": pa.list_(STR),
+    "sweep_of": STR,
+    "preset": STR,
+}
+
+OUTCOME_COLUMNS: dict[str, pa.DataType] = {
+    "status": STR,
+    "error": STR,
+    "traceback": STR,
+    "committed": BOOL,
+    "device": STR,
+    "host": STR,
+    "ray_gpu_ids": STR,
+    "ray_node_id": STR,
+    "inputs": pa.list_(pa.struct([("uri", STR), ("fingerprint", STR)])),
+    "batch_size": INT,
+    "amp_used": BOOL,
+    "iterations_run": INT,
+    "diverged_at": INT,
+    "restarts_used": INT,
+    "restarted_at": pa.list_(INT),
+    "converged_at": INT,
+    "image_uri": STR,
+    "trace_uri": STR,
+    "snapshots": pa.list_(STR),
+    "seconds": FLOAT,
+    **dict.fromkeys(SCORES, FLOAT),
+    "score_by": STR,
+    "score_error": STR,
+    "outputs_missing": BOOL,
+}
+
+FAMILIES: dict[str, pa.DataType] = {"final_": FLOAT}  # final_<term>, final_style_<layer>
+
+_SCALARS: dict[Any, pa.DataType] = {str: STR, int: INT, float: FLOAT, bool: BOOL}
+
+
+def _arrow_type(hint: Any) -> pa.DataType:
+    """A JobSpec field's type in Arrow: optional values are nullable, tuples are lists, and a
+    field that is a bool or a word (amp: true, false or auto) is text."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return _arrow_type(args[0]) if len(args) == 1 else STR
+    if typing.get_origin(hint) is tuple:
+        return pa.list_(_SCALARS[args[0]])
+    return _SCALARS[hint]
+
+
+def _param_columns() -> dict[str, pa.DataType]:
+    hints = typing.get_type_hints(JobSpec)
+    return {f.name: _arrow_type(hints[f.name]) for f in fields(JobSpec)}
+
+
+def _words_or_bools() -> tuple[str, ...]:
+    """Parameters stored as text that hold a bool or a word (amp): read back as the bool."""
+    hints = typing.get_type_hints(JobSpec)
+    return tuple(
+        f.name for f in fields(JobSpec) if set(typing.get_args(hints[f.name])) == {bool, str}
+    )
+
+
+DECLARED: dict[str, pa.DataType] = {**JOB_COLUMNS, **_param_columns(), **OUTCOME_COLUMNS}
+SCHEMA = pa.schema(list(DECLARED.items()))
+_BOOL_WORDS = _words_or_bools()
+
+
+def column_type(name: str) -> pa.DataType | None:
+    """The declared type of a column (None: a tag or other open column, typed by its values)."""
+    if name in DECLARED:
+        return DECLARED[name]
+    return next((t for prefix, t in FAMILIES.items() if name.startswith(prefix)), None)
+
+
+def _as_text(value: Any) -> str | None:
+    """A value of a text column: bools as JSON's true/false (amp), text as is."""
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value)
+
+
+def _unquoted(value: str | None) -> str | None:
+    """Text, where the old JSON fallback stored it "quoted" (amp: "auto" beside true)."""
+    if value is None or len(value) < 2 or not value[0] == value[-1] == '"':
+        return value
+    text: str = json.loads(value)
+    return text
+
+
+def typed_array(name: str, values: list[Any]) -> pa.Array | None:
+    """The column in its declared type (None: not declared, or values that do not fit)."""
+    kind = column_type(name)
+    if kind is None:
+        return None
+    if kind == STR:
+        values = [_as_text(v) for v in values]
+    try:
+        return pa.array(values, type=kind)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return None
+
+
+def conform(table: pa.Table) -> pa.Table:
+    """An earlier run's results table in the declared types: null-typed columns typed, JSON
+    text (the old fallback for mixed values) decoded, bools of text columns as true/false."""
+    columns = {}
+    for name in table.column_names:
+        col = table.column(name)
+        kind = column_type(name)
+        if kind == STR and col.type == STR:  # text, or the old JSON fallback's "quoted" text
+            columns[name] = pa.array([_unquoted(v) for v in col.to_pylist()], STR)
+            continue
+        if kind is None or col.type == kind:
+            columns[name] = col
+            continue
+        values = col.to_pylist()
+        if pa.types.is_string(col.type) and kind != STR:
+            values = [None if v is None else json.loads(v) for v in values]
+        array = typed_array(name, values)
+        columns[name] = col if array is None else array
+    return pa.table(columns, metadata=table.schema.metadata)
+
+
+def rows_of(table: pa.Table) -> list[dict[str, Any]]:
+    """A results table's rows with the values a JobSpec takes (amp true/false as bools again),
+    whatever version wrote the table."""
+    rows = conform(table).to_pylist()
+    for name in _BOOL_WORDS:
+        for r in rows:
+            if r.get(name) in ("true", "false"):
+                r[name] = r[name] == "true"
+    return rows
