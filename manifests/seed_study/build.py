@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from pipeline.manifest import write_manifest
+from pipeline.jobs.manifest import write_manifest
 
 HERE = Path(__file__).resolve().parent
 IMAGENET = "--imagenet" in sys.argv
