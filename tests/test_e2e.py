@@ -9,6 +9,8 @@ import s3fs
 from conftest import start_ray
 from helpers import nst, png_bytes, table, write_images
 
+from nst_ops.presets import LATEST_DEFAULTS
+
 
 @pytest.fixture
 def local_manifest(tmp_path):
@@ -113,26 +115,40 @@ def test_make_manifest_builds_the_product_of_folders_and_grid_options(tmp_path):
     assert "6 rows, 48 jobs" in res.output
 
 
-def test_transfer_runs_one_pair_without_ray(tmp_path):
+def test_transfer_writes_what_a_runs_worker_writes_for_the_same_job(tmp_path):
+    """`nst transfer` goes through the worker's own reading and writing (Inputs, commit_job):
+    the same job gives the same image bytes, snapshots, trace and record as run_job in the same
+    process, only beside the named file instead of in a run's job folder."""
+    import pyarrow.parquet as pq
+
+    from nst_ops.spec import JobSpec
+    from pipeline.jobs.job import Job
+    from pipeline.run.options import RunOptions
+    from pipeline.run.task import run_job
+    from pipeline.store import record
+
     c, s = write_images(tmp_path, 2, "x")
-    res = nst(
-        "transfer",
-        c,
-        s,
-        str(tmp_path / "o.png"),
-        "--set",
-        "weights=random:0",
-        "--set",
-        "size=16",
-        "--set",
-        "iterations=2",
-        "--set",
-        "content_layers=relu2_1",
-        "--set",
-        "style_layers=relu1_1",
-    )
+    sets = {"weights": "random:0", "size": 16, "iterations": 4, "save_every": 2,
+            "content_layers": "relu2_1", "style_layers": "relu1_1"}  # fmt: skip
+    res = nst("transfer", c, s, tmp_path / "t" / "o.png",
+              *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")])  # fmt: skip
     assert res.exit_code == 0, res.output
-    assert (tmp_path / "o.png").exists() and (tmp_path / "o.trace.parquet").exists()
+    spec = JobSpec.from_dict({**sets, "style_layers": ["relu1_1"],
+                              "content_layers": ["relu2_1"]}, None, LATEST_DEFAULTS)  # fmt: skip
+    row = run_job(Job(spec, c, (s,), 0), RunOptions(out=str(tmp_path / "run")))
+    run, t = tmp_path / "run", tmp_path / "t"
+    assert (t / "o.png").read_bytes() == (run / row["image_uri"]).read_bytes()
+    assert sorted(p.name for p in t.iterdir()) == ["o.000002.png", "o.000004.png", "o.png",
+                                                   "o.trace.parquet"]  # fmt: skip
+    assert (t / "o.000002.png").read_bytes() == (run / row["snapshots"][0]).read_bytes()
+    mine = record.read_record((t / "o.trace.parquet").read_bytes())
+    theirs = record.read_record((run / row["trace_uri"]).read_bytes())
+    assert mine["job_id"] == theirs["job_id"] == row["job_id"]
+    assert mine["inputs"] == theirs["inputs"] and len(mine["inputs"]) == 2
+    assert mine["final_total"] == theirs["final_total"] and mine["status"] == "ok"
+    drop = ["seconds"]
+    same = pq.read_table(t / "o.trace.parquet").drop(drop)
+    assert same.equals(pq.read_table(run / row["trace_uri"]).drop(drop))
 
 
 def test_run_reads_and_writes_through_a_real_s3_endpoint(ray_cpu, s3_endpoint, tmp_path):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -23,7 +23,6 @@ from pipeline.cli.common import (
     StorageOpt,
     _params,
     _storage,
-    _warn,  # noqa: F401  (re-exported: tests and docs quote it)
     app,
     cli_errors,
     console,
@@ -32,11 +31,10 @@ from pipeline.cli.common import (
 )
 from pipeline.errors import NstError
 from pipeline.jobs import manifest
+from pipeline.jobs.job import Job
 from pipeline.run import images
+from pipeline.store import layout, storage
 from pipeline.store.input_policy import DEFAULT_MAX_BYTES
-
-if TYPE_CHECKING:
-    pass
 
 
 @app.command()
@@ -68,14 +66,6 @@ def transfer(
     Example: nst transfer photo.jpg starry.jpg out.png --set size=256 --set optimizer=lbfgs
     """
     set_input_policy(allow_http, allow_private_hosts, max_input_bytes)
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    import torch
-
-    from pipeline.jobs.job import Job
-    from pipeline.run.options import RunOptions
-    from pipeline.run.task import pick_device
-
     params = _params(set_ or [], None)
     if any(isinstance(v, list) and not manifest.PARAMS[k].is_seq for k, v in params.items()):
         raise NstError("transfer runs one job: give one value per parameter")
@@ -83,28 +73,49 @@ def transfer(
     cont = None if content in (None, "-") else content
     if spec.uses_content and cont is None:
         raise NstError(f"mode {mode.value!r} needs a content image (got '-')")
-    images.format_of(str(dest))  # a bad extension fails before any work
-    job = Job(spec, cont, (style,), 0)
-    dev = torch.device(device) if device else pick_device()
+    fmt = images.format_of(str(dest))  # a bad extension fails before any work
     so = _storage(storage_options, cont or style)  # the inputs: the output is a local file
-    opts = RunOptions(out=str(dest.parent), storage_options=so)
-    outcome = _stylize_with_progress(job, opts, dev)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fmt = images.format_of(str(dest))
-    dest.write_bytes(images.encode(outcome.image, fmt, quality))
-    for iteration, snap in outcome.snapshots:
-        snap_path = dest.with_name(f"{dest.stem}.{iteration:06d}{dest.suffix}")
-        snap_path.write_bytes(images.encode(snap, fmt, quality))
-    trace_path = dest.with_suffix(".trace.parquet")
-    pq.write_table(pa.Table.from_pylist(outcome.trace), trace_path)
-    out_console.print(_transfer_summary(job.id, outcome, dev, dest, trace_path), highlight=False)
-    if outcome.status != Status.OK:
-        console.print(f"[yellow]{escape(outcome.reason or '')}[/]")
+    row = _run_one(Job(spec, cont, (style,), 0), dest, device, so, (fmt, quality))
+    out_console.print(_transfer_summary(row, dest), highlight=False)
+    if row["status"] != Status.OK:
+        console.print(f"[yellow]{escape(row.get('error') or '')}[/]")
         raise typer.Exit(2)
 
 
-def _stylize_with_progress(job: Any, opts: Any, dev: Any) -> Any:
-    """Read the inputs and optimise, with a bar (iteration, loss, ETA) on stderr."""
+def _run_one(
+    job: Job, dest: Path, device: str | None, so: dict | None, fmt: tuple[str, int]
+) -> dict[str, Any]:
+    """The worker's own steps for one job: its inputs read and fingerprinted (Inputs), the
+    optimisation, then its files written and committed (commit_job), into a local store at
+    the destination's folder instead of a run's job folder."""
+    import platform
+    import time
+
+    import torch
+
+    from pipeline.run.options import RunOptions
+    from pipeline.run.task import Inputs, amp_enabled, commit_job, extractor_for, pick_device
+
+    dev = torch.device(device) if device else pick_device()
+    opts = RunOptions(out=str(dest.parent), storage_options=so)
+    inputs, started = Inputs(opts), time.time()
+    _, content, styles = inputs.of(job)
+    outcome = _stylize_with_progress(job, extractor_for(job, dev, so), content, styles,
+                                     inputs.start(job))  # fmt: skip
+    info = {"device": str(dev), "host": platform.node(), **inputs.record(job),
+            "amp_used": amp_enabled(job.spec.amp, dev)}  # fmt: skip
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    store = storage.Store(str(dest.parent))
+    row = commit_job(job, outcome, info, started, store, None, fmt, layout.beside(dest.name))
+    if not row.get("committed"):
+        raise NstError(f"{dest}: {row['error']}")
+    return row
+
+
+def _stylize_with_progress(
+    job: Job, extractor: Any, content: Any, styles: list[Any], start: Any
+) -> Any:
+    """Optimise with a bar (iteration, loss, ETA) on stderr."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -114,33 +125,28 @@ def _stylize_with_progress(job: Any, opts: Any, dev: Any) -> Any:
     )
 
     from nst_ops.transfer import stylize
-    from pipeline.run.task import Inputs, extractor_for, read_image
 
     spec = job.spec
-    content_img = read_image(job.content_uri, opts) if spec.uses_content else None
-    style_imgs = [read_image(u, opts) for u in job.style_uris] if spec.needs_style_image else []
-    start = read_image(spec.init_image, opts) if spec.init_image else None
-    if spec.init_model and content_img is not None:
-        start = Inputs(opts).model_start(spec.init_model, content_img, spec.size)
     columns = (TextColumn("[bold]nst transfer"), BarColumn(), MofNCompleteColumn())
     extra = (TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn())
     with Progress(*columns, *extra, console=console, transient=True) as bar:
         task = bar.add_task("transfer", total=spec.total_iterations, loss="—")
         return stylize(
             spec,
-            extractor_for(job, dev, opts.storage_options),
-            content_img,
-            style_imgs,
+            extractor,
+            content,
+            styles if spec.needs_style_image else [],
             on_step=lambda i, loss: bar.update(task, completed=i, loss=f"{loss:.4g}"),
             init=start,
         )
 
 
-def _transfer_summary(job_id: str, outcome: Any, dev: Any, dest: Path, trace: Path) -> str:
-    f = outcome.final
-    terms = ", ".join(f"{k} {f[k]:.4g}" for k in ("content", "style", "tv") if f.get(k))
+def _transfer_summary(row: dict[str, Any], dest: Path) -> str:
+    terms = ", ".join(
+        f"{k} {row[f'final_{k}']:.4g}" for k in ("content", "style", "tv") if row.get(f"final_{k}")
+    )
     return (
-        f"{outcome.status} after {outcome.iterations} iterations, {outcome.seconds:.1f}s on "
-        f"{dev}: total loss {f.get('total', float('nan')):.4g} ({terms})\n"
-        f"image: {dest}\ntrace: {trace}\njob id: {job_id}"
+        f"{row['status']} after {row['iterations_run']} iterations, {row['seconds']:.1f}s on "
+        f"{row['device']}: total loss {row.get('final_total') or float('nan'):.4g} ({terms})\n"
+        f"image: {dest}\ntrace: {dest.parent / row['trace_uri']}\njob id: {row['job_id']}"
     )

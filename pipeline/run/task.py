@@ -201,7 +201,7 @@ def run_group(
             ready.append(inputs.of(job))
         except Exception as e:  # noqa: BLE001  (recorded on the job, never fatal to the run)
             info = {**extra, **inputs.record(job), **_fail(e)}
-            rows[job.id] = _finish(job, None, info, started, store)
+            rows[job.id] = commit_job(job, None, info, started, store)
     for batch in _batches(ready, batch_size):
         rows.update(_run_batch(batch, device, inputs, extra, store))
     return [rows[j.id] for j in jobs]
@@ -233,7 +233,7 @@ def _run_batch(
         )
     except Exception as e:  # noqa: BLE001
         if not (isinstance(e, torch.cuda.OutOfMemoryError) and len(batch) > 1):
-            return {j.id: _finish(j, None, {**extra, **inputs.record(j), **_fail(e)}, t0, store)
+            return {j.id: commit_job(j, None, {**extra, **inputs.record(j), **_fail(e)}, t0, store)
                     for j in jobs}  # fmt: skip
         outcomes = None  # split below, outside the handler: its traceback holds the failed tensors
     if outcomes is None:
@@ -243,7 +243,7 @@ def _run_batch(
         rows = _run_batch(batch[:half], device, inputs, extra, store)
         return rows | _run_batch(batch[half:], device, inputs, extra, store)
     return {
-        item[0].id: _finish(
+        item[0].id: commit_job(
             item[0],
             o,
             {
@@ -286,7 +286,7 @@ def _batches(ready: list[Ready], batch_size: int) -> Iterator[list[Ready]]:
             yield items[i : i + batch_size]
 
 
-def _finish(
+def commit_job(
     job: Job,
     outcome: Outcome | None,
     info: dict[str, Any],
@@ -294,14 +294,17 @@ def _finish(
     store: storage.Store,
     score: Scorer | None = None,
     fmt: tuple[str, int] = ("png", 95),
+    names: layout.OutputNames | None = None,
 ) -> dict[str, Any]:
-    """Write a job's image (and snapshots) in ``fmt`` (format, quality), then its
-    result.parquet (trace + record), which commits it; return its row. Scores are taken from
-    the image as saved."""
+    """Write a job's image (and snapshots) in ``fmt`` (format, quality), then its result file
+    (trace + record), which commits it; return its row. Scores are taken from the image as
+    saved. ``names``: where under the store (default: the run's job folder; `nst transfer`
+    writes beside the image the user named)."""
+    names = names or layout.job_outputs(job.id, images.FORMATS[fmt[0]][1])
     row = record.row(job, Status.FAILED, **info)
     data = images.encode(outcome.image, *fmt) if outcome is not None else b""
     if outcome is not None:
-        row.update(record.outcome_fields(job, outcome, images.FORMATS[fmt[0]][1]))
+        row.update(record.outcome_fields(outcome, names))
         if score is not None:
             row.update(score(data))
     row["seconds"] = round(time.time() - started, 3)
@@ -312,7 +315,7 @@ def _finish(
                 store.put(path, images.encode(snap, *fmt))
         trace = _trace_table(outcome.trace if outcome is not None else [])
         result = record.result_file(trace, record.job_json(row, started))
-        store.put(layout.job_path(job.id, layout.RESULT), result)  # last: now it counts as done
+        store.put(names.result, result)  # last: now it counts as done
         row["committed"] = True
     except OSError as e:
         row.update(

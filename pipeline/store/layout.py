@@ -23,6 +23,8 @@ run again is written in the current form (its old files deleted when it is un-co
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 JOBS_TABLE = "jobs.parquet"
@@ -57,6 +59,32 @@ IMAGE = image_name()  # the PNG default
 
 def snapshot_path(job_id: str, iteration: int, ext: str = "png") -> str:
     return f"{job_dir(job_id)}/{SNAPSHOTS}/{iteration:06d}.{ext}"
+
+
+@dataclass(frozen=True)
+class OutputNames:
+    """Where one job's files go, relative to a store's root: a run's job folder, or, for
+    `nst transfer`, beside the image the user named. The task writes through these, so the
+    two cannot drift apart."""
+
+    image: str
+    result: str  # the trace + the record; written last
+    snapshot: Callable[[int], str]  # iteration -> path
+
+
+def job_outputs(job_id: str, ext: str = "png") -> OutputNames:
+    return OutputNames(
+        job_path(job_id, image_name(ext)),
+        job_path(job_id, RESULT),
+        lambda i: snapshot_path(job_id, i, ext),
+    )
+
+
+def beside(image: str) -> OutputNames:
+    """`nst transfer`'s files: out.png, out.trace.parquet, out.000100.png (save_every)."""
+    stem, dot, ext = image.rpartition(".")
+    stem = stem if dot else ext
+    return OutputNames(image, f"{stem}.trace.parquet", lambda i: f"{stem}.{i:06d}.{ext}")
 
 
 def split_job_path(rel: str) -> tuple[str, str] | None:

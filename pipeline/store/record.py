@@ -46,9 +46,9 @@ def pending(job: Job) -> dict[str, Any]:
     return row(job, Status.PENDING, committed=False)
 
 
-def outcome_fields(job: Job, outcome: Outcome, ext: str = "png") -> dict[str, Any]:
-    """What an optimisation adds: status, losses, and the outputs' paths (relative to the run
-    root, so a moved or copied run still reads back)."""
+def outcome_fields(outcome: Outcome, names: layout.OutputNames) -> dict[str, Any]:
+    """What an optimisation adds: status, losses, and the outputs' paths (relative to the
+    store's root, so a moved or copied run still reads back)."""
     return {
         "status": outcome.status.value,
         "error": outcome.reason,
@@ -58,9 +58,9 @@ def outcome_fields(job: Job, outcome: Outcome, ext: str = "png") -> dict[str, An
         "restarted_at": list(outcome.restarts),
         "converged_at": outcome.converged_at,
         **{f"final_{k}": v for k, v in outcome.final.items() if k != "iteration"},
-        "image_uri": layout.job_path(job.id, layout.image_name(ext)),
-        "trace_uri": layout.job_path(job.id, layout.RESULT),
-        "snapshots": [layout.snapshot_path(job.id, i, ext) for i, _ in outcome.snapshots],
+        "image_uri": names.image,
+        "trace_uri": names.result,
+        "snapshots": [names.snapshot(i) for i, _ in outcome.snapshots],
     }
 
 
