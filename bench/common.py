@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from nst_ops.image_ops import fit_longer_side, resize
-from nst_ops.layers import feature_hw, layer_table
+from nst_ops.layer_table import feature_hw, layer_table
 from nst_ops.spec import JobSpec
 from nst_ops.transfer import compute_targets, make_objective
 from nst_ops.vgg import VGGFeatures

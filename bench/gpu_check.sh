@@ -16,7 +16,7 @@ status=0
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$OUT/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" \
     2>&1 | tee -a "$OUT/gpu.txt"
-timeout 150 python3 -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py 2>&1 \
+timeout 150 python3 -m pytest -q -rs -p no:cacheprovider tests/run/test_cuda.py 2>&1 \
     | tee "$OUT/tests.log" || status=1
 timeout 240 python3 -m bench.run --device cuda --repeats 5 2>&1 | tee "$OUT/run.log" || status=1
 cp bench/results/cuda.md bench/results/cuda.json "$OUT"/ 2>/dev/null

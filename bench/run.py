@@ -47,7 +47,7 @@ from bench.common import (
     weights_for,
 )
 from nst_ops.image_ops import hw_of
-from nst_ops.layers import deepest
+from nst_ops.layer_table import deepest
 from nst_ops.spec import JobSpec
 from nst_ops.transfer import stylize_batch
 from nst_ops.vgg import VGGFeatures, layer_names, use_cuda_precision

@@ -1,4 +1,4 @@
-"""Which network scores a run's results (see nst_ops.evaluate); torch-free, so the driver can
+"""Which network scores a run's results (see nst_ops.scores); torch-free, so the driver can
 choose and record it without loading torch."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .layers import check_layers
+from .layer_table import check_layers
 from .spec import JobSpec
 
 # The columns scoring writes: the two scores, then which evaluator and any problem.

@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from .layers import BACKBONE_CFG, POOLINGS, check_layers, deepest, size_problem, smallest_size
+from .layer_table import BACKBONE_CFG, POOLINGS, check_layers, deepest, size_problem, smallest_size
 from .optimizers import OPTIMIZERS
 from .param import Param, Role, param
 from .presets import FIRST_DEFAULTS, PresetError, apply_preset, edition_values

@@ -29,8 +29,8 @@ from .image_ops import (
     rgb_to_yiq,
     yiq_to_rgb,
 )
-from .layers import deepest, feature_hw, size_problem, sweep_layer_sets  # noqa: F401
-from .optim import Outcome, Terms, optimize
+from .layer_table import deepest, feature_hw, size_problem, sweep_layer_sets  # noqa: F401
+from .loop import Outcome, Terms, optimize
 from .spec import BATCH_FIELDS, JobSpec, batch_key
 from .vgg import VGGFeatures
 from .vocab import Mode, Status
@@ -294,7 +294,7 @@ def stylize_batch(
     inits: Sequence[Tensor | None] | None = None,
 ) -> list[Outcome]:
     """Run several jobs as one batch (one forward/backward per step); exact per image (see
-    nst_ops.optim). L-BFGS with line search runs alone. ``cache``/``keys``: see compute_targets.
+    nst_ops.loop). L-BFGS with line search runs alone. ``cache``/``keys``: see compute_targets.
     ``inits``: the decoded start image of each job whose ``init`` names one."""
     _check_batch(specs, contents, styles)
     spec, device, t0 = specs[0], extractor.mean.device, time.perf_counter()

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.vgg import make_layers
 
-from .layers import (  # noqa: F401  (re-exported: the network's names live with it)
+from .layer_table import (  # noqa: F401  (re-exported: the network's names live with it)
     BACKBONE_CFG,
     CFGS,
     POOLINGS,

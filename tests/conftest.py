@@ -3,7 +3,7 @@
 import os
 
 # CI shares a busy machine: OpenMP threads that spin while waiting fight other processes for
-# the 2 cores. Measured under load (two busy processes beside pytest): tests/test_batching.py
+# the 2 cores. Measured under load (two busy processes beside pytest): tests/engine/test_batching.py
 # 16.0 s with spinning threads, 9.4 s with PASSIVE. Set before torch loads; Ray's local workers
 # inherit it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

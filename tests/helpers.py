@@ -66,3 +66,10 @@ def nst_cmd(*args) -> list[str]:
     import sys
 
     return [sys.executable, "-m", "pipeline.cli", *(str(a) for a in args)]
+
+
+def one_job(tmp_path, **common):
+    """Run one tiny job into tmp_path/o; returns (result, out, rows) (rows: to run it again)."""
+    c, s = write_images(tmp_path, 2, "t")
+    rows = [{"content_uri": c, "style_uri": s}]
+    return (*run_manifest(tmp_path, rows, **common), rows)

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from ..image_ops import fit_longer_side, resize
-from ..optim import Terms
+from ..loop import Terms
 from ..spec import JobSpec
 from ..transfer import Targets, compute_targets
 from ..vgg import VGGFeatures

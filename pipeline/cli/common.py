@@ -10,14 +10,14 @@ import json
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 import yaml
 from rich.console import Console
 from rich.markup import escape
 
-from nst_ops.layers import WeightsError
+from nst_ops.layer_table import WeightsError
 from nst_ops.presets import (
     EDITIONS,
     LATEST_DEFAULTS,
@@ -28,10 +28,6 @@ from pipeline.jobs import manifest
 from pipeline.jobs.grid import expand
 from pipeline.jobs.plan import Plan
 from pipeline.store import results, storage
-
-if TYPE_CHECKING:
-    pass
-
 
 QUICK_START = (
     "nst make-manifest m.parquet --content manifests/images/content "

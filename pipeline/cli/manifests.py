@@ -7,12 +7,12 @@ import json
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from nst_ops.layers import WeightsError
+from nst_ops.layer_table import WeightsError
 from nst_ops.presets import (
     AMP_FROM,
     FIRST_DEFAULTS,
@@ -37,7 +37,6 @@ from pipeline.cli.common import (
     _plan_line,
     _say_edition,
     _storage,
-    _warn,  # noqa: F401  (re-exported: tests and docs quote it)
     app,
     cli_errors,
     console,
@@ -51,9 +50,6 @@ from pipeline.jobs.plan import make_plan
 from pipeline.run import images
 from pipeline.store import storage
 from pipeline.store.input_policy import DEFAULT_MAX_BYTES
-
-if TYPE_CHECKING:
-    pass
 
 
 @app.command("make-manifest")
@@ -237,7 +233,7 @@ def validate(
 def _size_problems(jobs: list, sizes: dict[str, tuple[int, int]]) -> list[str]:
     """Jobs whose output (the content's aspect at the job's size, every multires level), or
     whose style at its own scale, has no feature map at the deepest layer."""
-    from nst_ops.layers import deepest, size_problem
+    from nst_ops.layer_table import deepest, size_problem
 
     found: dict[str, set[int]] = {}
     for j in jobs:
@@ -303,7 +299,7 @@ def layers(
 
     Example: nst layers vgg16
     """
-    from nst_ops.layers import layer_table
+    from nst_ops.layer_table import layer_table
 
     try:
         table = layer_table(backbone)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
@@ -14,7 +14,6 @@ from pipeline.cli.common import (
     _evaluator,
     _existing_run,
     _storage,
-    _warn,  # noqa: F401  (re-exported: tests and docs quote it)
     app,
     cli_errors,
     out_console,
@@ -23,9 +22,6 @@ from pipeline.errors import NstError
 from pipeline.report.ranking import Rank
 from pipeline.run import images
 from pipeline.store import results, storage
-
-if TYPE_CHECKING:
-    pass
 
 
 @app.command()

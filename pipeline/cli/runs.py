@@ -32,7 +32,6 @@ from pipeline.cli.common import (
     _run_root,
     _say_edition,
     _storage,
-    _warn,  # noqa: F401  (re-exported: tests and docs quote it)
     app,
     cli_errors,
     console,

@@ -10,7 +10,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from nst_ops.layers import sweep_layer_sets
+from nst_ops.layer_table import sweep_layer_sets
 from nst_ops.presets import FIRST_DEFAULTS
 from nst_ops.spec import JobSpec, SpecError
 from nst_ops.vocab import RowMode

@@ -17,6 +17,6 @@ class RunOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     storage_attempts: int = DEFAULT_ATTEMPTS
     storage_options: dict | None = None  # credentials live here: never written anywhere
-    evaluator: dict[str, Any] | None = None  # scores every result (nst_ops.evaluate); None: not
+    evaluator: dict[str, Any] | None = None  # scores every result (nst_ops.scores); None: not
     image_format: str = "png"  # images.FORMATS
     image_quality: int = 95  # JPEG/WebP

@@ -1,23 +1,22 @@
-"""Scoring results under the run's evaluator (nst_ops.evaluate), in the worker right after a job
+"""Scoring results under the run's evaluator (nst_ops.scores), in the worker right after a job
 and again with `nst score`: the same function on the same saved PNG, so both give the same
 numbers. Scoring never fails a job: a problem is recorded as ``score_error``."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from nst_ops.evaluate import scores
 from nst_ops.evaluator import SCORE_FIELDS, SCORES, Evaluator
 from nst_ops.image_ops import fit_longer_side, hw_of, resize
+from nst_ops.scores import scores
 from nst_ops.spec import JobSpec
 from nst_ops.vgg import VGGFeatures
 from pipeline.errors import NstError
 from pipeline.run import images, weights
-from pipeline.store import layout, record, storage
+from pipeline.store import earlier_runs, layout, record, storage
 
 _NETS: dict[tuple[Evaluator, str], VGGFeatures] = {}
 
@@ -113,11 +112,9 @@ def _rewrite(store: storage.Store, row: dict[str, Any]) -> None:
 
 
 def _rewrite_v1(store: storage.Store, row: dict[str, Any], scored: dict[str, Any]) -> None:
-    record_path = layout.job_path(row["job_id"], layout.V1_RECORD)
     try:
-        rec = json.loads(store.get(record_path))
-    except (OSError, ValueError):
-        rec = {}
-    store.put_json(record_path, {**rec, **scored})
-    marker = {k: v for k, v in row.items() if k != "committed"}
-    store.put_json(layout.job_path(row["job_id"], layout.V1_MARKER), marker)
+        record_bytes: bytes | None = store.get(earlier_runs.record_path(row["job_id"]))
+    except OSError:
+        record_bytes = None
+    for path, doc in earlier_runs.rescored(record_bytes, row, scored).items():
+        store.put_json(path, doc)

@@ -19,8 +19,8 @@ import pyarrow as pa
 import torch
 
 from nst_ops.evaluator import Evaluator
-from nst_ops.layers import deepest
-from nst_ops.optim import Outcome
+from nst_ops.layer_table import deepest
+from nst_ops.loop import Outcome
 from nst_ops.spec import batch_key
 from nst_ops.transfer import InputKeys, output_hw, stylize_batch
 from nst_ops.vgg import VGGFeatures, use_cuda_precision

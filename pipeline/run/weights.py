@@ -14,7 +14,7 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
-from nst_ops.layers import WeightsError
+from nst_ops.layer_table import WeightsError
 from pipeline.errors import NstError
 from pipeline.store import storage
 from pipeline.store.input_policy import WEIGHTS_MAX_BYTES
@@ -105,7 +105,7 @@ def check_covers(
 ) -> None:
     """Load ``weights`` once and build the truncated network: raises WeightsError naming what is
     missing or wrong (the check `nst validate` runs before any compute)."""
-    from nst_ops.layers import deepest
+    from nst_ops.layer_table import deepest
     from nst_ops.vgg import VGGFeatures
 
     sd = cached_state_dict(weights, backbone, storage_options)

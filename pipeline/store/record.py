@@ -17,10 +17,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from nst_ops.vocab import Status
-from pipeline.store import layout
+from pipeline.store import earlier_runs, layout
 
 if TYPE_CHECKING:  # keeps reading a run back free of torch
-    from nst_ops.optim import Outcome
+    from nst_ops.loop import Outcome
 
 
 class Job(Protocol):
@@ -107,9 +107,8 @@ def row_of(rec: dict[str, Any]) -> dict[str, Any]:
 
 def marker_row(name: str, data: bytes) -> dict[str, Any]:
     """The result row a commit marker holds, in either form (ValueError: unreadable)."""
-    if name == layout.V1_MARKER:
-        row: dict[str, Any] = json.loads(data, object_pairs_hook=_interned)
-        return row
+    if name == earlier_runs.MARKER:
+        return earlier_runs.marker_row(data)
     try:
         return row_of(read_record(data))
     except pa.ArrowException as e:

@@ -14,51 +14,66 @@ import json
 import types
 import typing
 from dataclasses import fields
-from typing import Any
+from typing import Any, TypedDict
 
 import pyarrow as pa
 
-from nst_ops.evaluator import SCORES
 from nst_ops.spec import JobSpec
 
 STR, INT, FLOAT, BOOL = pa.string(), pa.int64(), pa.float64(), pa.bool_()
 
-JOB_COLUMNS: dict[str, pa.DataType] = {
-    "job_id": STR,
-    "row": INT,
-    "job_name": STR,
-    "content_uri": STR,
-    "style_uris": pa.list_(STR),
-    "sweep_of": STR,
-    "preset": STR,
-}
 
-OUTCOME_COLUMNS: dict[str, pa.DataType] = {
-    "status": STR,
-    "error": STR,
-    "traceback": STR,
-    "committed": BOOL,
-    "device": STR,
-    "host": STR,
-    "ray_gpu_ids": STR,
-    "ray_node_id": STR,
-    "inputs": pa.list_(pa.struct([("uri", STR), ("fingerprint", STR)])),
-    "batch_size": INT,
-    "amp_used": BOOL,
-    "iterations_run": INT,
-    "diverged_at": INT,
-    "restarts_used": INT,
-    "restarted_at": pa.list_(INT),
-    "converged_at": INT,
-    "image_uri": STR,
-    "trace_uri": STR,
-    "snapshots": pa.list_(STR),
-    "seconds": FLOAT,
-    **dict.fromkeys(SCORES, FLOAT),
-    "score_by": STR,
-    "score_error": STR,
-    "outputs_missing": BOOL,
-}
+class InputPrint(TypedDict):
+    uri: str
+    fingerprint: str | None
+
+
+class JobColumns(TypedDict, total=False):
+    """Who the job is: its id, manifest row, name and inputs (then every JobSpec field)."""
+
+    job_id: str
+    row: int
+    job_name: str | None
+    content_uri: str | None
+    style_uris: list[str]
+    sweep_of: str | None
+    preset: str | None
+
+
+class OutcomeColumns(TypedDict, total=False):
+    """What running it produced, where it ran, and its scores."""
+
+    status: str
+    error: str | None
+    traceback: str | None
+    committed: bool
+    device: str
+    host: str
+    ray_gpu_ids: str
+    ray_node_id: str
+    inputs: list[InputPrint]
+    batch_size: int
+    amp_used: bool
+    iterations_run: int
+    diverged_at: int | None
+    restarts_used: int
+    restarted_at: list[int]
+    converged_at: int | None
+    image_uri: str
+    trace_uri: str
+    snapshots: list[str]
+    seconds: float
+    score_content: float | None
+    score_style: float | None
+    score_by: str | None
+    score_error: str | None
+    outputs_missing: bool
+
+
+class ResultRow(JobColumns, OutcomeColumns, total=False):
+    """A result row as the code sees it: these columns typed, then every JobSpec field by its
+    own type, the final_<term> / final_style_<layer> losses and the manifest's tag_* columns."""
+
 
 FAMILIES: dict[str, pa.DataType] = {"final_": FLOAT}  # final_<term>, final_style_<layer>
 
@@ -66,14 +81,20 @@ _SCALARS: dict[Any, pa.DataType] = {str: STR, int: INT, float: FLOAT, bool: BOOL
 
 
 def _arrow_type(hint: Any) -> pa.DataType:
-    """A JobSpec field's type in Arrow: optional values are nullable, tuples are lists, and a
-    field that is a bool or a word (amp: true, false or auto) is text."""
+    """A declared Python type in Arrow: optional values are nullable, tuples and lists are
+    lists, TypedDicts structs, and a bool-or-word (amp: true, false or auto) is text."""
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         return _arrow_type(args[0]) if len(args) == 1 else STR
-    if typing.get_origin(hint) is tuple:
-        return pa.list_(_SCALARS[args[0]])
+    if typing.get_origin(hint) in (tuple, list):
+        return pa.list_(_arrow_type(args[0]))
+    if typing.is_typeddict(hint):
+        return pa.struct([(k, _arrow_type(t)) for k, t in typing.get_type_hints(hint).items()])
     return _SCALARS[hint]
+
+
+def _columns(declared: type) -> dict[str, pa.DataType]:
+    return {k: _arrow_type(t) for k, t in typing.get_type_hints(declared).items()}
 
 
 def _param_columns() -> dict[str, pa.DataType]:
@@ -89,7 +110,11 @@ def _words_or_bools() -> tuple[str, ...]:
     )
 
 
-DECLARED: dict[str, pa.DataType] = {**JOB_COLUMNS, **_param_columns(), **OUTCOME_COLUMNS}
+DECLARED: dict[str, pa.DataType] = {
+    **_columns(JobColumns),
+    **_param_columns(),
+    **_columns(OutcomeColumns),
+}
 SCHEMA = pa.schema(list(DECLARED.items()))
 _BOOL_WORDS = _words_or_bools()
 

@@ -11,7 +11,6 @@ The layout itself lives in :mod:`pipeline.store.layout`.
 from __future__ import annotations
 
 import io
-import json
 import random
 import time
 from collections.abc import Callable
@@ -25,7 +24,7 @@ import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
 from pipeline.errors import NstError
-from pipeline.store import input_policy, layout, record, result_schema
+from pipeline.store import earlier_runs, input_policy, layout, record, result_schema
 
 T = TypeVar("T")
 NOT_TRANSIENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
@@ -223,8 +222,7 @@ class Store:
         try:
             return record.read_record(self.get(layout.job_path(job_id, layout.RESULT)))
         except FileNotFoundError:
-            rec: dict[str, Any] = json.loads(self.get(layout.job_path(job_id, layout.V1_RECORD)))
-            return rec
+            return earlier_runs.read_record(self.get(earlier_runs.record_path(job_id)))
 
     def committed(
         self, files: JobFiles | None = None, results: ResultsTable | None = None

@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 
 from nst_ops.evaluator import default_evaluator
-from nst_ops.layers import deepest
+from nst_ops.layer_table import deepest
 from nst_ops.spec import JobSpec
 from nst_ops.stylenet import NetConfig, StyleObjective, TransformerNet
 from nst_ops.stylenet.network import parameter_count

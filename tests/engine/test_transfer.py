@@ -6,7 +6,7 @@ import pytest
 import torch
 from helpers import job_spec
 
-from nst_ops.optim import Terms, optimize
+from nst_ops.loop import Terms, optimize
 from nst_ops.spec import JobSpec
 from nst_ops.transfer import layer_sweep, stylize, sweep_layer_sets
 from nst_ops.vgg import VGGFeatures

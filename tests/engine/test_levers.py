@@ -11,7 +11,7 @@ import torch
 from helpers import job_spec, nst, run_manifest, write_images
 from PIL import Image
 
-from nst_ops.optim import Convergence
+from nst_ops.loop import Convergence
 from nst_ops.transfer import stylize
 from nst_ops.vgg import VGGFeatures
 

@@ -1,9 +1,11 @@
 """Manifest schema checks, grid expansion and job identity."""
 
+import json
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import table
+from helpers import nst, table, write_images
 
 from pipeline.errors import ManifestError
 from pipeline.jobs.grid import expand
@@ -162,3 +164,61 @@ def test_control_characters_in_names_and_tags_are_refused_naming_the_row(column,
     t = table([PAIR, {**PAIR, column: bad}])
     with pytest.raises(ManifestError, match=f"row 1: {column} .* contains a control character"):
         expand(t)
+
+
+def test_a_bad_make_manifest_leaves_the_existing_manifest_untouched(tmp_path):
+    write_images(tmp_path / "c", 1, "c"), write_images(tmp_path / "s", 1, "s")
+    dest = tmp_path / "m.parquet"
+    base = ["make-manifest", str(dest), "--content", str(tmp_path / "c")]
+    base += ["--style", str(tmp_path / "s"), "--set", "weights=random:0"]
+    assert nst(*base).exit_code == 0
+    good = dest.read_bytes()
+    bad = nst(*base, "--set", "size=0")
+    assert bad.exit_code == 1 and "size must be an integer" in bad.output
+    assert dest.read_bytes() == good
+    grid = tmp_path / "g.yaml"
+    grid.write_text("style_weight: []\n")
+    assert nst(*base, "--grid", str(grid)).exit_code == 1
+    assert dest.read_bytes() == good
+    assert not list(tmp_path.glob("m.parquet.tmp*"))
+
+
+def test_rows_differing_only_in_name_run_once_keeping_every_name_and_tag(tmp_path):
+    c, s = write_images(tmp_path, 2, "n")
+    rows = [
+        {"content_uri": c, "style_uri": s, "job_name": "first", "tag_exp": "a"},
+        {"content_uri": c, "style_uri": s, "job_name": "second", "tag_exp": "b"},
+    ]
+    pq.write_table(table(rows), tmp_path / "m.parquet")
+    res = nst("plan", str(tmp_path / "m.parquet"))
+    assert "1 jobs" in res.output and "differ only in job_name or tags" in res.output
+    from pipeline.jobs.grid import expand
+
+    (job,) = expand(read_manifest(str(tmp_path / "m.parquet")))
+    assert job.job_name == "first | second" and dict(job.tags)["tag_exp"] == ["a", "b"]
+
+
+def test_csv_and_json_lines_manifests_are_read_with_the_same_checks(tmp_path):
+    from pipeline.jobs.grid import expand
+
+    c, s = write_images(tmp_path, 2, "m")
+    (tmp_path / "m.csv").write_text(
+        "content_uri,style_uri,weights,optimizer,style_weight,style_layers\n"
+        f'{c},{s},random:0,adam|sgd,"[1e6, 1e7]","relu1_1,relu2_1|relu1_1"\n'
+        f"{c},{s},random:0,lbfgs,1e5,relu1_1\n"
+    )
+    jobs = expand(read_manifest(str(tmp_path / "m.csv")))
+    assert len(jobs) == 2 * 2 * 2 + 1
+    assert {j.spec.style_layers for j in jobs} == {("relu1_1", "relu2_1"), ("relu1_1",)}
+    lines = [
+        {"content_uri": c, "style_uri": s, "weights": "random:0", "optimizer": ["adam", "sgd"]},
+        {"content_uri": c, "style_uri": s, "weights": "random:0", "optimizer": "lbfgs"},
+    ]
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in lines))
+    assert len(expand(read_manifest(str(tmp_path / "m.jsonl")))) == 3
+    (tmp_path / "bad.csv").write_text("content_uri,style_uri,sizee\na,b,3\n")
+    with pytest.raises(Exception, match="unknown column 'sizee'; did you mean 'size'"):
+        read_manifest(str(tmp_path / "bad.csv"))
+    (tmp_path / "m.txt").write_text("content_uri,style_uri\n")
+    res = nst("plan", str(tmp_path / "m.txt"))
+    assert res.exit_code == 1 and "CSV / JSON lines named .csv / .jsonl" in res.output

@@ -3,13 +3,18 @@
 import io
 import os
 import pickle
+from pathlib import Path
 
 import fsspec
+import pyarrow.parquet as pq
 import pytest
 import torch
+from helpers import nst, table, write_images
 
 from nst_ops.vgg import VGGFeatures, WeightsError
 from pipeline.run.weights import load_state_dict
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def tv_state_dict(layer: str = "relu2_1", full: bool = True) -> dict:
@@ -77,7 +82,12 @@ def test_missing_weights_file_is_named(tmp_path):
 
 
 SHARED = os.path.join(
-    os.path.dirname(__file__), "..", "manifests", "weights", "vgg19_tv_features_conv1_1-conv3_1.pth"
+    os.path.dirname(__file__),
+    "..",
+    "..",
+    "manifests",
+    "weights",
+    "vgg19_tv_features_conv1_1-conv3_1.pth",
 )
 
 
@@ -122,3 +132,29 @@ def test_imagenet_weights_offline_give_a_clear_error_with_the_staging_hint(monke
         "stage the file and pass its path or URL",
     ):
         imagenet_state_dict("vgg16")
+
+
+def test_weights_that_are_not_a_vgg_state_dict_are_named_for_what_they_are(tmp_path):
+    from nst_ops.vgg import VGGFeatures, WeightsError
+    from pipeline.run.weights import load_state_dict
+
+    text = tmp_path / "w.txt"
+    text.write_text("hello\n")
+    with pytest.raises(WeightsError, match="not a PyTorch state dict file"):
+        load_state_dict(str(text))
+    resnet = {"conv1.weight": torch.zeros(64, 3, 7, 7), "bn1.weight": torch.zeros(64)}
+    with pytest.raises(WeightsError, match="not a VGG16/VGG19 state dict.*conv1.weight"):
+        VGGFeatures("vgg19", ["relu1_1"], state_dict=resnet)
+
+
+def test_validate_loads_each_weights_source_once_and_checks_its_layers(tmp_path):
+    c, s = write_images(tmp_path, 2, "w")
+    weights = ROOT / "manifests" / "weights" / "vgg19_tv_features_conv1_1-conv3_1.pth"
+    rows = [{"content_uri": c, "style_uri": s, "weights": str(weights)}]
+    pq.write_table(table(rows), tmp_path / "ok.parquet")
+    ok = nst("validate", str(tmp_path / "ok.parquet"))
+    assert ok.exit_code == 0 and "1 weights source(s) fit" in ok.output
+    deep = [{**rows[0], "style_layers": ["relu1_1", "relu4_1"]}]
+    pq.write_table(table(deep), tmp_path / "deep.parquet")
+    bad = nst("validate", str(tmp_path / "deep.parquet"))
+    assert bad.exit_code == 1 and "weights lack layer conv3_2" in bad.output

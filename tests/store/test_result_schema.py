@@ -69,3 +69,15 @@ def test_an_earlier_runs_table_reads_back_in_the_declared_types():
         "true",
         "false",
     ]
+
+
+def test_every_score_the_evaluator_gives_and_every_parameter_has_a_declared_column():
+    from nst_ops.evaluator import SCORE_FIELDS
+    from nst_ops.spec import JobSpec
+    from pipeline.store.result_schema import ResultRow
+
+    assert set(SCORE_FIELDS) <= set(ResultRow.__annotations__)
+    assert set(JobSpec.field_names()) <= set(DECLARED)
+    assert SCHEMA.field("inputs").type == pa.list_(
+        pa.struct([("uri", pa.string()), ("fingerprint", pa.string())])
+    )

@@ -184,7 +184,11 @@ def test_weights_on_s3_are_read_with_the_runs_storage_options(tmp_path, s3_endpo
     assert row["status"] == "ok", row["error"]
 
 
-def test_without_options_s3_weights_fail_validation_in_one_line(tmp_path, s3_endpoint):
+def test_without_options_s3_weights_fail_validation_in_one_line(tmp_path, s3_endpoint, monkeypatch):
+    """Without the endpoint the read goes to AWS, which this machine cannot reach: botocore's
+    own retries are cut to one try (its default backoff made this test take ~35 s), ours stay."""
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    monkeypatch.setenv("AWS_RETRY_MODE", "standard")
     c, s = write_images(tmp_path, 2, "i")
     rows = [{"content_uri": c, "style_uri": s, "weights": "s3://weights/none.pth"}]
     pq.write_table(table(rows), tmp_path / "m.parquet")

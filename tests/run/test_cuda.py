@@ -12,7 +12,7 @@ import pytest
 import torch
 from helpers import committed_records, job_spec, nst, table, write_images
 
-from nst_ops.optim import Status
+from nst_ops.loop import Status
 from nst_ops.transfer import stylize, stylize_batch
 from nst_ops.vgg import VGGFeatures
 

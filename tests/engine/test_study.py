@@ -8,7 +8,7 @@ from helpers import nst, write_images
 
 from nst_ops import losses
 from nst_ops.image_ops import fit_longer_side, resize
-from nst_ops.optim import Divergence
+from nst_ops.loop import Divergence
 from nst_ops.presets import STUDY
 from nst_ops.spec import JobSpec, SpecError
 from nst_ops.transfer import compute_targets

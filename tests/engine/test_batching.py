@@ -21,7 +21,7 @@ import dataclasses
 import pytest
 import torch
 
-from nst_ops import optim
+from nst_ops import loop
 from nst_ops.spec import JobSpec
 from nst_ops.transfer import batch_key, stylize, stylize_batch
 from nst_ops.vgg import VGGFeatures
@@ -158,10 +158,10 @@ def test_the_batch_check_catches_a_broken_batching(net, monkeypatch, optimizer, 
     coupling between images: here the batch uses image 0's lr or beta for every image, or one
     L-BFGS history for all of them."""
     if broken == "one_lr_for_the_batch":
-        real = optim.make_optimizer
-        monkeypatch.setattr(optim, "make_optimizer", lambda ss, ps: real([ss[0]] * len(ss), ps))
+        real = loop.make_optimizer
+        monkeypatch.setattr(loop, "make_optimizer", lambda ss, ps: real([ss[0]] * len(ss), ps))
     elif broken == "one_history_for_the_batch":
-        monkeypatch.setattr(optim, "make_optimizer", _one_history_for_the_batch)
+        monkeypatch.setattr(loop, "make_optimizer", _one_history_for_the_batch)
     else:
         import nst_ops.transfer as transfer
 

@@ -108,7 +108,7 @@ def test_amp_runs_the_convolutions_in_bf16_but_returns_fp32_features_close_to_fp
 def test_the_torch_free_layer_table_is_torchvisions():
     from torchvision.models.vgg import cfgs
 
-    from nst_ops.layers import BACKBONE_CFG, CFGS
+    from nst_ops.layer_table import BACKBONE_CFG, CFGS
 
     for cfg in BACKBONE_CFG.values():
         assert CFGS[cfg] == cfgs[cfg]

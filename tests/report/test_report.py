@@ -6,11 +6,15 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import nst, table, write_images
+from helpers import nst, run_manifest, table, write_images
 
 from pipeline.report.page import varying_axes
+from pipeline.run import lease
+from pipeline.store import storage
 
-ARTIFACTS = Path(os.environ.get("NST_ARTIFACTS", Path(__file__).parent.parent / "test-artifacts"))
+ARTIFACTS = Path(
+    os.environ.get("NST_ARTIFACTS", Path(__file__).resolve().parents[2] / "test-artifacts")
+)
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
@@ -231,8 +235,6 @@ def test_the_sheet_never_crosses_two_axes_that_group_the_jobs_alike():
 
 
 def test_tiles_are_named_inputs_head_the_sheet_and_a_live_run_is_announced(run_dir, tmp_path):
-    from pipeline.run import lease
-    from pipeline.store import storage
 
     with lease.held(storage.Store(str(run_dir))):
         res = nst("report", run_dir, "--rows", "content_uri", "--cols", "optimizer")
@@ -243,3 +245,15 @@ def test_tiles_are_named_inputs_head_the_sheet_and_a_live_run_is_announced(run_d
     assert ">blowup</b>" in page and ">missing</b>" in page  # job names, not hash ids
     again = nst("report", run_dir)
     assert again.exit_code == 0 and 'id="live"' not in (run_dir / "report.html").read_text()
+
+
+def test_the_reports_job_table_shows_inputs_and_grid_values(ray_cpu, tmp_path):
+    c, s = write_images(tmp_path, 2, "j")
+    res, out = run_manifest(
+        tmp_path, [{"content_uri": c, "style_uri": s, "style_weight": [1e3, 1e4]}]
+    )
+    assert res.exit_code == 0, res.output
+    assert nst("report", str(out)).exit_code == 0
+    html = (out / "report.html").read_text()
+    assert "<th>content</th>" in html and "<th>style_weight</th>" in html
+    assert Path(c).name in html and "rows: style_weight" in html

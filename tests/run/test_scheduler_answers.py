@@ -4,6 +4,8 @@ terminal output stays readable when piped."""
 
 import json
 import os
+import subprocess
+import time
 
 import pyarrow.parquet as pq
 import pytest
@@ -176,7 +178,6 @@ def test_corrupt_and_stale_run_files_are_named_or_rebuilt_and_status_agrees_with
 
 def test_an_embedded_run_removes_its_ray_session_folder(tmp_path):
     import glob
-    import subprocess
 
     from helpers import nst_cmd
 
@@ -194,8 +195,6 @@ def test_an_embedded_run_removes_its_ray_session_folder(tmp_path):
 def test_a_sigkilled_drivers_embedded_ray_and_session_folder_go_with_it(tmp_path):
     import glob
     import signal
-    import subprocess
-    import time
 
     from helpers import nst_cmd
 
@@ -222,3 +221,16 @@ def test_a_sigkilled_drivers_embedded_ray_and_session_folder_go_with_it(tmp_path
         time.sleep(0.2)
     assert not session_processes(session), "Ray processes outlived the driver"
     assert not os.path.exists(session)
+
+
+def test_summary_json_tells_a_scheduler_what_ran_and_what_failed(ray_cpu, tmp_path):
+    (s,) = write_images(tmp_path, 1, "q")
+    (c,) = write_images(tmp_path / "c", 1, "q")
+    rows = [{"content_uri": c, "style_uri": s}, {"content_uri": "nope.png", "style_uri": s}]
+    summary = tmp_path / "summary.json"
+    res, _ = run_manifest(tmp_path, rows, "--summary-json", str(summary), "--strict")
+    assert res.exit_code == 3
+    doc = json.loads(summary.read_text())
+    assert doc["ran"] == {"new": 2} and doc["status"] == {"failed": 1, "ok": 1}
+    assert len(doc["failed_jobs"]) == 1 and doc["exit_code"] == 3
+    storage.Store(str(tmp_path / "o")).job_files()  # the run is readable back
