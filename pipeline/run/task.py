@@ -137,8 +137,7 @@ class Inputs:
 
     def image(self, uri: str) -> torch.Tensor:
         if uri not in self.decoded:
-            self.prints[uri] = storage.fingerprint_of(uri, self.opts.storage_options)
-            self.decoded[uri] = read_image(uri, self.opts)
+            self.decoded[uri] = read_image(uri, self.opts, self.prints)
         return self.decoded[uri]
 
     def of(self, job: Job) -> Ready:
@@ -325,13 +324,18 @@ def commit_job(
     return row
 
 
-def read_image(uri: str, opts: RunOptions) -> torch.Tensor:
+def read_image(
+    uri: str, opts: RunOptions, prints: dict[str, str | None] | None = None
+) -> torch.Tensor:
+    """An input image, decoded; ``prints`` gets its fingerprint, from the stat the read made."""
     try:
-        data = storage.read_input(uri, opts.storage_options, opts.storage_attempts)
+        data, found = storage.read_input_and_print(uri, opts.storage_options, opts.storage_attempts)
     except FileNotFoundError:
         raise NstError(f"{uri}: input not found") from None
     except PermissionError as e:
         raise NstError(f"{uri}: access denied ({e})") from None
     except OSError as e:
         raise NstError(f"{uri}: could not read input ({e})") from None
+    if prints is not None:
+        prints[uri] = found
     return images.decode(data, uri, opts.max_pixels)

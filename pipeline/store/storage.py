@@ -360,6 +360,17 @@ def read_input(
     """Read an input a manifest (or a user) names, under the input policy: an allowed place,
     a regular file, at most ``limit`` bytes (default: the policy's), checked on the reported
     size and again while streaming, so /dev/zero or a huge object never fills memory."""
+    return read_input_and_print(uri, storage_options, attempts, limit)[0]
+
+
+def read_input_and_print(
+    uri: str,
+    storage_options: dict[str, Any] | None = None,
+    attempts: int = DEFAULT_ATTEMPTS,
+    limit: int | None = None,
+) -> tuple[bytes, str | None]:
+    """``read_input`` and the input's fingerprint from the same stat (a worker records what it
+    read): one HEAD and one GET per input on S3, where a separate fingerprint_of made two HEADs."""
     policy = input_policy.InputPolicy.current()
     input_policy.check_uri(uri, policy)
     cap = policy.max_bytes if limit is None else limit
@@ -368,14 +379,15 @@ def read_input(
         options = {**options, "allow_redirects": False}
     fs, path = filesystem(uri, {protocol_of(uri): options})
 
-    def read() -> bytes:
-        size = fs.info(path).get("size")
+    def read() -> tuple[bytes, str | None]:
+        info = fs.info(path)
+        size = info.get("size")
         input_policy.check_size(uri, size, cap)
         if size is not None:
-            return bytes(fs.cat_file(path))
+            return bytes(fs.cat_file(path)), fingerprint(info)
         with fs.open(path, "rb") as f:  # size unknown (some http servers): stream, capped
             data = f.read(cap + 1)
         input_policy.check_size(uri, len(data), cap)
-        return bytes(data)
+        return bytes(data), fingerprint(info)
 
     return with_retries(read, f"reading {uri}", attempts)

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
-from helpers import TINY, png_bytes
+from helpers import TINY, png_bytes, write_images
 
 from nst_ops.spec import JobSpec
 from pipeline.jobs.job import Job
@@ -179,3 +179,30 @@ def test_a_marker_written_after_results_parquet_is_read(tmp_path, monkeypatch):
     assert [p.rsplit("/", 2)[-2] for p in read] == [jobs[0].id]
     assert done[jobs[0].id]["status"] == "diverged"
     assert set(done) == {jobs[0].id, jobs[2].id}
+
+
+def test_a_worker_stats_each_input_once_and_records_the_fingerprint_of_what_it_read(
+    tmp_path, monkeypatch
+):
+    """One stat and one read per input (on S3: one HEAD, one GET), the fingerprint taken from
+    that stat: a separate fingerprint lookup had made it two HEADs per input."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    from pipeline.run.options import RunOptions
+    from pipeline.run.task import Inputs
+
+    (uri,) = write_images(tmp_path, 1, "c")
+    calls: list[str] = []
+    for name in ("info", "cat_file"):
+        real = getattr(LocalFileSystem, name)
+        monkeypatch.setattr(
+            LocalFileSystem,
+            name,
+            lambda self, p, *a, _r=real, _n=name, **k: (calls.append(_n), _r(self, p, *a, **k))[1],
+        )
+    inputs = Inputs(RunOptions(out=str(tmp_path / "o")))
+    inputs.image(uri)
+    inputs.image(uri)  # decoded once per task
+    assert calls == ["info", "cat_file"]
+    monkeypatch.undo()
+    assert inputs.prints[uri] == storage.fingerprint_of(uri) is not None
