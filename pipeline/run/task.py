@@ -11,7 +11,6 @@ import functools
 import platform
 import time
 import traceback
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -29,6 +28,7 @@ from pipeline.errors import NstError
 from pipeline.jobs.job import Job
 from pipeline.run import images, model_init, scoring, weights
 from pipeline.run.options import RunOptions
+from pipeline.run.tensor_lru import TensorLRU
 from pipeline.store import layout, record, storage
 
 _EXTRACTORS: dict[tuple, VGGFeatures] = {}
@@ -84,26 +84,7 @@ def _trace_table(trace: list[dict]) -> pa.Table:
     )
 
 
-class TargetLRU(OrderedDict[tuple[Any, ...], torch.Tensor]):
-    """Content features and style Grams kept per worker process, bounded by bytes."""
-
-    def __init__(self, max_bytes: int):
-        super().__init__()
-        self.max_bytes, self.nbytes = max_bytes, 0
-
-    def __getitem__(self, key: tuple[Any, ...]) -> torch.Tensor:
-        self.move_to_end(key)
-        return super().__getitem__(key)
-
-    def __setitem__(self, key: tuple[Any, ...], value: torch.Tensor) -> None:
-        super().__setitem__(key, value)
-        self.nbytes += value.numel() * value.element_size()
-        while self.nbytes > self.max_bytes and len(self) > 1:
-            _, old = self.popitem(last=False)
-            self.nbytes -= old.numel() * old.element_size()
-
-
-_TARGETS = TargetLRU(max_bytes=512 * 2**20)
+_TARGETS = TensorLRU(max_bytes=512 * 2**20)
 
 
 def _fail(error: Exception) -> dict[str, Any]:

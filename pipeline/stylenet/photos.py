@@ -6,7 +6,6 @@ have drawn."""
 from __future__ import annotations
 
 import io
-from collections import OrderedDict
 from collections.abc import Sequence
 
 import numpy as np
@@ -19,6 +18,7 @@ from torch import Tensor
 from pipeline.errors import NstError
 from pipeline.jobs.manifest import list_images
 from pipeline.run import images
+from pipeline.run.tensor_lru import TensorLRU
 from pipeline.store import storage
 
 URI_COLUMNS = ("uri", "content_uri")
@@ -80,20 +80,17 @@ class CropSampler:
             raise NstError("no photos to train on")
         self.uris, self.crop, self.seed, self.rank = list(uris), crop, seed, rank
         self.options, self.max_pixels, self.cache_bytes = storage_options, max_pixels, cache_bytes
-        self.cache: OrderedDict[str, Tensor] = OrderedDict()
+        self.cache = TensorLRU(cache_bytes)
         self.zoom = zoom
 
     def photo(self, uri: str) -> Tensor:
         if uri in self.cache:
-            self.cache.move_to_end(uri)
             return self.cache[uri]
         data = storage.read_input(uri, self.options)
         img = shorter_side_to(
             images.decode(data, uri, self.max_pixels), round(self.crop * self.zoom)
         )
         self.cache[uri] = img
-        while sum(t.numel() * 4 for t in self.cache.values()) > self.cache_bytes:
-            self.cache.popitem(last=False)
         return img
 
     def batch(self, step: int, size: int) -> Tensor:
