@@ -14,7 +14,8 @@ What it measures, all in this run:
   at 512 and 1024 px;
 - break-even: the images per style beyond which train + apply beats optimising each image.
 
-Photos: the shipped content photos plus ../shared/data/train (see its README); the held-out
+Photos: the shipped content photos plus ../shared/data/train (see its README) plus any
+--more-photos folders; the held-out
 ones are --holdout (default tubingen, chelsea, astronaut). Style and layers: the demo's (real
 ImageNet VGG19 weights up to relu3_1). Writes bench/results/stylenet.{md,json}.
 """
@@ -56,9 +57,10 @@ JOB = {
 }
 
 
-def photos() -> list[Path]:
+def photos(more: list[Path]) -> list[Path]:
     found = [*(SHARED / "images/content").glob("*.jpg"), *(SHARED / "train").glob("*.jpg")]
     found += (ROOT / "manifests/images/content").glob("*.jpg")
+    found += [q for folder in more for q in folder.glob("*.jpg")]
     return sorted({p.name: p for p in found}.values(), key=lambda p: p.name)
 
 
@@ -134,9 +136,12 @@ def main() -> None:
     p.add_argument("--refine", type=int, nargs="+", default=[30, 60])
     p.add_argument("--holdout", nargs="+", default=["tubingen.jpg", "chelsea.jpg", "astronaut.jpg"])
     p.add_argument("--scaling-steps", type=int, default=40)
+    p.add_argument("--more-photos", type=Path, nargs="*", default=[],
+                   help="folders of more training photos (JPEG), e.g. the other photos in the "
+                   "scikit-image wheel's skimage/data")  # fmt: skip
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    everything = photos()
+    everything = photos(a.more_photos)
     held = [q for q in everything if q.name in a.holdout]
     trained_on = [q for q in everything if q.name not in a.holdout]
     tmp = Path(tempfile.mkdtemp(prefix="nst-bench-"))
