@@ -4,8 +4,10 @@ from there. Adding a parameter is one field."""
 
 from __future__ import annotations
 
+import types
+import typing
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Any
 
@@ -21,7 +23,7 @@ class Role(str, Enum):
 @dataclass(frozen=True)
 class Param:
     """A parameter's rules, declared once beside its field: validation, `nst params`, batching
-    and job ids read them from here (``JobSpec.params()``)."""
+    and job ids read them from here (``nst_ops.spec.PARAMS``)."""
 
     help: str
     role: Role = Role.JOB
@@ -30,9 +32,36 @@ class Param:
     minimum: float | None = None  # numbers: the smallest allowed value, checked finite
     maximum: float | None = None
     integer: bool = False
-    added_later: bool = False  # added after job ids were published: at its default, a job's id
+    # Added after job ids were published: at its default, a job's id stays what it was before
+    # the parameter existed.
+    added_later: bool = False
 
 
 def param(default: Any, help: str, **rules: Any) -> Any:
     """A JobSpec field with its rules (see Param)."""
     return field(default=default, metadata={"param": Param(help, **rules)})
+
+
+@dataclass(frozen=True)
+class FieldType:
+    """What a parameter holds, read off its type hint: the scalar kinds it takes (amp: bool and
+    str) and whether its value is itself a list (layers, layer weights, blend). Manifests read
+    it to type their columns, the results schema to type its own."""
+
+    kinds: tuple[type, ...]
+    is_seq: bool
+
+
+def field_types(cls: type) -> dict[str, FieldType]:
+    """Every dataclass field's FieldType (None-able fields: what they hold when set)."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in fields(cls):
+        hint = hints[f.name]
+        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        args = [a for a in typing.get_args(hint) if a is not type(None)] if union else [hint]
+        if len(args) == 1 and typing.get_origin(args[0]) is tuple:
+            out[f.name] = FieldType((typing.get_args(args[0])[0],), True)
+        else:
+            out[f.name] = FieldType(tuple(args), False)
+    return out

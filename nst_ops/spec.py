@@ -20,9 +20,6 @@ GATYS_STYLE_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
 MIN_SIZE, MAX_SIZE = 16, 4096
 
 
-# stays what it was before the parameter existed
-
-
 def is_image_ref(value: str) -> bool:
     """A path or URL (has a folder, a scheme or a file extension), not a misspelt choice."""
     return "/" in value or "://" in value or "." in value.rsplit("/", 1)[-1]

@@ -11,16 +11,15 @@ import difflib
 import io
 import json
 import os
-import types
-import typing
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from nst_ops.param import field_types
 from nst_ops.spec import INITS, MODEL_INIT, JobSpec
 from nst_ops.vocab import RowMode
 from pipeline.errors import ManifestError
@@ -42,18 +41,11 @@ class ParamType:
 
 
 def _param_types() -> dict[str, ParamType]:
-    hints = typing.get_type_hints(JobSpec)
-    out = {}
-    for f in fields(JobSpec):
-        if f.name == "mode":
-            continue
-        hint = hints[f.name]
-        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
-        base = next(a for a in typing.get_args(hint) if a is not type(None)) if union else hint
-        is_seq = typing.get_origin(base) is tuple
-        kind = typing.get_args(base)[0] if is_seq else base
-        out[f.name] = ParamType(kind, is_seq)
-    return out
+    return {
+        name: ParamType(t.kinds[0], t.is_seq)
+        for name, t in field_types(JobSpec).items()
+        if name != "mode"
+    }
 
 
 PARAMS: dict[str, ParamType] = _param_types()

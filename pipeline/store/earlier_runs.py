@@ -1,28 +1,18 @@
 """Runs written before November 2026: four files per job (image, trace.parquet, job.json, and
 the result row as JSON in _COMMIT, written last). They are read as they are, rescored in their
 own form, and a job of theirs that runs again is written in the current form (layout's
-``uncommit_paths`` deletes its old files first). Everything about that form is here, but for
-its file names, which live with every other name in ``layout``."""
+``uncommit_paths`` deletes its old files first). What only that form needs is here; its file
+names live with every other name in ``layout``, and its _COMMIT row is parsed as every
+record's row is (``record.marker_row``)."""
 
 from __future__ import annotations
 
 import json
-import sys
 from typing import Any
 
 from pipeline.store import layout
 
 TRACE, RECORD, MARKER = layout.V1_TRACE, layout.V1_RECORD, layout.V1_MARKER
-
-
-def _interned(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    return {sys.intern(k): v for k, v in pairs}  # see record._interned
-
-
-def marker_row(data: bytes) -> dict[str, Any]:
-    """The result row an earlier run's _COMMIT holds."""
-    row: dict[str, Any] = json.loads(data, object_pairs_hook=_interned)
-    return row
 
 
 def record_path(job_id: str) -> str:

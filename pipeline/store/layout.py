@@ -81,9 +81,9 @@ def job_outputs(job_id: str, ext: str = "png") -> OutputNames:
 
 
 def beside(image: str) -> OutputNames:
-    """`nst transfer`'s files: out.png, out.trace.parquet, out.000100.png (save_every)."""
-    stem, dot, ext = image.rpartition(".")
-    stem = stem if dot else ext
+    """`nst transfer`'s files: out.png, out.trace.parquet, out.000100.png (save_every); the
+    image's name has an extension (images.format_of refused it otherwise)."""
+    stem, _, ext = image.rpartition(".")
     return OutputNames(image, f"{stem}.trace.parquet", lambda i: f"{stem}.{i:06d}.{ext}")
 
 

@@ -107,8 +107,9 @@ def row_of(rec: dict[str, Any]) -> dict[str, Any]:
 
 def marker_row(name: str, data: bytes) -> dict[str, Any]:
     """The result row a commit marker holds, in either form (ValueError: unreadable)."""
-    if name == earlier_runs.MARKER:
-        return earlier_runs.marker_row(data)
+    if name == earlier_runs.MARKER:  # an earlier run's _COMMIT: the row itself, as JSON
+        row: dict[str, Any] = json.loads(data, object_pairs_hook=_interned)
+        return row
     try:
         return row_of(read_record(data))
     except pa.ArrowException as e:

@@ -13,11 +13,11 @@ from __future__ import annotations
 import json
 import types
 import typing
-from dataclasses import fields
 from typing import Any, TypedDict
 
 import pyarrow as pa
 
+from nst_ops.param import FieldType, field_types
 from nst_ops.spec import JobSpec
 
 STR, INT, FLOAT, BOOL = pa.string(), pa.int64(), pa.float64(), pa.bool_()
@@ -97,26 +97,23 @@ def _columns(declared: type) -> dict[str, pa.DataType]:
     return {k: _arrow_type(t) for k, t in typing.get_type_hints(declared).items()}
 
 
-def _param_columns() -> dict[str, pa.DataType]:
-    hints = typing.get_type_hints(JobSpec)
-    return {f.name: _arrow_type(hints[f.name]) for f in fields(JobSpec)}
+def _param_column(t: FieldType) -> pa.DataType:
+    """A parameter's column: text where it takes a bool or a word (amp), lists for lists."""
+    scalar = _SCALARS[t.kinds[0]] if len(t.kinds) == 1 else STR
+    return pa.list_(scalar) if t.is_seq else scalar
 
 
-def _words_or_bools() -> tuple[str, ...]:
-    """Parameters stored as text that hold a bool or a word (amp): read back as the bool."""
-    hints = typing.get_type_hints(JobSpec)
-    return tuple(
-        f.name for f in fields(JobSpec) if set(typing.get_args(hints[f.name])) == {bool, str}
-    )
+_PARAM_TYPES = field_types(JobSpec)
+# Parameters stored as text that hold a bool or a word (amp): read back as the bool.
+_BOOL_WORDS = tuple(n for n, t in _PARAM_TYPES.items() if set(t.kinds) == {bool, str})
 
 
 DECLARED: dict[str, pa.DataType] = {
     **_columns(JobColumns),
-    **_param_columns(),
+    **{name: _param_column(t) for name, t in _PARAM_TYPES.items()},
     **_columns(OutcomeColumns),
 }
 SCHEMA = pa.schema(list(DECLARED.items()))
-_BOOL_WORDS = _words_or_bools()
 
 
 def column_type(name: str) -> pa.DataType | None:
