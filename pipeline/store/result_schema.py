@@ -158,7 +158,7 @@ def conform(table: pa.Table) -> pa.Table:
     for name in table.column_names:
         col = table.column(name)
         kind = column_type(name)
-        if kind == STR and col.type == STR:  # text, or the old JSON fallback's "quoted" text
+        if name in _BOOL_WORDS and col.type == STR:  # the old JSON fallback: "auto" beside true
             columns[name] = pa.array([_unquoted(v) for v in col.to_pylist()], STR)
             continue
         if kind is None or col.type == kind:
@@ -166,7 +166,11 @@ def conform(table: pa.Table) -> pa.Table:
             continue
         values = col.to_pylist()
         if pa.types.is_string(col.type) and kind != STR:
-            values = [None if v is None else json.loads(v) for v in values]
+            try:  # the old JSON fallback for mixed values
+                values = [None if v is None else json.loads(v) for v in values]
+            except ValueError:  # not JSON text: kept as it was, the run still reads
+                columns[name] = col
+                continue
         array = typed_array(name, values)
         columns[name] = col if array is None else array
     return pa.table(columns, metadata=table.schema.metadata)

@@ -65,6 +65,10 @@ def test_an_earlier_runs_table_reads_back_in_the_declared_types():
     assert again.column("amp").to_pylist() == ["true", "auto"]
     assert again.column("diverged_at").to_pylist() == [12, None]
     assert [r["amp"] for r in rows_of(old)] == [True, "auto"]  # as a JobSpec takes it
+    names = pa.table({"job_name": ['"quoted"', "plain"], "seed": ["n/a", None]})
+    kept = conform(names)  # a real name in quotes is text; non-JSON text is kept, not fatal
+    assert kept.column("job_name").to_pylist() == ['"quoted"', "plain"]
+    assert kept.column("seed").to_pylist() == ["n/a", None]
     assert conform(pa.table({"amp": pa.array([True, False])})).column("amp").to_pylist() == [
         "true",
         "false",
