@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+MIN_SIDE = 5  # the first 9x9 convolution's reflection pad (4) must be smaller than each side
+
 
 @dataclass(frozen=True)
 class NetConfig:

@@ -10,12 +10,19 @@ from nst_ops.evaluator import default_evaluator
 from pipeline.cli.common import _evaluator, console, out_console
 from pipeline.cli.exit_summary import summary_on_exit
 from pipeline.errors import NstError
-from pipeline.run import lease
+from pipeline.run import images, lease
 from pipeline.run.model_file import read_model
-from pipeline.store import record, storage
+from pipeline.store import record, root_kind, storage
+from pipeline.store.root_kind import RootKind
 from pipeline.stylenet import layout
-from pipeline.stylenet.apply import ApplySummary, run_apply
-from pipeline.stylenet.apply_worker import ApplyOptions
+from pipeline.stylenet.apply import (
+    ApplySummary,
+    check_clashes,
+    check_score,
+    list_collection,
+    run_apply,
+)
+from pipeline.stylenet.apply_worker import ApplyOptions, check_size
 
 
 def apply_command(
@@ -40,9 +47,13 @@ def _apply(
     score: str, evaluator: str | None, address: str | None, progress: bool, batch_size: int,
     workers: int | None, retry_failed: bool, **options: Any,
 ) -> ApplySummary:  # fmt: skip
+    """Every check and the listing first, in one line each and with nothing written; then the
+    lease, the plan, and only when there is work, apply.json and Ray."""
     from pipeline.run.scheduler import RunProgress, init_ray
 
     started = time.time()
+    check_score(score)
+    check_size(options.get("size", 0))
     model = read_model(model_uri, so)
     ev = None
     if score != "none":
@@ -51,14 +62,21 @@ def _apply(
     store = storage.Store(out, so)
     if store.fs.isfile(store.root):
         raise NstError(f"--out {out} is a file; give a folder or URL prefix")
-    with lease.held(store):
+    root_kind.check(store, RootKind.APPLY)
+    listing = list_collection(input_uri, so, exclude=store.url(""))
+    check_clashes(listing, images.FORMATS[opts.image_format][1])
+
+    def start() -> float:
         store.put_json(layout.APPLY_RECORD, _apply_record(model, opts, input_uri, started))
         init_ray(address)
-        res_gpus = gpus if gpus is not None else (1.0 if _cluster_gpus() else 0.0)
+        return gpus if gpus is not None else (1.0 if _cluster_gpus() else 0.0)
+
+    with lease.held(store):
+        root_kind.claim(store, RootKind.APPLY)
         bar = RunProgress(0, progress, label="nst apply")
         try:
-            return run_apply(opts, input_uri, model.fingerprint, batch_size, workers, res_gpus,
-                             retry_failed, score, bar)  # fmt: skip
+            return run_apply(opts, listing, model.fingerprint, batch_size, workers,
+                             retry_failed, score, bar, start)  # fmt: skip
         finally:
             bar.close()
 

@@ -1,4 +1,4 @@
-"""`nst train`, `nst apply` and `nst models`: the collection path's commands."""
+"""`nst train`, `nst apply`, `nst models` and `nst export`: the collection path's commands."""
 
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ from pipeline.jobs import manifest
 from pipeline.run import images
 from pipeline.store import storage
 from pipeline.store.input_policy import DEFAULT_MAX_BYTES
+from pipeline.stylenet.export import ExportFormat
 
 
 class Precision(str, Enum):
@@ -95,7 +96,15 @@ def train(
     use_gpu: Annotated[
         bool | None, typer.Option(help="Default: GPUs when the Ray cluster has any.")
     ] = None,
-    cpus_per_worker: Annotated[float, typer.Option(min=0.0, help="CPUs per worker.")] = 1.0,
+    cpus_per_worker: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            help="CPUs per worker. Default: embedded, the machine's CPUs "
+            "shared among the workers; on a cluster, 1.",
+        ),
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Live progress line.")] = True,
     address: AddressOpt = None,
     storage_options: StorageOpt = None,
     max_pixels: Annotated[int, typer.Option(help="Refuse larger photos.")] = (
@@ -116,15 +125,18 @@ def train(
     from pipeline.stylenet.train import make_settings
     from pipeline.stylenet.train import train as run_training
 
-    so = _storage(storage_options, out)
     if not out or not content:
         raise NstError("nst train needs --out and --content")
+    out, content = storage.absolute(out), [storage.absolute(c) for c in content]
+    so = _storage(storage_options, out)
+    if from_job:
+        from_job = (storage.absolute(from_job[0]), from_job[1])
     base, job_styles = job_params(*from_job, so) if from_job else ({}, [])
     params = {**base, **_params(set_ or [], None), "mode": "transfer"}
     if any(isinstance(v, list) and not manifest.PARAMS[k].is_seq for k, v in params.items()):
         raise NstError("nst train trains one setting: give one value per parameter")
     spec = JobSpec.from_dict(params, preset if not base else None, LATEST_DEFAULTS)
-    styles = list(style or job_styles)
+    styles = [storage.absolute(u) for u in style or job_styles]
     if not styles:
         raise NstError("give a STYLE image (or --from-job RUN JOB_ID)")
     origin = {"run": from_job[0], "job_id": from_job[1]} if from_job else None
@@ -133,19 +145,30 @@ def train(
         steps=steps, batch_size=batch_size, crop=crop, lr=lr, width=width,
         residual_blocks=residual_blocks, checkpoint_every=checkpoint_every,
         sample_every=sample_every, seed=seed, workers=workers, use_gpu=use_gpu,
-        cpus_per_worker=cpus_per_worker, max_pixels=max_pixels, from_job=origin,
+        cpus_per_worker=_worker_cpus(cpus_per_worker, workers, address), max_pixels=max_pixels,
+        from_job=origin,
     )  # fmt: skip
     console.print(
         f"training on {len(settings.photos)} photos ({len(settings.holdout)} held aside), "
         f"{steps} steps x {batch_size} x {workers} worker(s)",
         highlight=False,
     )
-    meta = run_training(settings, address)
+    meta = run_training(settings, address, progress)
     model = storage.join(out, "model.pt")
     out_console.print(
         f"model: {model} · {meta['steps']} steps · final loss {meta['final_loss']:.4g}",
         highlight=False,
     )
+
+
+def _worker_cpus(given: float | None, workers: int, address: str | None) -> float:
+    """Embedded, the machine's CPUs shared among the workers (one worker on a 2-core machine
+    trains with 2 threads, not 1); on a cluster one each unless told."""
+    import os
+
+    if given is not None:
+        return given
+    return 1.0 if address else float(max(1, (os.cpu_count() or 1) // workers))
 
 
 @app.command()
@@ -202,6 +225,7 @@ def apply(
     set_input_policy(allow_http, allow_private_hosts, max_input_bytes)
     from pipeline.cli.apply_run import apply_command
 
+    model, input_, out = (storage.absolute(u) for u in (model, input_, out))
     code = apply_command(
         model, input_, out, _storage(storage_options, out), size=size,
         image_format=image_format.value, image_quality=image_quality, precision=precision.value,
@@ -231,6 +255,7 @@ def models(
 
     from pipeline.stylenet.registry import find_models
 
+    root = storage.absolute(root)
     rows = find_models(root, _storage(storage_options, root))
     if not rows:
         raise NstError(f"no model.pt under {root}")
@@ -252,3 +277,38 @@ def models(
 
 def _cell(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else "" if v is None else str(v)
+
+
+@app.command()
+@cli_errors
+def export(
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="model.pt of `nst train`.")],
+    out: Annotated[str, typer.Option("--out", "-o", help="The file to write (path or URL).")],
+    format_: Annotated[
+        ExportFormat | None,
+        typer.Option("--format", help="onnx or torchscript; default: by --out's extension."),
+    ] = None,
+    storage_options: StorageOpt = None,
+) -> None:
+    """Export a trained style network for other runtimes: ONNX (onnxruntime, TensorRT, the
+    browser) or TorchScript, for any image size, the model's metadata carried along.
+
+    Example: nst export models/starry/model.pt --out starry.onnx
+    """
+    from pipeline.run.model_file import read_model
+    from pipeline.stylenet.export import export_bytes, format_for
+
+    model, out = storage.absolute(model), storage.absolute(out)
+    so = _storage(storage_options, out)
+    fmt = format_for(out, format_)
+    loaded = read_model(model, so)
+    data = export_bytes(loaded, fmt)
+    fs, path = storage.filesystem(out, so)
+    if "file" in fs.protocol:
+        fs.makedirs(fs._parent(path), exist_ok=True)
+    storage.with_retries(lambda: fs.pipe_file(path, data), f"writing {out}")
+    out_console.print(
+        f"{out}: {fmt.value}, {len(data):,} bytes, any height and width · model "
+        f"{loaded.fingerprint}",
+        highlight=False,
+    )

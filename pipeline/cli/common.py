@@ -27,7 +27,8 @@ from pipeline.errors import NstError
 from pipeline.jobs import manifest
 from pipeline.jobs.grid import expand
 from pipeline.jobs.plan import Plan
-from pipeline.store import results, storage
+from pipeline.store import results, root_kind, storage
+from pipeline.store.root_kind import RootKind
 
 QUICK_START = (
     "nst make-manifest m.parquet --content manifests/images/content "
@@ -313,4 +314,5 @@ def _run_root(out: str, so: dict | None) -> storage.Store:
     store = storage.Store(out, so)
     if storage.with_retries(lambda: store.fs.isfile(store.root), f"checking {out}"):
         raise NstError(f"--out {out} is a file; give a folder or URL prefix for the run")
+    root_kind.check(store, RootKind.RUN)
     return store

@@ -43,8 +43,9 @@ from pipeline.errors import NstError
 from pipeline.jobs.grid import DEFAULT_MAX_JOBS
 from pipeline.jobs.plan import make_plan
 from pipeline.run import images, lease
-from pipeline.store import layout, results, storage
+from pipeline.store import layout, results, root_kind, storage
 from pipeline.store.input_policy import DEFAULT_MAX_BYTES
+from pipeline.store.root_kind import RootKind
 
 if TYPE_CHECKING:
     from pipeline.run.scheduler import Summary
@@ -118,6 +119,7 @@ def run(
     from pipeline.run.options import RunOptions
     from pipeline.run.scheduler import Resources, init_ray, run_jobs
 
+    out, manifest_uri = storage.absolute(out), storage.absolute(manifest_uri)
     so = _storage(storage_options, out)
     with summary_on_exit(summary_json, so, RUN_SUMMARY_KEYS) as exit_summary:
         store = _run_root(out, so)
@@ -125,6 +127,7 @@ def run(
         _say_edition(edition)
         jobs = _load_jobs(manifest_uri, so, max_jobs, edition)
         with lease.held(store):
+            root_kind.claim(store, RootKind.RUN)
             plan = make_plan(jobs, store, force, retry_failed, so)
             console.print(f"plan: {_plan_line(plan, len(jobs))}", highlight=False)
             ev = _evaluator(evaluator, [j.spec for j in jobs])
@@ -203,7 +206,10 @@ def status(
 
     Example: nst status results/demo
     """
-    store = _existing_run(out, _storage(storage_options, out))
+    so = _storage(storage_options, out)
+    if root_kind.detect(storage.Store(out, so)) is RootKind.APPLY:
+        return _apply_status(storage.Store(out, so))
+    store = _existing_run(out, so)
     rows, total = results.collect(store)
     counts = Counter(r["status"] for r in rows)
     counts[Status.PENDING.value] = max(0, total - len(rows))
@@ -219,6 +225,23 @@ def status(
                 "image or trace missing: `nst run` redoes it" if r.get("outputs_missing") else ""
             )
             t.add_row(r["job_id"], str(r.get("row")), r["status"], str(r.get("error") or error))
+        out_console.print(t)
+
+
+def _apply_status(store: storage.Store) -> None:
+    """An `nst apply` root: images by status (the parts of a live or killed run included)."""
+    from pipeline.stylenet import apply_record
+
+    rows, _ = apply_record.read_all(store)
+    counts = Counter(rows.column("status").to_pylist())
+    out_console.print(", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "no images")
+    bad = [r for r in rows.to_pylist() if r["status"] != "ok"]
+    if bad:
+        t = Table(title="failed images")
+        for col in ("input", "error"):
+            t.add_column(col, overflow="fold")
+        for r in bad:
+            t.add_row(r["input"], str(r.get("error") or ""))
         out_console.print(t)
 
 

@@ -204,6 +204,8 @@ def _is_relative_path(value: str) -> bool:
 
 def _map_paths(table: pa.Table, fn: Callable[[str], str]) -> pa.Table:
     def conv(v: Any) -> Any:
+        if isinstance(v, str) and v in INITS:  # a named start (content, noise...), not a file
+            return v
         if isinstance(v, list):
             return [conv(x) for x in v]
         if isinstance(v, str) and v.startswith(MODEL_INIT):  # init=model:<path>: the path moves
@@ -250,7 +252,8 @@ def write_manifest(table: pa.Table, uri: str, storage_options: dict | None = Non
     os.replace(tmp, path)  # atomic: readers see the old manifest or the new one, never half
 
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+# an animated GIF is read as its first frame
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
 
 def list_images(pattern: str, storage_options: dict | None = None) -> list[str]:

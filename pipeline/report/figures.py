@@ -23,6 +23,7 @@ from PIL import Image
 
 from pipeline.report.ranking import members
 from pipeline.report.ranking import value_key as _key
+from pipeline.run.images import upright
 from pipeline.store import layout, storage
 
 
@@ -58,7 +59,7 @@ def data_uri(data: bytes, mime: str) -> str:
 def thumbnail(uri: str, so: dict | None, px: int = 160) -> bytes | None:
     """JPEG bytes, or None when the image is gone or unreadable (the tile says so)."""
     try:
-        img = Image.open(io.BytesIO(storage.read_bytes(uri, so))).convert("RGB")
+        img = upright(Image.open(io.BytesIO(storage.read_bytes(uri, so)))).convert("RGB")
     except (OSError, ValueError):
         return None
     img.thumbnail((px, px))

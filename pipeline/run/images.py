@@ -11,7 +11,7 @@ import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipeline.errors import InputError
 
@@ -47,21 +47,31 @@ def _open(data: bytes, name: str, max_pixels: int, draft: bool) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            img = Image.open(io.BytesIO(data))
-            w, h = img.size
+            opened = Image.open(io.BytesIO(data))
+            w, h = opened.size
             if w * h > max_pixels:
                 raise InputError(
                     f"{name}: image is {w}x{h} = {w * h:,} pixels, above the limit of "
                     f"{max_pixels:,} (possible decompression bomb; raise --max-pixels to allow)"
                 )
             if draft:
-                img.draft("RGB", (max(1, w // 8), max(1, h // 8)))  # JPEG decodes at 1/8 scale
-            img.load()
+                opened.draft("RGB", (max(1, w // 8), max(1, h // 8)))  # JPEG: 1/8 scale
+            opened.load()
+            loaded = opened.size
+            img = upright(opened)
+            img.info["full_size"] = (w, h) if img.size == loaded else (h, w)  # before any draft
             return img
     except UnidentifiedImageError:
         raise InputError(f"{name}: not an image file PIL can read") from None
     except (OSError, ValueError, SyntaxError) as e:
         raise InputError(f"{name}: corrupt or truncated image ({e})") from None
+
+
+def upright(img: Image.Image) -> Image.Image:
+    """The image as its camera meant it to be seen: phone photos are stored sideways with an
+    EXIF orientation tag, which Pillow does not apply unless asked (every decode path comes
+    through here, so a grid job, a training crop and an applied photo agree)."""
+    return ImageOps.exif_transpose(img) or img
 
 
 def decode(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
@@ -75,7 +85,8 @@ def decode(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> torc
 def probe(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
     """Cheap check for `nst validate`: header, size limit and a reduced-size decode."""
     img = _open(data, name, max_pixels, draft=True)
-    return img.size
+    width, height = img.info["full_size"]
+    return width, height
 
 
 # Output formats: name -> (Pillow format, file extension, takes a quality).

@@ -9,13 +9,14 @@ import hashlib
 import io
 import json
 import pickle
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from nst_ops.spec import JobSpec
+from nst_ops.spec import JobSpec, SpecError
 from nst_ops.stylenet import NetConfig, TransformerNet
 from pipeline.errors import NstError
 from pipeline.run.weights import refusal_reason
@@ -78,7 +79,9 @@ def from_bytes(data: bytes, name: str) -> StyleModel:
     """Load a model file; any other file (a VGG state dict, a pickle with code, a truncated
     download) is refused with a ModelError naming ``name``."""
     try:
-        doc = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's warnings and advice are not our one line
+            warnings.simplefilter("ignore")
+            doc = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
         msg = f"{name}: not a style network file ({refusal_reason(e)})"
         raise ModelError(msg) from None
@@ -92,8 +95,34 @@ def from_bytes(data: bytes, name: str) -> StyleModel:
     try:
         net = TransformerNet(NetConfig(**doc["net"]))
         net.load_state_dict(doc["state_dict"])
-        meta = json.loads(doc["meta"])
-        styles = [s.float() / 255 for s in doc["styles"]]
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise ModelError(f"{name}: damaged style network file ({type(e).__name__}: {e})") from None
+        meta = check_meta(json.loads(doc["meta"]))
+        styles = [_style(s) for s in doc["styles"]]
+    except (KeyError, TypeError, ValueError, RuntimeError, SpecError, AttributeError) as e:
+        reason = f"{type(e).__name__}: {_first_line(e)}"
+        raise ModelError(f"{name}: damaged style network file ({reason})") from None
+    if not styles:
+        raise ModelError(f"{name}: damaged style network file (no style image)")
     return StyleModel(net.eval().requires_grad_(False), meta, styles, fingerprint_bytes(data))
+
+
+def check_meta(meta: Any) -> dict[str, Any]:
+    """The whole metadata record as every reader uses it (apply, models, refinement), so a
+    file with the right marker but wrong contents is refused on load, not midway."""
+    if not isinstance(meta, dict):
+        raise TypeError(f"metadata is a {type(meta).__name__}, not a record")
+    for key, kind in (("spec", dict), ("net", dict), ("style_uris", list)):
+        if not isinstance(meta.get(key), kind):
+            raise KeyError(f"metadata has no {key!r} {kind.__name__}")
+    if JobSpec.from_dict(meta["spec"]).mode != "transfer":
+        raise ValueError("its job is not a style transfer")
+    return meta
+
+
+def _style(s: Any) -> Tensor:
+    if not isinstance(s, Tensor) or s.dim() != 3 or s.shape[0] != 3:
+        raise ValueError("a style image is not a (3, H, W) tensor")
+    return s.float() / 255
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0]

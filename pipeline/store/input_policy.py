@@ -74,6 +74,16 @@ def check_uri(uri: str, policy: InputPolicy | None = None) -> None:
         )
 
 
+def check_source(uri: str, policy: InputPolicy | None = None) -> None:
+    """Refuse a place to list (a folder, a glob, a list file's location) that the policy does
+    not allow, before the listing's first request: the same rule as for one input, except
+    that a local folder is what is expected there."""
+    p = policy or InputPolicy.current()
+    scheme = urlsplit(uri).scheme.lower() if "://" in uri else "file"
+    if scheme not in ("file", "local"):
+        check_uri(uri, p)
+
+
 def _check_local(uri: str) -> None:
     path = uri.split("://", 1)[1] if "://" in uri else uri
     try:

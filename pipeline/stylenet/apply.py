@@ -13,6 +13,7 @@ import functools
 import logging
 import random
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +22,7 @@ import pyarrow.compute as pc
 
 from pipeline.errors import NstError
 from pipeline.jobs.manifest import IMAGE_SUFFIXES
-from pipeline.store import storage
+from pipeline.store import input_policy, storage
 from pipeline.stylenet import apply_record, layout
 from pipeline.stylenet.apply_worker import ApplyOptions, Stylizer
 
@@ -36,23 +37,30 @@ class ApplySummary:
     interrupted: bool = False
 
 
-def list_collection(uri: str, so: dict | None) -> pa.Table:
+def list_collection(uri: str, so: dict | None, exclude: str | None = None) -> pa.Table:
     """input (path under the root), input_uri, input_fingerprint of every image below a
-    folder (recursively) or matching a glob, sorted by path."""
+    folder (recursively) or matching a glob, sorted by path; nothing under ``exclude`` (the
+    apply's own output root, when it lies inside the collection). The input policy is checked
+    before the first request; an empty collection is refused (NstError)."""
+    input_policy.check_source(uri)
     fs, path = storage.filesystem(uri, so)
-    is_glob = any(ch in path for ch in "*?[")
-    if is_glob:
+    if storage.with_retries(lambda: fs.isdir(path), f"listing {uri}"):  # `[` in a folder name
+        found, root = fs.find(path, detail=True), path.rstrip("/")
+    elif any(ch in path for ch in "*?["):
         found = fs.glob(path, detail=True)
         root = path.split("*")[0].split("?")[0].split("[")[0].rsplit("/", 1)[0]
-    elif fs.isdir(path):
-        found, root = fs.find(path, detail=True), path.rstrip("/")
     else:
         raise NstError(f"--input {uri}: no such folder (give a folder or a glob of images)")
+    skip = exclude.rstrip("/") + "/" if exclude else None
     names = sorted(
         p
         for p, info in found.items()
-        if p.lower().endswith(IMAGE_SUFFIXES) and info.get("type") != "directory"
+        if p.lower().endswith(IMAGE_SUFFIXES)
+        and info.get("type") != "directory"
+        and not (skip and fs.unstrip_protocol(p).startswith(skip))
     )
+    if not names:
+        raise NstError(f"--input {uri}: no images there ({', '.join(IMAGE_SUFFIXES)})")
     return pa.table(
         {
             "input": [p[len(root) :].lstrip("/") for p in names],
@@ -60,6 +68,24 @@ def list_collection(uri: str, so: dict | None) -> pa.Table:
             "input_fingerprint": [storage.fingerprint(found[p]) for p in names],
         }
     )
+
+
+def check_clashes(listing: pa.Table, ext: str) -> None:
+    """Refuse a collection where two inputs would write one output (a.jpg and a.png, b.JPG and
+    b.jpg): decided before any work, since one of them would be lost. Output names compare
+    case-blind, as they would on a case-insensitive disk."""
+    by_output: dict[str, list[str]] = {}
+    for rel in listing.column("input").to_pylist():
+        by_output.setdefault(layout.output_image(rel, ext).casefold(), []).append(rel)
+    clashes = [v for v in by_output.values() if len(v) > 1]
+    if clashes:
+        first = " and ".join(clashes[0])
+        more = f" (and {len(clashes) - 1} more such group(s))" if len(clashes) > 1 else ""
+        raise NstError(
+            f"--input: {first} would both be written as "
+            f"{layout.output_image(clashes[0][0], ext)}{more}; outputs keep the input's path "
+            "and stem, so rename or move one of each (nothing was written)"
+        )
 
 
 REASONS = ("new", "input changed", "other model", "output missing", "retry failed")
@@ -101,24 +127,29 @@ def existing_outputs(store: storage.Store) -> pa.Array:
     return pa.array([f"{layout.IMAGES}/{p[len(base) :].lstrip('/')}" for p in found], pa.string())
 
 
+def check_score(score: str) -> None:
+    if score not in ("all", "none") and not score.isdigit():
+        raise NstError(f"--score {score!r}: give all, none or a number of images")
+
+
 def score_flags(n: int, score: str, seed: int = 0) -> list[bool]:
     """Which of n images to score: all, none, or a seeded random sample of N."""
+    check_score(score)
     if score == "all":
         return [True] * n
     if score == "none":
         return [False] * n
-    if not score.isdigit():
-        raise NstError(f"--score {score!r}: give all, none or a number of images")
     chosen = set(random.Random(seed).sample(range(n), min(n, int(score))))
     return [i in chosen for i in range(n)]
 
 
 def run_apply(
-    opts: ApplyOptions, input_uri: str, model_fp: str, batch_size: int, workers: int | None,
-    gpus: float, retry_failed: bool, score: str, progress: Any,
+    opts: ApplyOptions, listing: pa.Table, model_fp: str, batch_size: int, workers: int | None,
+    retry_failed: bool, score: str, progress: Any, start: Callable[[], float],
 ) -> ApplySummary:  # fmt: skip
+    """Plan, then stream what is to do: ``start`` (recording the run and starting Ray, which
+    returns the GPUs per actor) is called only when there is something to do."""
     store = storage.Store(opts.out, opts.storage_options)
-    listing = list_collection(input_uri, opts.storage_options)
     done, _ = apply_record.read_all(store)
     todo, reasons = plan(listing, done, existing_outputs(store), model_fp, retry_failed)
     summary = ApplySummary(listing.num_rows, todo.num_rows, reasons=reasons)
@@ -127,10 +158,11 @@ def run_apply(
     if todo.num_rows:
         todo = todo.append_column("score", pa.array(score_flags(todo.num_rows, score)))
         try:
+            gpus = start()
             _stream(todo, opts, batch_size, workers, gpus, summary, progress)
         except KeyboardInterrupt:
             summary.interrupted = True
-    final = apply_record.compact(store)
+    final = apply_record.compact(store, listing.column("input"))
     summary.counts = Counter(final.column("status").to_pylist())
     bad = final.filter(pc.equal(final.column("status"), "failed"))
     summary.failed = bad.column("input").to_pylist()

@@ -94,10 +94,14 @@ def latest(t: pa.Table) -> pa.Table:
     return order.filter(keep)
 
 
-def compact(store: storage.Store) -> pa.Table:
+def compact(store: storage.Store, listed: pa.Array | None = None) -> pa.Table:
     """Rebuild results.parquet from itself and the parts, then delete the parts it now holds
-    (if that delete is lost, the same rows are read twice and the latest still wins)."""
+    (if that delete is lost, the same rows are read twice and the latest still wins). With
+    ``listed`` (the collection as listed now) rows of inputs no longer there are dropped, so
+    the summary and `nst status` count the same images; their outputs stay where they are."""
     t, parts = read_all(store)
+    if listed is not None:
+        t = t.filter(pc.is_in(t.column("input"), value_set=listed))
     store.put(run_layout.RESULTS_TABLE, to_bytes(t))
     if parts:
         try:

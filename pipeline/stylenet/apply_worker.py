@@ -15,7 +15,8 @@ import torch
 
 from nst_ops.evaluator import Evaluator
 from nst_ops.image_ops import fit_longer_side
-from pipeline.errors import NstError
+from nst_ops.stylenet.network import MIN_SIDE
+from pipeline.errors import InputError, NstError
 from pipeline.run import images, scoring
 from pipeline.run.model_file import read_model
 from pipeline.run.task import amp_enabled
@@ -34,6 +35,14 @@ class ApplyOptions:
     max_pixels: int = images.DEFAULT_MAX_PIXELS
     evaluator: dict[str, Any] | None = None
     storage_options: dict | None = None  # credentials: never written anywhere
+
+
+MIN_SIZE = 16  # --size: smaller outputs are not photos (and the network's padding needs >= 5 px)
+
+
+def check_size(size: int) -> None:
+    if size and size < MIN_SIZE:
+        raise NstError(f"--size {size}: give 0 (each input's own size) or at least {MIN_SIZE}")
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -74,13 +83,28 @@ class Stylizer:
             row |= self._stylise(item)
         except Exception as e:  # noqa: BLE001  (one photo's problem is its row, not the run's)
             row["error"] = str(e) if isinstance(e, NstError) else f"{type(e).__name__}: {e}"
+            self._drop_old_output(item["input"])
         return row | {"seconds": round(time.time() - t0, 4), "finished_at": time.time()}
+
+    def _drop_old_output(self, rel: str) -> None:
+        """A failed redo must not leave an earlier run's output beside its failed row."""
+        path = storage.join(self.store.root, layout.output_image(rel, self.ext))
+        try:
+            self.store.fs.rm(path)
+        except OSError:
+            pass
 
     def _stylise(self, item: dict[str, Any]) -> dict[str, Any]:
         o = self.opts
         data = storage.read_input(item["input_uri"], o.storage_options)
         photo = images.decode(data, item["input_uri"], o.max_pixels)
         x = fit_longer_side(photo, o.size) if o.size else photo[None]
+        if min(x.shape[-2:]) < MIN_SIDE:
+            h, w = x.shape[-2:]
+            raise InputError(
+                f"{item['input_uri']}: {w}x{h} px as the network would see it; its shorter side "
+                f"must be at least {MIN_SIDE} px (a larger --size, or a less narrow image)"
+            )
         with torch.no_grad(), self._autocast():
             y = self.net(x.to(self.device)).float()[0].cpu()
         encoded = images.encode(y, o.image_format, o.image_quality)

@@ -6,7 +6,9 @@ have drawn."""
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyarrow.csv as pacsv
@@ -19,7 +21,8 @@ from pipeline.errors import NstError
 from pipeline.jobs.manifest import list_images
 from pipeline.run import images
 from pipeline.run.tensor_lru import TensorLRU
-from pipeline.store import storage
+from pipeline.store import input_policy, storage
+from pipeline.store.input_policy import WEIGHTS_MAX_BYTES
 
 URI_COLUMNS = ("uri", "content_uri")
 
@@ -29,6 +32,7 @@ def list_photos(sources: Sequence[str], storage_options: dict | None = None) -> 
     gives its `uri` (or `content_uri`) column, a .txt one URI per line. Sorted, no repeats."""
     found: list[str] = []
     for src in sources:
+        input_policy.check_source(src)  # before the listing's (or the list file's) first request
         low = src.lower()
         if low.endswith((".parquet", ".csv", ".txt")):
             found += _from_manifest(src, storage_options)
@@ -40,15 +44,45 @@ def list_photos(sources: Sequence[str], storage_options: dict | None = None) -> 
 
 
 def _from_manifest(uri: str, storage_options: dict | None) -> list[str]:
-    data = storage.read_bytes(uri, storage_options)
+    data = storage.read_input(uri, storage_options, limit=WEIGHTS_MAX_BYTES)
     if uri.lower().endswith(".txt"):
-        return [line.strip() for line in data.decode().splitlines() if line.strip()]
+        lines = [line.strip() for line in data.decode().splitlines() if line.strip()]
+        return [_beside(uri, line) for line in lines]
     reader = pq.read_table if uri.lower().endswith(".parquet") else pacsv.read_csv
     table = reader(io.BytesIO(data))
     column = next((c for c in URI_COLUMNS if c in table.column_names), None)
     if column is None:
         raise NstError(f"{uri}: a photo manifest needs a column named {' or '.join(URI_COLUMNS)}")
     return [u for u in table.column(column).to_pylist() if u]
+
+
+def _beside(list_uri: str, entry: str) -> str:
+    """A relative local path in a local list file is relative to the list's folder (as in a
+    manifest), never to wherever a worker runs."""
+    if "://" in entry or os.path.isabs(entry) or storage.protocol_of(list_uri) != "file":
+        return entry
+    return os.path.normpath(os.path.join(os.path.dirname(storage.absolute(list_uri)), entry))
+
+
+def probe_photos(
+    uris: Sequence[str], storage_options: dict | None, max_pixels: int
+) -> tuple[list[str], list[str]]:
+    """(readable photos, "uri: why" for each one that is not), every photo checked before step
+    1: a bad file found at step 91 of 100 would fail the run, and every rerun after it."""
+
+    def problem(uri: str) -> str | None:
+        try:
+            images.probe(storage.read_input(uri, storage_options), uri, max_pixels)
+        except FileNotFoundError:
+            return f"{uri}: not found"
+        except (NstError, OSError) as e:
+            return str(e)
+        return None
+
+    with ThreadPoolExecutor(16) as pool:
+        problems = list(pool.map(problem, uris))
+    good = [u for u, p in zip(uris, problems, strict=True) if p is None]
+    return good, [p for p in problems if p is not None]
 
 
 def shorter_side_to(img: Tensor, side: int) -> Tensor:

@@ -24,7 +24,7 @@ def find_models(root: str, so: dict | None = None) -> list[dict[str, Any]]:
 def _row(uri: str, so: dict | None) -> dict[str, Any]:
     try:
         model = from_bytes(storage.read_bytes(uri, so), uri)
-    except ModelError as e:
+    except (ModelError, OSError) as e:  # listed as bad; the listing goes on
         return {"model": uri, "error": str(e)}
     m, spec = model.meta, model.meta["spec"]
     scores = m.get("holdout_scores") or {}

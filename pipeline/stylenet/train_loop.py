@@ -29,6 +29,7 @@ def train_loop(config: dict[str, Any]) -> None:
     import ray.train.torch
 
     s: TrainSettings = config["settings"]
+    progress = config.get("progress")  # a Ray queue the driver's live line reads
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
@@ -55,12 +56,23 @@ def train_loop(config: dict[str, Any]) -> None:
         opt.step()
         seen += x.shape[0]
         trace.append(_row(step, terms, world, seen * world / (time.time() - t0)))
+        if rank == 0 and progress is not None:
+            _report(progress, trace[-1])
         if rank == 0 and (step % s.checkpoint_every == 0 or step == s.steps):
             _checkpoint(store, net, opt, step, trace)  # (no ray.train.report: ~1 s a call)
         if rank == 0 and (step % s.sample_every == 0 or step == s.steps):
             _samples(store, net, s, step, device)
     if rank == 0:
         _write_model(store, net, s, spec, styles, trace, time.time() - t0)
+
+
+def _report(queue: Any, row: dict[str, float]) -> None:
+    from ray.util.queue import Full
+
+    try:
+        queue.put_nowait(row)
+    except Full:  # the driver is not reading (--no-progress): drop, never wait
+        pass
 
 
 def _read(uri: str, s: TrainSettings) -> torch.Tensor:
@@ -163,6 +175,7 @@ def _write_model(
         "style_uris": s.style_uris,
         "style_fingerprints": [storage.fingerprint_of(u, s.storage_options) for u in s.style_uris],
         "photos": len(s.photos),
+        "skipped_photos": s.skipped_photos,
         "holdout": s.holdout,
         "steps": s.steps,
         "batch_size": s.batch_size,

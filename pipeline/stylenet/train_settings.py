@@ -33,12 +33,13 @@ class TrainSettings:
     cpus_per_worker: float = 1.0
     max_pixels: int = images.DEFAULT_MAX_PIXELS
     from_job: dict[str, str] | None = None
+    skipped_photos: list[str] = field(default_factory=list)  # refused by the probe, with why
     storage_options: dict | None = field(default=None, compare=False)
 
     def identity(self) -> dict[str, Any]:
         """What must match for a rerun to continue this training (steps may grow)."""
         d = asdict(self)
         for k in ("storage_options", "steps", "checkpoint_every", "sample_every", "out", "workers",
-                  "use_gpu", "cpus_per_worker"):  # fmt: skip
+                  "use_gpu", "cpus_per_worker", "skipped_photos"):  # fmt: skip
             d.pop(k)
         return d

@@ -178,23 +178,37 @@ def test_corrupt_and_stale_run_files_are_named_or_rebuilt_and_status_agrees_with
 
 def test_an_embedded_run_removes_its_ray_session_folder(tmp_path):
     import glob
+    import tempfile
 
     from helpers import nst_cmd
 
     c, s = write_images(tmp_path, 2, "i")
     pq.write_table(table([{"content_uri": c, "style_uri": s}]), tmp_path / "m.parquet")
-    before = set(glob.glob("/tmp/ray/session_2*"))
-    env = {**os.environ, "RAY_worker_niceness": "0"}
+    own = tempfile.mkdtemp(prefix="nst-ray-")  # its own Ray temp folder: other Rays stay out
+    env = {**os.environ, "RAY_worker_niceness": "0", "RAY_TMPDIR": own}
     cmd = nst_cmd("run", tmp_path / "m.parquet", "--out", tmp_path / "o", "--no-progress")
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "o" / "results.parquet").exists()
-    assert set(glob.glob("/tmp/ray/session_2*")) <= before  # its own session is gone
+    assert glob.glob(f"{own}/ray/session_2*") == []  # its own session is gone
+
+
+def _watched_session(driver_pid: int) -> str:
+    """The session folder of the embedded Ray that ``driver_pid`` started, from its watchdog's
+    command line (`ray_watchdog DRIVER_PID SESSION_DIR`): found by PID, never as "the one new
+    folder" (another Ray on the machine may start a session meanwhile)."""
+    import psutil
+
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = p.info["cmdline"] or []
+        if "pipeline.run.ray_watchdog" in cmd and cmd[-2:-1] == [str(driver_pid)]:
+            return cmd[-1]
+    raise AssertionError(f"no watchdog for driver {driver_pid}")
 
 
 def test_a_sigkilled_drivers_embedded_ray_and_session_folder_go_with_it(tmp_path):
-    import glob
     import signal
+    import tempfile
 
     from helpers import nst_cmd
 
@@ -204,7 +218,6 @@ def test_a_sigkilled_drivers_embedded_ray_and_session_folder_go_with_it(tmp_path
     s = write_images(tmp_path / "s", 1, "s")[0]
     rows = [{"content_uri": c, "style_uri": s} for c in cs]
     pq.write_table(table(rows, iterations=300, size=32), tmp_path / "m.parquet")
-    before = set(glob.glob("/tmp/ray/session_2*"))
     env = {**os.environ, "RAY_worker_niceness": "0"}
     cmd = nst_cmd("run", tmp_path / "m.parquet", "--out", tmp_path / "o", "--no-progress")
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -212,8 +225,8 @@ def test_a_sigkilled_drivers_embedded_ray_and_session_folder_go_with_it(tmp_path
     while not (tmp_path / "o" / "jobs.parquet").exists():  # Ray is up, jobs are submitted
         assert proc.poll() is None and time.time() < deadline
         time.sleep(0.05)
-    (session,) = set(glob.glob("/tmp/ray/session_2*")) - before
-    assert session_processes(session)
+    session = _watched_session(proc.pid)  # this driver's own, whatever else runs Ray here
+    assert session.startswith(tempfile.gettempdir()) and session_processes(session)
     proc.send_signal(signal.SIGKILL)  # the driver alone
     proc.wait()
     deadline = time.time() + 45  # Ray's own agents lingered ~90 s
