@@ -73,3 +73,40 @@ def one_job(tmp_path, **common):
     c, s = write_images(tmp_path, 2, "t")
     rows = [{"content_uri": c, "style_uri": s}]
     return (*run_manifest(tmp_path, rows, **common), rows)
+
+
+def phone_jpeg(path: Path, w: int = 40, h: int = 20, orientation: int = 6) -> Path:
+    """A JPEG stored ``w`` x ``h`` with an EXIF orientation tag, as phones write them (6: the
+    camera was turned a quarter, so the photo is seen ``h`` x ``w``). Its left half is dark."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    a = np.full((h, w, 3), 220, np.uint8)
+    a[:, : w // 2] = 30
+    img = Image.fromarray(a, "RGB")
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", exif=exif.tobytes(), quality=95)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buf.getvalue())
+    return path
+
+
+def tiny_model(path: Path, meta: dict | None = None, seed: int = 0) -> Path:
+    """A style network file as `nst train` writes it (a tiny untrained network), in no time."""
+    import torch
+
+    from nst_ops.stylenet import NetConfig, TransformerNet
+    from pipeline.run import model_file
+
+    torch.manual_seed(seed)
+    net = TransformerNet(NetConfig(width=4, residual_blocks=1))
+    spec = job_spec(mode="transfer").to_dict()
+    meta = {"spec": spec, "net": net.config.to_dict(), "style_uris": [], "steps": 1} | (meta or {})
+    style = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(seed))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(model_file.to_bytes(net, net.config, meta, [style]))
+    return path

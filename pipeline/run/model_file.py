@@ -110,9 +110,10 @@ def check_meta(meta: Any) -> dict[str, Any]:
     file with the right marker but wrong contents is refused on load, not midway."""
     if not isinstance(meta, dict):
         raise TypeError(f"metadata is a {type(meta).__name__}, not a record")
-    for key, kind in (("spec", dict), ("net", dict), ("style_uris", list)):
-        if not isinstance(meta.get(key), kind):
-            raise KeyError(f"metadata has no {key!r} {kind.__name__}")
+    if not isinstance(meta.get("spec"), dict):
+        raise KeyError("metadata has no 'spec' record (the job the network was trained for)")
+    if not isinstance(meta.get("style_uris", []), list):
+        raise TypeError("metadata's 'style_uris' is not a list")
     if JobSpec.from_dict(meta["spec"]).mode != "transfer":
         raise ValueError("its job is not a style transfer")
     return meta

@@ -73,8 +73,8 @@ def check(store: storage.Store, kind: RootKind) -> bool:
     found, recorded = _scan(store)
     if found is not None and found != kind:
         raise NstError(
-            f"--out {store.url('')} holds a {found.value} (made by `{found.command}`), not a "
-            f"{kind.value}; give `{kind.command}` a folder of its own (nothing was written)"
+            f"--out {store.url('')} is the root of an `{found.command}`; `{kind.command}` needs "
+            "a folder of its own (nothing was written)"
         )
     return recorded
 
@@ -89,7 +89,7 @@ def require(store: storage.Store, kinds: tuple[RootKind, ...], what: str) -> Roo
     """The kind of an existing root that a reading command (status, report...) accepts."""
     found = detect(store)
     if found is None or found not in kinds:
-        wanted = " or ".join(k.value for k in kinds)
-        held = f"it holds a {found.value}" if found else "nothing of ours is there"
-        raise NstError(f"{what}: not a {wanted} root ({held})")
+        wanted = " or ".join(f"`{k.command}`" for k in kinds)
+        held = f"it is an `{found.command}` root" if found else "nothing of ours is there"
+        raise NstError(f"{what}: not the root of an {wanted} ({held})")
     return found

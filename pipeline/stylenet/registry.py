@@ -41,7 +41,7 @@ def _row(uri: str, so: dict | None) -> dict[str, Any]:
         "content_layers": ",".join(spec["content_layers"]),
         "style_layers": ",".join(spec["style_layers"]),
         "weights": spec["weights"],
-        "width": m["net"]["width"],
+        "width": model.net.config.width,
         "steps": m.get("steps"),
         "crop": m.get("crop"),
         "final_loss": m.get("final_loss"),

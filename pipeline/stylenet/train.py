@@ -9,6 +9,7 @@ run started again with the same command continues where its last checkpoint left
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from dataclasses import replace
 from typing import Any
@@ -169,13 +170,24 @@ def _fit(settings: TrainSettings, resume: int, progress: bool) -> None:
             failure_config=ray.train.FailureConfig(max_failures=3),
         ),
     )
-    with TrainProgress(settings.steps, resume, progress, steps):
+    failed: list[BaseException] = []
+
+    def fit() -> None:  # off the main thread: Ray Train then leaves SIGINT to us
         try:
             trainer.fit()
+        except BaseException as e:  # noqa: BLE001  handed to the main thread
+            failed.append(e)
+
+    worker = threading.Thread(target=fit, name="nst-train-fit", daemon=True)
+    worker.start()
+    with TrainProgress(settings.steps, resume, progress, steps) as bar:
+        try:
+            while worker.is_alive():
+                bar.follow(1.0)
         except KeyboardInterrupt:
             raise Interrupted() from None
-        except Exception as e:  # Ray wraps the worker's error; its first line is the story
-            raise NstError(f"training failed: {_first_cause(e)}") from None
+    if failed:  # Ray wraps the worker's error; its first line is the story
+        raise NstError(f"training failed: {_first_cause(failed[0])}") from None
 
 
 class Interrupted(NstError):

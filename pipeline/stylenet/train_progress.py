@@ -1,12 +1,12 @@
 """`nst train`'s live line: step, loss, images/s and time left, as rank 0 reports them through
-a Ray queue (a put per step: microseconds beside a training step; ray.train.report costs ~1 s).
+a Ray queue (a put per step: about a millisecond beside a training step; ray.train.report
+costs ~1 s).
 A bar on a terminal; elsewhere (cron, CI, `| tee`) a plain line every ``every`` seconds, and
 nothing at all with --no-progress."""
 
 from __future__ import annotations
 
 import sys
-import threading
 import time
 from types import TracebackType
 from typing import Any
@@ -27,27 +27,22 @@ class TrainProgress:
         self.tty = enabled and sys.stderr.isatty()
         self.last: dict[str, float] = {}
         self.began = self.printed = time.time()
-        self.stop = threading.Event()
         self.bar = Progress(
             TextColumn("[bold]nst train"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[line]}"), TimeRemainingColumn(),
             disable=not self.tty, console=Console(stderr=True),
         )  # fmt: skip
         self.task = self.bar.add_task("train", total=steps, completed=start, line="")
-        self.thread = threading.Thread(target=self._follow, daemon=True)
 
     def __enter__(self) -> TrainProgress:
         if self.enabled:
             self.bar.start()
-            self.thread.start()
         return self
 
     def __exit__(
         self, kind: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.stop.set()
         if self.enabled:
-            self.thread.join(timeout=5)
             self.bar.stop()
 
     def line(self) -> str:
@@ -63,17 +58,19 @@ class TrainProgress:
             f"{row.get('images_per_s', 0):.2f} images/s · {eta}"
         )
 
-    def _follow(self) -> None:
+    def follow(self, timeout: float) -> None:
+        """Wait up to ``timeout`` s for rank 0's next step and show it (the driver's main
+        thread runs this while the training runs, so Ctrl-C reaches it)."""
+        if self.queue is None or not self.enabled:
+            time.sleep(timeout)
+            return
         from ray.util.queue import Empty
 
-        while not self.stop.is_set():
-            try:
-                self.last = self.queue.get(timeout=1.0)
-            except Empty:
-                continue
-            except Exception:  # noqa: BLE001  the queue's actor is gone: the run is ending
-                return
-            self.bar.update(self.task, completed=int(self.last["step"]), line=self.line())
-            if not self.tty and time.time() - self.printed >= self.every:
-                self.printed = time.time()
-                print(f"nst train: {self.line()}", file=sys.stderr, flush=True)
+        try:
+            self.last = self.queue.get(timeout=timeout)
+        except Empty:
+            return
+        self.bar.update(self.task, completed=int(self.last["step"]), line=self.line())
+        if not self.tty and time.time() - self.printed >= self.every:
+            self.printed = time.time()
+            print(f"nst train: {self.line()}", file=sys.stderr, flush=True)
