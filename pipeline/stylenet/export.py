@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from nst_ops.stylenet.network import MIN_SIDE
+from pipeline.errors import NstError
 from pipeline.run.model_file import StyleModel
 
 META_KEY = "nst_model"
@@ -74,7 +75,12 @@ def _torchscript(net: torch.nn.Module, meta: dict[str, Any]) -> bytes:
 
 
 def _onnx(net: torch.nn.Module, meta: dict[str, Any]) -> bytes:
-    import onnx
+    try:
+        import onnx
+    except ImportError:
+        raise NstError(
+            "ONNX export needs the onnx package: pip install 'nst-pipeline[export]'"
+        ) from None
 
     axes = {0: "batch", 2: "height", 3: "width"}
     with tempfile.TemporaryDirectory() as tmp:
