@@ -56,6 +56,19 @@ class Evaluator:
         return tuple(dict.fromkeys((self.content_layer, *self.style_layers)))
 
 
+def score_key(ev: Evaluator, spec: JobSpec) -> str:
+    """What a score was measured by: the evaluator, and how the style was prepared. The
+    evaluator prepares each style as the job did (``style_scale=content``: squashed into the
+    result's box; ``own``: its aspect kept, longer side at the result's), so a job is scored
+    against the target it optimised; scores under different preparations never compare (the
+    report ranks one key). ``own`` keeps the evaluator's bare key, the preparation every score
+    had before the choice was the job's (as has every job without a content image: its output
+    takes the style's own aspect)."""
+    if spec.style_scale == "own" or not spec.uses_content:
+        return ev.key
+    return f"{ev.key}-{spec.style_scale}"
+
+
 def default_evaluator(specs: Sequence[JobSpec]) -> Evaluator:
     """The backbone and weights most of the run's jobs use (so it works with what the run has,
     e.g. seeded random weights in tests or the shipped partial file), layers up to relu3_1."""

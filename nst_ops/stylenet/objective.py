@@ -19,24 +19,29 @@ from ..vocab import Mode
 
 class StyleObjective:
     """``objective(output, photos)`` -> per-image Terms, exactly the loss an optimisation job
-    with ``spec`` would minimise for that photo. ``crop`` is the training size: the style is
-    prepared as the job would prepare it for a ``crop`` x ``crop`` output (resized to it with
-    ``style_scale=content``; longer side ``crop`` with ``own``, Grams rescaled per layer)."""
+    with ``spec`` would minimise for that photo at the output's size. The style is prepared as
+    the job would prepare it for an output of that shape (``style_scale=content``: resized to
+    it; ``own``: longer side at the output's, Grams rescaled per layer), once per shape: a
+    network trained on crops of several aspects learns the target it is judged by for photos
+    of any aspect, not only the square crop's."""
 
     def __init__(self, extractor: VGGFeatures, spec: JobSpec, styles: list[Tensor], crop: int):
         if spec.mode != Mode.TRANSFER:
             raise ValueError(f"a style network learns style transfer, not mode {spec.mode!r}")
-        self.extractor, self.spec = extractor, spec
-        device = extractor.mean.device
-        hw = (crop, crop)
-        prepared = [
-            (resize(s, hw) if spec.style_scale == "content" else fit_longer_side(s, crop)).to(
-                device
-            )
-            for s in styles
-        ]
-        style_only = dataclasses.replace(spec, mode=Mode.STYLE.value, init="noise")
-        self.style_targets = compute_targets(extractor, style_only, None, prepared, hw).style
+        self.extractor, self.spec, self.styles = extractor, spec, styles
+        self._style: dict[tuple[int, int], dict[str, Tensor]] = {}
+        self.style_targets = self.style_for((crop, crop))
+
+    def style_for(self, hw: tuple[int, int]) -> dict[str, Tensor]:
+        """The style Grams for outputs of ``hw`` (computed once per shape)."""
+        if hw not in self._style:
+            device = self.extractor.mean.device
+            own = self.spec.style_scale == "own"
+            prepared = [(fit_longer_side(s, max(hw)) if own else resize(s, hw)).to(device)
+                        for s in self.styles]  # fmt: skip
+            style_only = dataclasses.replace(self.spec, mode=Mode.STYLE.value, init="noise")
+            self._style[hw] = compute_targets(self.extractor, style_only, None, prepared, hw).style
+        return self._style[hw]
 
     def __call__(self, output: Tensor, photos: Tensor) -> Terms:
         from ..transfer import make_objective
@@ -44,6 +49,7 @@ class StyleObjective:
         with torch.no_grad():
             content = self.extractor.features_at(photos, self.spec.content_layers)
         n = output.shape[0]
-        style = {k: v.expand(n, *v.shape[1:]) for k, v in self.style_targets.items()}
+        targets = self.style_for((int(output.shape[-2]), int(output.shape[-1])))
+        style = {k: v.expand(n, *v.shape[1:]) for k, v in targets.items()}
         objective = make_objective(self.extractor, [self.spec] * n, Targets(content, style))
         return objective(output)

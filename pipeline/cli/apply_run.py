@@ -3,6 +3,7 @@ started, the collection streamed, the outcome printed and summarised for schedul
 
 from __future__ import annotations
 
+import statistics
 import time
 from typing import Any
 
@@ -75,10 +76,12 @@ def _apply(
         root_kind.claim(store, RootKind.APPLY)
         bar = RunProgress(0, progress, label="nst apply")
         try:
-            return run_apply(opts, listing, model.fingerprint, batch_size, workers,
-                             retry_failed, score, bar, start)  # fmt: skip
+            summary = run_apply(opts, listing, model.fingerprint, batch_size, workers,
+                                retry_failed, score, bar, start)  # fmt: skip
         finally:
             bar.close()
+    summary.model_gap = model.meta.get("holdout_gap")
+    return summary
 
 
 def _cluster_gpus() -> float:
@@ -101,6 +104,21 @@ def _apply_record(model: Any, opts: ApplyOptions, input_uri: str, started: float
     }
 
 
+def quality_line(kept: dict[str, float], gap: dict[str, Any] | None) -> str:
+    """How far the scored outputs are from the optimiser's, in the job's own objective."""
+    worst = sorted(kept, key=kept.__getitem__, reverse=True)[:3]
+    text = (
+        f"scored {len(kept)}: the network's loss is {statistics.median(kept.values()):.0%} of "
+        f"the unstyled photo's (median, the job's own objective)"
+    )
+    if gap and gap.get("median_gap_closure") is not None:
+        text += (
+            f"; on its held-aside photos it closed {gap['median_gap_closure']:.0%} of the gap "
+            f"to the optimiser ({gap['median_ratio_to_optimised']:.2f}x its loss)"
+        )
+    return f"{text}; refine first (least changed): {', '.join(worst)}"
+
+
 def _report(summary: ApplySummary, out: str, strict: bool) -> int:
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary.reasons.items()))
     counts = ", ".join(f"{k} {v}" for k, v in sorted(summary.counts.items()))
@@ -109,6 +127,8 @@ def _report(summary: ApplySummary, out: str, strict: bool) -> int:
         f"{counts or 'none'} · results: {storage.join(out, 'results.parquet')}",
         highlight=False,
     )
+    if summary.kept_of_photo:
+        out_console.print(quality_line(summary.kept_of_photo, summary.model_gap), highlight=False)
     if summary.interrupted:
         console.print("[yellow]interrupted:[/] written images are kept; run again to resume")
         return 130

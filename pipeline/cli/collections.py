@@ -104,7 +104,21 @@ def train(
             "shared among the workers; on a cluster, 1.",
         ),
     ] = None,
+    aspects: Annotated[
+        str,
+        typer.Option(
+            help="Crop shapes (w:h), one drawn per step: the network learns the "
+            "style target of photos of these aspects; 1 for square crops only."
+        ),
+    ] = "1,4:3,3:4,3:2,2:3",
     progress: Annotated[bool, typer.Option(help="Live progress line.")] = True,
+    reference: Annotated[
+        bool,
+        typer.Option(
+            help="At the end, optimise each held-aside photo with the job (its "
+            "iterations, at its size) to state the network's gap closure."
+        ),
+    ] = True,
     address: AddressOpt = None,
     storage_options: StorageOpt = None,
     max_pixels: Annotated[int, typer.Option(help="Refuse larger photos.")] = (
@@ -124,6 +138,7 @@ def train(
     set_input_policy(allow_http, allow_private_hosts, max_input_bytes)
     from pipeline.stylenet.train import make_settings
     from pipeline.stylenet.train import train as run_training
+    from pipeline.stylenet.train_settings import parse_aspects
 
     if not out or not content:
         raise NstError("nst train needs --out and --content")
@@ -146,7 +161,7 @@ def train(
         residual_blocks=residual_blocks, checkpoint_every=checkpoint_every,
         sample_every=sample_every, seed=seed, workers=workers, use_gpu=use_gpu,
         cpus_per_worker=_worker_cpus(cpus_per_worker, workers, address), max_pixels=max_pixels,
-        from_job=origin,
+        from_job=origin, reference=reference, aspects=parse_aspects(aspects),
     )  # fmt: skip
     console.print(
         f"training on {len(settings.photos)} photos ({len(settings.holdout)} held aside), "
@@ -159,6 +174,10 @@ def train(
         f"model: {model} · {meta['steps']} steps · final loss {meta['final_loss']:.4g}",
         highlight=False,
     )
+    if meta.get("holdout_gap"):
+        from pipeline.stylenet.holdout import line
+
+        out_console.print(line(meta["holdout_gap"], spec), highlight=False)
 
 
 def _worker_cpus(given: float | None, workers: int, address: str | None) -> float:
@@ -244,8 +263,10 @@ def models(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
     storage_options: StorageOpt = None,
 ) -> None:
-    """List trained style networks: parameters, fingerprint, steps, loss and held-aside score
-    (alpha * content + beta * style under the default evaluator; lower is better).
+    """List trained style networks: parameters, fingerprint, steps, training loss, and on the
+    held-aside photos the gap the network closes from the unstyled photo to the optimiser
+    (the job's own objective; 100% is the optimiser's quality) and its loss over the
+    optimiser's.
 
     Example: nst models s3://bucket/models
     """
@@ -264,7 +285,7 @@ def models(
             print(json.dumps(r, default=str))
         return
     shown = ("model", "style", "content_weight", "style_weight", "width", "steps", "final_loss",
-             "holdout_score", "fingerprint")  # fmt: skip
+             "gap_closure", "ratio_to_optimised", "fingerprint")  # fmt: skip
     t = Table()
     for c in shown:
         t.add_column(c, overflow="fold")

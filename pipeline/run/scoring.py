@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from nst_ops.evaluator import SCORE_FIELDS, SCORES, Evaluator
+from nst_ops.evaluator import SCORE_FIELDS, SCORES, Evaluator, score_key
 from nst_ops.image_ops import fit_longer_side, hw_of, resize
 from nst_ops.scores import scores
 from nst_ops.spec import JobSpec
@@ -45,20 +45,22 @@ def score_image(
     storage_options: dict | None = None,
 ) -> dict[str, Any]:
     """Scores of a saved result (as stored: 8-bit, in its file format) against its decoded
-    inputs (3,H,W): content at the result's size, styles with their longer side at the
-    result's longer side."""
+    inputs (3,H,W): content at the result's size, styles prepared as the job prepared them
+    (its ``style_scale``; see nst_ops.evaluator.score_key)."""
+    key = score_key(ev, spec)
     try:
         x = images.decode(data, "result").unsqueeze(0).to(device)
         hw = hw_of(x)
         c = None
         if content is not None and spec.uses_content:
             c = resize(content, hw).to(device)
-        s = [fit_longer_side(t, max(hw)).to(device) for t in styles]
+        own = spec.style_scale == "own" or not spec.uses_content
+        s = [(fit_longer_side(t, max(hw)) if own else resize(t, hw)).to(device) for t in styles]
         net = network(ev, device, storage_options)
         found = scores(net, ev, x, c, s, spec.style_blend)
-        return {**dict.fromkeys(SCORES), **found, "score_by": ev.key, "score_error": None}
+        return {**dict.fromkeys(SCORES), **found, "score_by": key, "score_error": None}
     except Exception as e:  # noqa: BLE001  (a score is extra information, never the job's fate)
-        return {**dict.fromkeys(SCORES), "score_by": ev.key, "score_error": f"{e}"}
+        return {**dict.fromkeys(SCORES), "score_by": key, "score_error": f"{e}"}
 
 
 def rescore(
@@ -86,7 +88,8 @@ def rescore(
             styles = [image(u) for u in row.get("style_uris") or []]
             data = storage.read_bytes(store.resolve(row["image_uri"]), store.options)
         except (OSError, NstError) as e:
-            row.update(dict.fromkeys(SCORES), score_error=f"could not read: {e}", score_by=ev.key)
+            row.update(dict.fromkeys(SCORES), score_error=f"could not read: {e}",
+                       score_by=score_key(ev, spec))  # fmt: skip
             continue
         row.update(score_image(ev, data, spec, content, styles, device, store.options))
         _rewrite(store, row)

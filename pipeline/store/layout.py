@@ -7,6 +7,7 @@ between buckets or downloaded and still read back (readers resolve them against 
     results.parquet              one row per job (parameters, status, losses, relative paths)
     report.html                  `nst report`
     _LEASE                       the live run's lease (owner, host, heartbeat)
+    _KIND                        {"kind": "run"}: what the root holds (pipeline.store.root_kind)
     report_cache/thumbs/         thumbnails `nst report` made (reused while a job is unchanged)
     jobs/<job_id>/image.png      the result (best image; for diverged jobs the best before it);
                                  image.jpg / .webp / .tiff with another --image-format

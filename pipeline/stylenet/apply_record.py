@@ -35,6 +35,8 @@ SCHEMA = pa.schema(
         ("score_style", pa.float64()),
         ("score_by", pa.string()),
         ("score_error", pa.string()),
+        ("objective", pa.float64()),  # the job's own loss of the output (scored rows)
+        ("objective_photo", pa.float64()),  # ... and of the unstyled photo: the zero point
         ("finished_at", pa.float64()),
     ]
 )
@@ -56,7 +58,12 @@ def to_bytes(t: pa.Table) -> bytes:
 
 
 def _read(data: bytes) -> pa.Table:
-    return pq.read_table(io.BytesIO(data)).select(SCHEMA.names).cast(SCHEMA)
+    """A part or results table in SCHEMA; columns added since it was written are null."""
+    t = pq.read_table(io.BytesIO(data))
+    for f in SCHEMA:
+        if f.name not in t.column_names:
+            t = t.append_column(f, pa.nulls(t.num_rows, f.type))
+    return t.select(SCHEMA.names).cast(SCHEMA)
 
 
 def part_paths(store: storage.Store) -> list[str]:

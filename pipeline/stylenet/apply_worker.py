@@ -17,7 +17,7 @@ from nst_ops.evaluator import Evaluator
 from nst_ops.image_ops import fit_longer_side
 from nst_ops.stylenet.network import MIN_SIDE
 from pipeline.errors import InputError, NstError
-from pipeline.run import images, scoring
+from pipeline.run import images, objective, scoring
 from pipeline.run.model_file import read_model
 from pipeline.run.task import amp_enabled
 from pipeline.store import storage
@@ -120,6 +120,8 @@ class Stylizer:
             found |= scoring.score_image(
                 self.evaluator, encoded, spec, photo, styles, self.device, o.storage_options
             )
+            saved = images.decode(encoded, "output")  # measured as stored
+            found |= objective.columns(spec, saved, photo, styles, self.device, o.storage_options)
         return found
 
     def _autocast(self) -> Any:

@@ -8,6 +8,7 @@
     samples/step-NNNNNN/<k>.png  the held-aside photos through the network
     model.pt                     the final network with its metadata; written last
     _LEASE                       the live training's lease (as `nst run`'s)
+    _KIND                        {"kind": "train"} (pipeline.store.root_kind)
 
 `nst apply MODEL --out A`:
 
@@ -18,6 +19,7 @@
     apply.json                   the model's fingerprint and metadata, the run's options
     report.html                  `nst report`
     _LEASE
+    _KIND                        {"kind": "apply"}
 """
 
 from __future__ import annotations

@@ -109,13 +109,14 @@ class CropSampler:
         max_pixels: int = images.DEFAULT_MAX_PIXELS,
         cache_bytes: int = 1 << 30,
         zoom: float = 1.0,
+        aspects: Sequence[float] = (1.0,),
     ):
         if not uris:
             raise NstError("no photos to train on")
         self.uris, self.crop, self.seed, self.rank = list(uris), crop, seed, rank
         self.options, self.max_pixels, self.cache_bytes = storage_options, max_pixels, cache_bytes
         self.cache = TensorLRU(cache_bytes)
-        self.zoom = zoom
+        self.zoom, self.aspects = zoom, list(aspects)
 
     def photo(self, uri: str) -> Tensor:
         if uri in self.cache:
@@ -128,17 +129,31 @@ class CropSampler:
         return img
 
     def batch(self, step: int, size: int) -> Tensor:
+        """``size`` crops of one shape (a step's aspect, drawn from ``aspects``: w/h)."""
         rng = np.random.default_rng([self.seed, self.rank, step])
         picks = rng.integers(0, len(self.uris), size)
-        return torch.stack([self._crop(self.photo(self.uris[i]), rng) for i in picks])
+        hw = self.shape(self.aspects[int(rng.integers(0, len(self.aspects)))])
+        if len(self.aspects) == 1:  # the draws of square-only training stay as they were
+            rng = np.random.default_rng([self.seed, self.rank, step])
+            picks = rng.integers(0, len(self.uris), size)
+        return torch.stack([self._crop(self.photo(self.uris[i]), rng, hw) for i in picks])
 
-    def _crop(self, img: Tensor, rng: np.random.Generator) -> Tensor:
-        side = int(self.crop * rng.uniform(1.0, self.zoom))
+    def shape(self, aspect: float) -> tuple[int, int]:
+        """(h, w) of a crop of ``aspect`` (w/h) whose shorter side is ``crop`` (a multiple of
+        4, as the network's two stride-2 convolutions like)."""
+        long = 4 * round(self.crop * max(aspect, 1 / aspect) / 4)
+        return (self.crop, long) if aspect >= 1 else (long, self.crop)
+
+    def _crop(self, img: Tensor, rng: np.random.Generator, hw: tuple[int, int]) -> Tensor:
+        scale = rng.uniform(1.0, self.zoom)
         h, w = img.shape[-2:]
-        side = min(side, h, w)
-        top, left = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
-        patch = img[:, top : top + side, left : left + side]
-        if side != self.crop:
-            patch = F.interpolate(patch[None], size=(self.crop, self.crop), mode="bilinear",
+        ch, cw = int(hw[0] * scale), int(hw[1] * scale)
+        if ch > h or cw > w:  # the largest crop of that shape the photo holds
+            fit = min(h / hw[0], w / hw[1])
+            ch, cw = min(h, max(1, round(hw[0] * fit))), min(w, max(1, round(hw[1] * fit)))
+        top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        patch = img[:, top : top + ch, left : left + cw]
+        if (ch, cw) != hw:
+            patch = F.interpolate(patch[None], size=hw, mode="bilinear",
                                   antialias=True)[0].clamp(0, 1)  # fmt: skip
         return patch.flip(-1) if rng.random() < 0.5 else patch

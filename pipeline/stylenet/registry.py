@@ -46,6 +46,8 @@ def _row(uri: str, so: dict | None) -> dict[str, Any]:
         "crop": m.get("crop"),
         "final_loss": m.get("final_loss"),
         "holdout_score": loss,
+        "gap_closure": (m.get("holdout_gap") or {}).get("median_gap_closure"),
+        "ratio_to_optimised": (m.get("holdout_gap") or {}).get("median_ratio_to_optimised"),
         "from_job": (m.get("from_job") or {}).get("job_id"),
         "error": None,
     }

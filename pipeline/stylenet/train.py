@@ -23,7 +23,7 @@ from pipeline.stylenet import layout
 from pipeline.stylenet.checkpoints import latest_checkpoint
 from pipeline.stylenet.photos import list_photos, probe_photos
 from pipeline.stylenet.train_progress import TrainProgress
-from pipeline.stylenet.train_settings import TrainSettings
+from pipeline.stylenet.train_settings import ADDED_LATER, TrainSettings
 
 
 def split_photos(photos: list[str], holdout: int) -> tuple[list[str], list[str]]:
@@ -71,13 +71,10 @@ def check_rerun(store: storage.Store, settings: TrainSettings) -> None:
         return
     import json
 
-    before = json.loads(store.get(layout.TRAIN_SETTINGS))
+    before = ADDED_LATER | json.loads(store.get(layout.TRAIN_SETTINGS)).get("identity", {})
     now = json.loads(record.to_json(settings.identity()))
-    if before.get("identity") != now:
-        changed = sorted(
-            k for k in set(before.get("identity", {})) | set(now)
-            if before.get("identity", {}).get(k) != now.get(k)
-        )  # fmt: skip
+    if before != now:
+        changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
         raise NstError(
             f"{store.url('')} holds a training with other settings ({', '.join(changed)} "
             "differ); give a new --out, nothing there was changed"

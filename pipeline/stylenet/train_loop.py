@@ -18,7 +18,7 @@ from nst_ops.stylenet.network import parameter_count
 from nst_ops.vgg import VGGFeatures
 from pipeline.run import images, model_file, scoring, weights
 from pipeline.store import record, storage
-from pipeline.stylenet import layout
+from pipeline.stylenet import holdout, layout
 from pipeline.stylenet.checkpoints import latest_checkpoint, trace_table
 from pipeline.stylenet.photos import CropSampler, shorter_side_to
 from pipeline.stylenet.train_settings import TrainSettings
@@ -45,7 +45,8 @@ def train_loop(config: dict[str, Any]) -> None:
     styles = [_read(u, s) for u in s.style_uris]
     objective = StyleObjective(_extractor(spec, device, s.storage_options), spec, styles, s.crop)
     share = s.photos[rank::world] or s.photos
-    sampler = CropSampler(share, s.crop, s.seed, rank, s.storage_options, s.max_pixels)
+    sampler = CropSampler(share, s.crop, s.seed, rank, s.storage_options, s.max_pixels,
+                          aspects=s.aspects)  # fmt: skip
     t0, seen = time.time(), 0
     for step in range(start + 1, s.steps + 1):
         x = sampler.batch(step, s.batch_size).to(device)
@@ -153,9 +154,26 @@ def _holdout_scores(
             )
     ok = [f for f in found if f["score_error"] is None]
     if not ok:
-        return {"score_error": found[0]["score_error"], "score_by": ev.key}
+        return {"score_error": found[0]["score_error"], "score_by": found[0]["score_by"]}
     mean = {k: sum(f[k] for f in ok) / len(ok) for k in ("score_content", "score_style")}
-    return mean | {"score_by": ev.key, "images": len(ok)}
+    return mean | {"score_by": ok[0]["score_by"], "images": len(ok)}
+
+
+def _holdout_gap(
+    net: TransformerNet, s: TrainSettings, spec: JobSpec, styles: list[torch.Tensor]
+) -> dict[str, Any] | None:
+    """The network against the optimiser on the held-aside photos (see stylenet.holdout)."""
+    if not s.holdout or not s.reference:
+        return None
+    device = next(net.parameters()).device
+    rows = [
+        {"uri": uri}
+        | holdout.photo_gap(
+            net, spec, _read(uri, s), styles, device, s.storage_options
+        )  # fmt: skip
+        for uri in s.holdout
+    ]
+    return holdout.summary(rows)
 
 
 def _write_model(
@@ -186,6 +204,7 @@ def _write_model(
         "from_job": s.from_job,
         "final_loss": sum(tail) / len(tail) if tail else None,
         "holdout_scores": _holdout_scores(net, s, spec, styles),
+        "holdout_gap": _holdout_gap(net, s, spec, styles),
         "train_seconds_last_session": round(seconds, 3),
         "created_at": time.time(),
         "versions": record.versions(),

@@ -8,6 +8,29 @@ from typing import Any
 
 from pipeline.run import images
 
+# Photos come in these shapes; a network trained on square crops alone learns, with
+# style_scale=content, the style squashed into a square, not the target of a 4:3 photo.
+DEFAULT_ASPECTS = (1.0, 4 / 3, 3 / 4, 3 / 2, 2 / 3)
+# identity keys added after trainings were written with them absent: their value then
+ADDED_LATER = {"aspects": [1.0]}
+
+
+def parse_aspects(text: str) -> tuple[float, ...]:
+    """'1,4:3,3:4' -> (1.0, 1.333.., 0.75): each w:h (or a number), between 1:4 and 4:1."""
+    found = []
+    for item in (t.strip() for t in text.split(",") if t.strip()):
+        w, _, h = item.partition(":")
+        try:
+            value = float(w) / float(h or 1)
+        except ValueError:
+            raise ValueError(f"--aspects {text!r}: {item!r} is not w:h or a number") from None
+        if not 0.25 <= value <= 4:
+            raise ValueError(f"--aspects {text!r}: {item} is outside 1:4 ... 4:1")
+        found.append(value)
+    if not found:
+        raise ValueError("--aspects: give at least one, e.g. 1 (square crops only)")
+    return tuple(found)
+
 
 @dataclass(frozen=True)
 class TrainSettings:
@@ -34,12 +57,14 @@ class TrainSettings:
     max_pixels: int = images.DEFAULT_MAX_PIXELS
     from_job: dict[str, str] | None = None
     skipped_photos: list[str] = field(default_factory=list)  # refused by the probe, with why
+    reference: bool = True  # at the end, optimise each held-aside photo to measure the network
+    aspects: tuple[float, ...] = DEFAULT_ASPECTS  # crop shapes (w/h), one drawn per step
     storage_options: dict | None = field(default=None, compare=False)
 
     def identity(self) -> dict[str, Any]:
         """What must match for a rerun to continue this training (steps may grow)."""
         d = asdict(self)
         for k in ("storage_options", "steps", "checkpoint_every", "sample_every", "out", "workers",
-                  "use_gpu", "cpus_per_worker", "skipped_photos"):  # fmt: skip
+                  "use_gpu", "cpus_per_worker", "skipped_photos", "reference"):  # fmt: skip
             d.pop(k)
         return d

@@ -21,7 +21,7 @@ README = Path(__file__).parents[2] / "README.md"
 TINY = {
     "train": "--steps 6 --checkpoint-every 3 --sample-every 3 --crop 32 --width 4 "
     "--residual-blocks 1 --batch-size 2 --set weights=random:0 --set content_layers=relu2_1 "
-    "--set style_layers=relu1_1,relu2_1",
+    "--set style_layers=relu1_1,relu2_1 --set size=32 --set iterations=10",
     "apply": "--no-progress",
     "transfer": "--set weights=random:0 --set size=32 --set content_layers=relu2_1 "
     "--set style_layers=relu1_1,relu2_1",
@@ -74,6 +74,10 @@ def test_the_readmes_collection_commands_work_as_typed_from_a_fresh_folder(tmp_p
     assert meta["steps"] == 6 and meta["photos"] == 4  # 5 readable, 1 held aside
     assert any("broken.jpg" in s for s in meta["skipped_photos"])
     assert meta["style_uris"] == [str(work / "starry.jpg")]  # absolute: it reached Ray Train
+    gap = meta["holdout_gap"]  # the network against the optimiser on the held-aside photo
+    (held,) = gap["photos"]
+    assert held["optimised"] < held["photo"] and gap["median_gap_closure"] is not None
+    assert "held-aside photos (1): the network closes" in done["train"].stdout
 
     rows = {
         r["input"]: r for r in pq.read_table(work / "styled/starry/results.parquet").to_pylist()
@@ -95,4 +99,4 @@ def test_the_readmes_collection_commands_work_as_typed_from_a_fresh_folder(tmp_p
     listed = run("nst models models/ --json", work)
     (row,) = [json.loads(x) for x in listed.stdout.splitlines()]
     assert row["model"].endswith("work/models/starry/model.pt") and row["steps"] == 6
-    assert row["error"] is None
+    assert row["error"] is None and row["gap_closure"] == gap["median_gap_closure"]

@@ -144,6 +144,12 @@ def test_an_output_root_inside_the_collection_is_never_styled_again(model, tmp_p
         assert r.exit_code == 0, r.output
         assert "3 images" in r.output
     assert len(list((coll / "styled" / "images").rglob("*.png"))) == 3
+    # every scored output states the job's own loss beside its unstyled photo's
+    assert all(
+        r["objective"] > 0 and r["objective_photo"] > 0 for r in rows(coll / "styled").values()
+    )
+    assert "of the unstyled photo's (median, the job's own objective)" in r.output
+    assert "refine first (least changed): " in r.output
 
 
 # --- reruns: nothing lost, nothing stale ---------------------------------------------------------

@@ -23,6 +23,7 @@ from pipeline.run import model_file
 from pipeline.stylenet.photos import CropSampler
 
 TINY_JOB = [
+    "--set", "size=32", "--set", "iterations=10",  # the held-aside reference optimisation
     "--set", "weights=random:0", "--set", "content_layers=relu2_1",
     "--set", "style_layers=relu1_1,relu2_1", "--set", "style_weight=1e4",
 ]  # fmt: skip

@@ -21,7 +21,7 @@ from pipeline.stylenet.train_settings import TrainSettings
 
 TINY = ["--crop", "32", "--width", "4", "--residual-blocks", "1", "--batch-size", "2",
         "--set", "weights=random:0", "--set", "content_layers=relu2_1",
-        "--set", "style_layers=relu1_1,relu2_1"]  # fmt: skip
+        "--set", "style_layers=relu1_1,relu2_1", "--no-reference"]  # fmt: skip
 
 
 def settings(out, photos, steps=10) -> TrainSettings:

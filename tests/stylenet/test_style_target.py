@@ -1,0 +1,84 @@
+"""The job, the evaluator and the network agree on what the style target is: the network is
+trained toward exactly the loss its outputs are judged by (the job's own objective at the
+output's shape and style preparation), for photos of any aspect; the evaluator prepares each
+style as its job did and says so in score_by."""
+
+import dataclasses
+
+import pytest
+import torch
+from helpers import job_spec
+
+from nst_ops.evaluator import default_evaluator, score_key
+from nst_ops.image_ops import fit_longer_side, resize
+from nst_ops.job_loss import job_losses
+from nst_ops.scores import scores
+from nst_ops.stylenet import StyleObjective
+from nst_ops.vgg import VGGFeatures
+from pipeline.errors import NstError
+from pipeline.run import images, scoring
+from pipeline.store import storage
+from pipeline.stylenet import layout
+from pipeline.stylenet.photos import CropSampler
+from pipeline.stylenet.train import check_rerun
+from pipeline.stylenet.train_settings import TrainSettings, parse_aspects
+
+
+@pytest.mark.parametrize("style_scale", ["content", "own"])
+@pytest.mark.parametrize("hw", [(24, 32), (32, 24), (32, 32)])
+def test_the_training_loss_of_an_output_is_the_jobs_own_loss_at_its_shape(style_scale, hw, style):
+    spec = job_spec(mode="transfer", size=32, style_scale=style_scale)
+    vgg = VGGFeatures(spec.backbone, spec.active_layers, seed=0)
+    g = torch.Generator().manual_seed(3)
+    photo, output = torch.rand(3, *hw, generator=g), torch.rand(3, *hw, generator=g)
+    trained_on = StyleObjective(vgg, spec, [style], crop=32)(output[None], photo[None])
+    (judged_by,) = job_losses(vgg, spec, [output], photo, [style])
+    assert float(trained_on.total[0]) == pytest.approx(judged_by, rel=1e-5)
+
+
+def test_a_wide_crop_has_another_style_target_than_a_square_one(style):
+    spec = job_spec(mode="transfer", size=32)
+    objective = StyleObjective(VGGFeatures(spec.backbone, spec.active_layers, seed=0), spec,
+                               [style], crop=32)  # fmt: skip
+    square, wide = objective.style_for((32, 32)), objective.style_for((24, 32))
+    assert any(not torch.allclose(square[k], wide[k]) for k in square)
+
+
+def test_training_crops_come_in_every_aspect_asked_and_square_draws_are_unchanged(tmp_path):
+    from test_stylenet import smooth_photos
+
+    photos = smooth_photos(tmp_path, 3, size=64)
+    varied = CropSampler(photos, 16, seed=0, aspects=parse_aspects("1,4:3,2:3"))
+    shapes = {tuple(varied.batch(step, 2).shape[-2:]) for step in range(30)}
+    assert shapes == {(16, 16), (16, 20), (24, 16)}
+    square = CropSampler(photos, 16, seed=0)
+    assert square.batch(7, 2).shape[-2:] == (16, 16)
+    with pytest.raises(ValueError, match="outside 1:4"):
+        parse_aspects("5:1")
+
+
+def test_an_earlier_square_training_resumes_only_with_square_crops(tmp_path):
+    store = storage.Store(str(tmp_path))
+    old = TrainSettings(str(tmp_path), {"mode": "transfer"}, ["s.png"], ["p.png"], [])
+    identity = old.identity()
+    del identity["aspects"]  # written before crops had aspects
+    store.put_json(layout.TRAIN_SETTINGS, {"identity": identity, "steps": 10})
+    store.put(layout.checkpoint(5), b"x")
+    with pytest.raises(NstError, match="aspects differ"):
+        check_rerun(store, old)
+    check_rerun(store, dataclasses.replace(old, aspects=(1.0,)))
+
+
+@pytest.mark.parametrize("style_scale", ["content", "own"])
+def test_the_evaluator_prepares_the_style_as_the_job_did_and_says_so(style_scale, content, style):
+    spec = job_spec(mode="transfer", size=32, style_scale=style_scale)
+    ev = default_evaluator([spec])
+    result = images.decode(images.encode(content), "r")[None]
+    found = scoring.score_image(ev, images.encode(content), spec, content, [style],
+                                torch.device("cpu"))  # fmt: skip
+    prepared = resize(style, (24, 32)) if style_scale == "content" else fit_longer_side(style, 32)
+    net = scoring.network(ev, torch.device("cpu"))
+    want = scores(net, ev, result, resize(content, (24, 32)), [prepared])
+    assert found["score_style"] == pytest.approx(want["score_style"], rel=1e-6)
+    assert found["score_by"] == score_key(ev, spec)
+    assert found["score_by"].endswith("-content") == (style_scale == "content")
