@@ -26,6 +26,18 @@ from .spec import JobSpec
 from .transfer import _prepare, compute_targets, make_objective
 from .vgg import VGGFeatures
 
+# What defines a job's objective (how it is reached: optimizer, lr, iterations, init... does not)
+OBJECTIVE_FIELDS = (
+    "mode", "backbone", "pooling", "weights", "content_layers", "style_layers",
+    "style_layer_weights", "content_weight", "style_weight", "tv_weight", "size", "style_scale",
+    "style_blend", "preserve_color",
+)  # fmt: skip
+
+
+def same_objective(a: JobSpec, b: JobSpec) -> bool:
+    """Whether two jobs minimise the same function (so their losses compare)."""
+    return all(getattr(a, f) == getattr(b, f) for f in OBJECTIVE_FIELDS)
+
 
 @torch.no_grad()
 def job_losses(

@@ -339,7 +339,8 @@ def test_report_of_an_apply_run_compares_network_optimisation_and_refinement(tra
     assert a.exit_code == 0, a.output
     rows = [{"content_uri": p, "style_uri": style, "init": init, "optimizer": "adam"}
             for p in photos for init in ("content", f"model:{model}")]  # fmt: skip
-    r, run = run_manifest(tmp_path, rows, "--evaluator", "{}")
+    # the network's objective (its size, beta): only such jobs compare with it
+    r, run = run_manifest(tmp_path, rows, "--evaluator", "{}", size=32, style_weight=1e4)
     assert r.exit_code == 0, r.output
     rep = nst("report", tmp_path / "a", "--compare", run)
     assert rep.exit_code == 0, rep.output
@@ -348,6 +349,8 @@ def test_report_of_an_apply_run_compares_network_optimisation_and_refinement(tra
     assert "Network vs optimisation vs refinement" in page
     assert page.count("<tr><td>&lt;b&gt;x") == 2 and "<b>x" not in page
     assert page.count('<img src="data:image/jpeg') == 2 * 2 + 2 * 3  # sheet pairs + 3 per row
+    assert page.count("unstyled: ") == 2 and "closes 100%" in page  # the optimised's own row
+    assert "How far from the optimiser" in page and "on the photos compared below" in page
 
 
 def test_models_lists_every_trained_network_with_its_parameters(trained, tmp_path):
