@@ -18,13 +18,14 @@ import os
 import tempfile
 import warnings
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from nst_ops.stylenet.network import MIN_SIDE
 from pipeline.errors import NstError
-from pipeline.run.model_file import StyleModel
+
+if TYPE_CHECKING:  # torch loads only when a model is exported (`nst --help` stays light)
+    import torch
+
+    from pipeline.run.model_file import StyleModel
 
 META_KEY = "nst_model"
 TRACE_SHAPE = (1, 3, 37, 50)  # sides that need the network's padding: the general path
@@ -50,6 +51,8 @@ def format_for(path: str, given: ExportFormat | None) -> ExportFormat:
 
 def record(model: StyleModel) -> dict[str, Any]:
     """What travels with the exported file: the model's metadata and how to call it."""
+    from nst_ops.stylenet.network import MIN_SIDE
+
     return {
         "fingerprint": model.fingerprint,
         "input": f"float32 NCHW RGB in [0, 1], any height and width >= {MIN_SIDE}",
@@ -68,6 +71,8 @@ def export_bytes(model: StyleModel, fmt: ExportFormat) -> bytes:
 
 
 def _torchscript(net: torch.nn.Module, meta: dict[str, Any]) -> bytes:
+    import torch
+
     buf = io.BytesIO()
     extra = {f"{META_KEY}.json": json.dumps(meta, default=str)}
     torch.jit.save(torch.jit.script(net), buf, _extra_files=extra)
@@ -75,6 +80,8 @@ def _torchscript(net: torch.nn.Module, meta: dict[str, Any]) -> bytes:
 
 
 def _onnx(net: torch.nn.Module, meta: dict[str, Any]) -> bytes:
+    import torch
+
     try:
         import onnx
     except ImportError:

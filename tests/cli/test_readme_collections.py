@@ -21,7 +21,7 @@ README = Path(__file__).parents[2] / "README.md"
 TINY = {
     "train": "--steps 6 --checkpoint-every 3 --sample-every 3 --crop 32 --width 4 "
     "--residual-blocks 1 --batch-size 2 --set weights=random:0 --set content_layers=relu2_1 "
-    "--set style_layers=relu1_1,relu2_1 --set size=32 --set iterations=10",
+    "--set style_layers=relu1_1,relu2_1 --set size=32 --set iterations=20 --set init=content",
     "apply": "--no-progress",
     "transfer": "--set weights=random:0 --set size=32 --set content_layers=relu2_1 "
     "--set style_layers=relu1_1,relu2_1",
