@@ -61,12 +61,10 @@ def score_key(ev: Evaluator, spec: JobSpec) -> str:
     evaluator prepares each style as the job did (``style_scale=content``: squashed into the
     result's box; ``own``: its aspect kept, longer side at the result's), so a job is scored
     against the target it optimised; scores under different preparations never compare (the
-    report ranks one key). ``own`` keeps the evaluator's bare key, the preparation every score
-    had before the choice was the job's (as has every job without a content image: its output
-    takes the style's own aspect)."""
-    if spec.style_scale == "own" or not spec.uses_content:
-        return ev.key
-    return f"{ev.key}-{spec.style_scale}"
+    report ranks one key). ``own`` keeps the evaluator's bare key: the preparation every score
+    had before the choice was the job's. (For a job without a content image both preparations
+    are the same image; it carries its setting's key so that a run keeps one.)"""
+    return ev.key if spec.style_scale == "own" else f"{ev.key}-{spec.style_scale}"
 
 
 def default_evaluator(specs: Sequence[JobSpec]) -> Evaluator:

@@ -24,6 +24,7 @@ from pipeline.cli.common import (
     StorageOpt,
     _params,
     _storage,
+    absolute,
     app,
     cli_errors,
     console,
@@ -142,16 +143,16 @@ def train(
 
     if not out or not content:
         raise NstError("nst train needs --out and --content")
-    out, content = storage.absolute(out), [storage.absolute(c) for c in content]
+    out, content = absolute(out), [absolute(c) for c in content]
     so = _storage(storage_options, out)
     if from_job:
-        from_job = (storage.absolute(from_job[0]), from_job[1])
+        from_job = (absolute(from_job[0]), from_job[1])
     base, job_styles = job_params(*from_job, so) if from_job else ({}, [])
     params = {**base, **_params(set_ or [], None), "mode": "transfer"}
     if any(isinstance(v, list) and not manifest.PARAMS[k].is_seq for k, v in params.items()):
         raise NstError("nst train trains one setting: give one value per parameter")
     spec = JobSpec.from_dict(params, preset if not base else None, LATEST_DEFAULTS)
-    styles = [storage.absolute(u) for u in style or job_styles]
+    styles = [absolute(u) for u in style or job_styles]
     if not styles:
         raise NstError("give a STYLE image (or --from-job RUN JOB_ID)")
     origin = {"run": from_job[0], "job_id": from_job[1]} if from_job else None
@@ -244,7 +245,7 @@ def apply(
     set_input_policy(allow_http, allow_private_hosts, max_input_bytes)
     from pipeline.cli.apply_run import apply_command
 
-    model, input_, out = (storage.absolute(u) for u in (model, input_, out))
+    model, input_, out = (absolute(u) for u in (model, input_, out))
     code = apply_command(
         model, input_, out, _storage(storage_options, out), size=size,
         image_format=image_format.value, image_quality=image_quality, precision=precision.value,
@@ -276,7 +277,7 @@ def models(
 
     from pipeline.stylenet.registry import find_models
 
-    root = storage.absolute(root)
+    root = absolute(root)
     rows = find_models(root, _storage(storage_options, root))
     if not rows:
         raise NstError(f"no model.pt under {root}")
@@ -319,7 +320,7 @@ def export(
     from pipeline.run.model_file import read_model
     from pipeline.stylenet.export import export_bytes, format_for
 
-    model, out = storage.absolute(model), storage.absolute(out)
+    model, out = absolute(model), absolute(out)
     so = _storage(storage_options, out)
     fmt = format_for(out, format_)
     loaded = read_model(model, so)

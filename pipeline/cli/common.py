@@ -7,6 +7,7 @@ from __future__ import annotations
 import difflib
 import functools
 import json
+import os
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
@@ -86,6 +87,15 @@ MaxInputBytesOpt = Annotated[
         help="Refuse input images larger than this (bytes; weights and models: 4 GiB).",
     ),
 ]
+
+
+def absolute(uri: str) -> str:
+    """A local path made absolute (``file://``, ``..``, ``~`` resolved), other URLs as they
+    are. Every command does this to every path it takes before anything reaches Ray: Ray
+    Train's workers run in Ray's session folder, where a relative path names another file."""
+    if storage.protocol_of(uri) != "file" or not uri:
+        return uri
+    return os.path.abspath(os.path.expanduser(uri.split("://", 1)[-1]))
 
 
 def set_input_policy(allow_http: bool, allow_private: bool, max_bytes: int) -> None:

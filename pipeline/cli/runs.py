@@ -32,6 +32,7 @@ from pipeline.cli.common import (
     _run_root,
     _say_edition,
     _storage,
+    absolute,
     app,
     cli_errors,
     console,
@@ -119,7 +120,7 @@ def run(
     from pipeline.run.options import RunOptions
     from pipeline.run.scheduler import Resources, init_ray, run_jobs
 
-    out, manifest_uri = storage.absolute(out), storage.absolute(manifest_uri)
+    out, manifest_uri = absolute(out), absolute(manifest_uri)
     so = _storage(storage_options, out)
     with summary_on_exit(summary_json, so, RUN_SUMMARY_KEYS) as exit_summary:
         store = _run_root(out, so)

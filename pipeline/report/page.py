@@ -134,7 +134,8 @@ def _comparable(results: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], st
     rows = [r for r in results if r.get("score_by") == main and r.get("score_style") is not None]
     other = sum(keys.values()) - len(rows)
     note = (
-        f"{other} job(s) scored under another evaluator are left out: `nst score OUT`"
+        f"{other} job(s) scored under another evaluator or style preparation (style_scale) "
+        "are left out: `nst score OUT` rescores a run under one evaluator"
         if other
         else ""
     )

@@ -11,7 +11,6 @@ The layout itself lives in :mod:`pipeline.store.layout`.
 from __future__ import annotations
 
 import io
-import os
 import random
 import time
 from collections.abc import Callable
@@ -85,16 +84,6 @@ def filesystem(
         raise NstError(f"{uri}: {_one_line(e)} (check --storage-options for its protocol)") from e
     except ImportError as e:
         raise NstError(f"{uri}: no filesystem for this protocol ({e})") from e
-
-
-def absolute(uri: str) -> str:
-    """A local path as an absolute one (``file://`` and ``..`` resolved); other URLs as they
-    are. Commands call it on every path before anything reaches Ray: Ray Train's workers run
-    in Ray's session folder, where a relative path names another file."""
-    if protocol_of(uri) != "file" or not uri:
-        return uri
-    path = uri.split("://", 1)[1] if "://" in uri else uri
-    return os.path.abspath(os.path.expanduser(path))
 
 
 def join(root: str, *parts: str) -> str:

@@ -61,7 +61,8 @@ def _beside(list_uri: str, entry: str) -> str:
     manifest), never to wherever a worker runs."""
     if "://" in entry or os.path.isabs(entry) or storage.protocol_of(list_uri) != "file":
         return entry
-    return os.path.normpath(os.path.join(os.path.dirname(storage.absolute(list_uri)), entry))
+    folder = os.path.dirname(os.path.abspath(list_uri.split("://", 1)[-1]))
+    return os.path.normpath(os.path.join(folder, entry))
 
 
 def probe_photos(
