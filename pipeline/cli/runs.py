@@ -208,8 +208,11 @@ def status(
     Example: nst status results/demo
     """
     so = _storage(storage_options, out)
-    if root_kind.detect(storage.Store(out, so)) is RootKind.APPLY:
+    kind = root_kind.detect(storage.Store(out, so))
+    if kind is RootKind.APPLY:
         return _apply_status(storage.Store(out, so))
+    if kind is RootKind.TRAIN:
+        return _train_status(storage.Store(out, so))
     store = _existing_run(out, so)
     rows, total = results.collect(store)
     counts = Counter(r["status"] for r in rows)
@@ -244,6 +247,16 @@ def _apply_status(store: storage.Store) -> None:
         for r in bad:
             t.add_row(r["input"], str(r.get("error") or ""))
         out_console.print(t)
+
+
+def _train_status(store: storage.Store) -> None:
+    """An `nst train` root: how far the training is, and whether its model is written."""
+    from pipeline.stylenet import layout as train_layout
+    from pipeline.stylenet.checkpoints import latest_checkpoint
+
+    asked = json.loads(store.get(train_layout.TRAIN_SETTINGS)).get("steps")
+    model = "model.pt written" if store.exists(train_layout.MODEL) else "no model.pt yet"
+    out_console.print(f"training: step {latest_checkpoint(store)} of {asked} · {model}")
 
 
 @app.command()

@@ -157,3 +157,11 @@ def test_ctrl_c_stops_a_training_with_130_and_says_how_to_resume(tmp_path):
     assert proc.returncode == 130, err
     assert "interrupted: checkpoints are kept; run the same command to resume" in err
     assert list((out / "checkpoints").glob("step-*.pt"))
+
+
+def test_status_of_a_training_root_says_how_far_it_is(tmp_path):
+    store = storage.Store(str(tmp_path))
+    store.put_json(layout.TRAIN_SETTINGS, {"identity": {}, "steps": 10})
+    store.put(layout.checkpoint(5), b"x")
+    r = nst("status", tmp_path)
+    assert r.exit_code == 0 and "training: step 5 of 10 · no model.pt yet" in r.output, r.output
