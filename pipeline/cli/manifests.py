@@ -203,13 +203,10 @@ def validate(
     sizes: dict[str, tuple[int, int]] = {}
 
     def check(uri: str) -> str | None:
-        try:
-            w, h = images.probe(storage.read_input(uri, so, attempts=2), uri, max_pixels)
-            sizes[uri] = (h, w)
-        except FileNotFoundError:
-            return f"{uri}: not found"
-        except (NstError, OSError) as e:
-            return str(e)
+        found = images.probe_input(uri, so, max_pixels, attempts=2)
+        if isinstance(found, str):
+            return found
+        sizes[uri] = (found[1], found[0])
         return None
 
     with ThreadPoolExecutor(8) as pool:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from pipeline.errors import InputError
+from pipeline.errors import InputError, NstError
 
 if TYPE_CHECKING:
     import torch
@@ -87,6 +87,21 @@ def probe(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple
     img = _open(data, name, max_pixels, draft=True)
     width, height = img.info["full_size"]
     return width, height
+
+
+def probe_input(
+    uri: str, storage_options: dict | None, max_pixels: int, attempts: int = 4
+) -> tuple[int, int] | str:
+    """An input's (width, height) as seen, read under the input policy, or why it cannot be
+    used (one line naming it): what `nst validate` and `nst train`'s probe ask of each one."""
+    from pipeline.store import storage
+
+    try:
+        return probe(storage.read_input(uri, storage_options, attempts), uri, max_pixels)
+    except FileNotFoundError:
+        return f"{uri}: not found"
+    except (NstError, OSError) as e:
+        return str(e)
 
 
 # Output formats: name -> (Pillow format, file extension, takes a quality).

@@ -72,13 +72,8 @@ def probe_photos(
     1: a bad file found at step 91 of 100 would fail the run, and every rerun after it."""
 
     def problem(uri: str) -> str | None:
-        try:
-            images.probe(storage.read_input(uri, storage_options), uri, max_pixels)
-        except FileNotFoundError:
-            return f"{uri}: not found"
-        except (NstError, OSError) as e:
-            return str(e)
-        return None
+        found = images.probe_input(uri, storage_options, max_pixels)
+        return found if isinstance(found, str) else None
 
     with ThreadPoolExecutor(16) as pool:
         problems = list(pool.map(problem, uris))
