@@ -349,8 +349,19 @@ def test_report_of_an_apply_run_compares_network_optimisation_and_refinement(tra
     assert "Network vs optimisation vs refinement" in page
     assert page.count("<tr><td>&lt;b&gt;x") == 2 and "<b>x" not in page
     assert page.count('<img src="data:image/jpeg') == 2 * 2 + 2 * 3  # sheet pairs + 3 per row
-    assert page.count("unstyled: ") == 2 and "closes 100%" in page  # the optimised's own row
-    assert "How far from the optimiser" in page and "on the photos compared below" in page
+    assert page.count("unstyled: ") == 2  # every compared photo's zero point
+    assert "How far from the optimiser" in page and "(photo − result) / (photo − optimised)" in page
+
+
+def test_each_compared_result_states_the_share_of_the_gap_it_closes():
+    from pipeline.stylenet.apply_report import _closures
+
+    c = _closures({"photo": 10.0, "network": {"loss": 6.0}, "optimised": {"loss": 2.0},
+                   "refined": {"loss": 2.5}})  # fmt: skip
+    assert (c["network"]["closure"], c["optimised"]["closure"]) == (0.5, 1.0)
+    assert c["refined"]["closure"] == pytest.approx(0.9375)
+    worse = _closures({"photo": 1.0, "network": {"loss": 2.0}, "optimised": {"loss": 3.0}})
+    assert worse["network"]["closure"] is None  # the optimiser did not improve on the photo
 
 
 def test_models_lists_every_trained_network_with_its_parameters(trained, tmp_path):
