@@ -30,7 +30,7 @@ class StyleObjective:
             raise ValueError(f"a style network learns style transfer, not mode {spec.mode!r}")
         self.extractor, self.spec, self.styles = extractor, spec, styles
         self._style: dict[tuple[int, int], dict[str, Tensor]] = {}
-        self.style_targets = self.style_for((crop, crop))
+        self.style_for((crop, crop))  # the square crop's Grams, before the first step
 
     def style_for(self, hw: tuple[int, int]) -> dict[str, Tensor]:
         """The style Grams for outputs of ``hw`` (computed once per shape)."""

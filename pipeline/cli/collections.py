@@ -325,10 +325,8 @@ def export(
     fmt = format_for(out, format_)
     loaded = read_model(model, so)
     data = export_bytes(loaded, fmt)
-    fs, path = storage.filesystem(out, so)
-    if "file" in fs.protocol:
-        fs.makedirs(fs._parent(path), exist_ok=True)
-    storage.with_retries(lambda: fs.pipe_file(path, data), f"writing {out}")
+    folder, name = out.rsplit("/", 1)
+    storage.Store(folder, so).put(name, data)
     out_console.print(
         f"{out}: {fmt.value}, {len(data):,} bytes, any height and width · model "
         f"{loaded.fingerprint}",

@@ -208,11 +208,12 @@ def status(
     Example: nst status results/demo
     """
     so = _storage(storage_options, out)
-    kind = root_kind.detect(storage.Store(out, so))
+    root = storage.Store(out, so)
+    kind = root_kind.detect(root)
     if kind is RootKind.APPLY:
-        return _apply_status(storage.Store(out, so))
+        return _apply_status(root)
     if kind is RootKind.TRAIN:
-        return _train_status(storage.Store(out, so))
+        return _train_status(root)
     store = _existing_run(out, so)
     rows, total = results.collect(store)
     counts = Counter(r["status"] for r in rows)

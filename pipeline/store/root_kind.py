@@ -83,13 +83,3 @@ def claim(store: storage.Store, kind: RootKind) -> None:
     """``check``, then record the kind (call it when the command starts writing)."""
     if not check(store, kind):
         store.put_json(KIND_FILE, {"kind": kind.value})
-
-
-def require(store: storage.Store, kinds: tuple[RootKind, ...], what: str) -> RootKind:
-    """The kind of an existing root that a reading command (status, report...) accepts."""
-    found = detect(store)
-    if found is None or found not in kinds:
-        wanted = " or ".join(f"`{k.command}`" for k in kinds)
-        held = f"it is an `{found.command}` root" if found else "nothing of ours is there"
-        raise NstError(f"{what}: not the root of an {wanted} ({held})")
-    return found

@@ -13,7 +13,7 @@ import functools
 import logging
 import random
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -169,17 +169,19 @@ def run_apply(
     summary.counts = Counter(final.column("status").to_pylist())
     bad = final.filter(pc.equal(final.column("status"), "failed"))
     summary.failed = bad.column("input").to_pylist()
-    summary.kept_of_photo = kept_of_photo(final)
+    summary.kept_of_photo = kept_of_photo(
+        final.select(["input", "objective", "objective_photo"]).to_pylist()
+    )
     return summary
 
 
-def kept_of_photo(t: pa.Table) -> dict[str, float]:
+def kept_of_photo(rows: Iterable[dict[str, Any]]) -> dict[str, float]:
     """input -> objective / objective_photo of every scored output (1: no better than the
     unstyled photo; the optimiser reaches ~0.2 on real pairs)."""
     return {
         r["input"]: r["objective"] / r["objective_photo"]
-        for r in t.select(["input", "objective", "objective_photo"]).to_pylist()
-        if r["objective"] is not None and r["objective_photo"]
+        for r in rows
+        if r.get("objective") is not None and r.get("objective_photo")
     }
 
 

@@ -24,6 +24,7 @@ from pipeline.store import layout as run_layout
 from pipeline.store import storage
 from pipeline.store.results import collect
 from pipeline.stylenet import apply_record, layout
+from pipeline.stylenet.apply import kept_of_photo
 
 
 def is_apply_run(store: storage.Store) -> bool:
@@ -124,8 +125,7 @@ def write_apply_report(
         for k, t in zip(kinds, _thumbs([c[k]["image"] for k in kinds], so), strict=True):
             c[k]["thumb"] = t
     losses = sorted(r["loss"] for r in ok if r["loss"] is not None)
-    kept = sorted(r["objective"] / r["objective_photo"] for r in ok
-                  if r.get("objective") is not None and r.get("objective_photo"))  # fmt: skip
+    kept = sorted(kept_of_photo(ok).values())
     closures = [
         c["network"]["closure"] for c in compared if c["network"].get("closure") is not None
     ]
