@@ -4,6 +4,7 @@ from there. Adding a parameter is one field."""
 
 from __future__ import annotations
 
+import math
 import types
 import typing
 from collections.abc import Callable
@@ -65,3 +66,29 @@ def field_types(cls: type) -> dict[str, FieldType]:
         else:
             out[f.name] = FieldType(tuple(args), False)
     return out
+
+
+class SpecError(ValueError):
+    """A parameter value that can never give a valid job."""
+
+
+def finite_nonneg(name: str, value: float) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise SpecError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise SpecError(f"{name} must be finite and >= 0, got {value!r}")
+
+
+def check_bounds(name: str, value: Any, rules: Param) -> None:
+    """A number within the parameter's declared bounds (integers also integral)."""
+    lo = -math.inf if rules.minimum is None else rules.minimum
+    hi = math.inf if rules.maximum is None else rules.maximum
+    if not rules.integer:
+        if lo == 0:
+            return finite_nonneg(name, value)  # the message the nonnegative weights have had
+        if not isinstance(value, (int, float)) or not lo <= value <= hi:
+            raise SpecError(f"{name} must be finite and within [{lo:g}, {hi:g}], got {value!r}")
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        span = f">= {lo:g}" if hi == math.inf else f"in [{lo:g}, {hi:g}]"
+        raise SpecError(f"{name} must be an integer {span}, got {value!r}")

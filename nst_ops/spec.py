@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from .layer_table import BACKBONE_CFG, POOLINGS, check_layers, deepest, size_problem, smallest_size
 from .optimizers import OPTIMIZERS
-from .param import Param, Role, param
+from .param import Param, Role, SpecError, check_bounds, finite_nonneg, param
 from .presets import FIRST_DEFAULTS, PresetError, apply_preset, edition_values
 from .vocab import Mode
 
@@ -23,32 +22,6 @@ MIN_SIZE, MAX_SIZE = 16, 4096
 def is_image_ref(value: str) -> bool:
     """A path or URL (has a folder, a scheme or a file extension), not a misspelt choice."""
     return "/" in value or "://" in value or "." in value.rsplit("/", 1)[-1]
-
-
-class SpecError(ValueError):
-    """A parameter value that can never give a valid job."""
-
-
-def _finite_nonneg(name: str, value: float) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise SpecError(f"{name} must be a number, got {value!r}")
-    if not math.isfinite(value) or value < 0:
-        raise SpecError(f"{name} must be finite and >= 0, got {value!r}")
-
-
-def _check_bounds(name: str, value: Any, rules: Param) -> None:
-    """A number within the parameter's declared bounds (integers also integral)."""
-    lo = -math.inf if rules.minimum is None else rules.minimum
-    hi = math.inf if rules.maximum is None else rules.maximum
-    if not rules.integer:
-        if lo == 0:
-            return _finite_nonneg(name, value)  # the message the nonnegative weights have had
-        if not isinstance(value, (int, float)) or not lo <= value <= hi:
-            raise SpecError(f"{name} must be finite and within [{lo:g}, {hi:g}], got {value!r}")
-        return
-    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-        span = f">= {lo:g}" if hi == math.inf else f"in [{lo:g}, {hi:g}]"
-        raise SpecError(f"{name} must be an integer {span}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -202,9 +175,9 @@ class JobSpec:
     def _check_numbers(self) -> None:
         for name, rules in PARAMS.items():
             if rules.minimum is not None:
-                _check_bounds(name, getattr(self, name), rules)
+                check_bounds(name, getattr(self, name), rules)
         if self.lr is not None:
-            _finite_nonneg("lr", self.lr)
+            finite_nonneg("lr", self.lr)
             if self.lr == 0:
                 raise SpecError("lr must be > 0")
         if self.size >> (self.multires - 1) < MIN_SIZE:
@@ -257,12 +230,12 @@ class JobSpec:
                     f"{len(self.style_layers)} style layers"
                 )
             for w in self.style_layer_weights:
-                _finite_nonneg("style_layer_weights", w)
+                finite_nonneg("style_layer_weights", w)
         if self.style_blend is not None:
             if not self.style_blend:
                 raise SpecError("style_blend must not be empty")
             for w in self.style_blend:
-                _finite_nonneg("style_blend", w)
+                finite_nonneg("style_blend", w)
             if sum(self.style_blend) <= 0:
                 raise SpecError("style_blend weights must not all be zero")
 
