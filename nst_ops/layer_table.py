@@ -75,6 +75,28 @@ def feature_hw(backbone: str, layer: str, hw: tuple[int, int]) -> tuple[int, int
     return hw[0] >> pools, hw[1] >> pools
 
 
+def layer_stride(backbone: str, layer: str) -> int:
+    """Input pixels per feature position at ``layer`` (2 per pooling before or at it): tiles
+    start on multiples of it so that their poolings pair the pixels the whole image's do."""
+    names = layer_names(backbone)
+    return 1 << sum(n.startswith("pool") for n in names[: names.index(layer) + 1])
+
+
+def receptive_radius(backbone: str, layer: str) -> int:
+    """How far (px) a feature at ``layer`` sees beyond its own position's pixels: a tile with
+    this much context around it computes the whole image's features in its core exactly."""
+    radius, stride = 0, 1
+    for name, kind, _, _ in layer_table(backbone):
+        if kind == "conv":
+            radius += stride  # 3x3, padding 1: one position each way at this layer's stride
+        elif kind == "pool":
+            radius += stride  # a 2x2 window reaches one position further on one side
+            stride *= 2
+        if name == layer:
+            return radius
+    raise ValueError(f"layer {layer!r} not in {backbone}")
+
+
 def fits(backbone: str, layer: str, hw: tuple[int, int]) -> bool:
     """Whether an input of ``hw`` still has a feature map at ``layer`` (each pooling before it
     needs at least 2 px on each side: torch refuses an empty map)."""

@@ -27,6 +27,9 @@ class JobSpec(Protocol):
     @property
     def line_search(self) -> bool: ...
 
+    @property
+    def history_size(self) -> int: ...
+
 
 class Stepper(Protocol):
     """What the optimisation loop needs of an optimizer (torch's optimizers are Steppers)."""
@@ -104,7 +107,7 @@ def _lbfgs(specs: Sequence[JobSpec], params: list[torch.Tensor]) -> Stepper:
             # max_iter * 5 // 4 = 1: a search with none left takes a zero step whenever the
             # first trial overshoots. 25 is torch's own default for a search.
             max_eval=1 + LINE_SEARCH_EVALUATIONS,
-            history_size=100,
+            history_size=spec.history_size,
             line_search_fn="strong_wolfe" if spec.line_search else None,
         )
 

@@ -5,7 +5,15 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from .layer_table import BACKBONE_CFG, POOLINGS, check_layers, deepest, size_problem, smallest_size
+from .layer_table import (
+    BACKBONE_CFG,
+    POOLINGS,
+    check_layers,
+    deepest,
+    layer_stride,
+    size_problem,
+    smallest_size,
+)
 from .optimizers import OPTIMIZERS
 from .param import Param, Role, SpecError, check_bounds, finite_nonneg, param
 from .presets import FIRST_DEFAULTS, PresetError, apply_preset, edition_values
@@ -57,6 +65,9 @@ class JobSpec:
                              + ")")
     momentum: float = param(0.0, "SGD momentum", minimum=0)
     line_search: bool = param(False, "L-BFGS strong-Wolfe line search", role=Role.LOOP)
+    history_size: int = param(100, "L-BFGS history: pairs of image-sized vectors kept (memory: "
+                              "2 x this x 12 bytes per pixel; 10 GB at 2048 px with 100)",
+                              integer=True, minimum=1, added_later=True)
     iterations: int = param(300, "optimizer steps (per resolution level with multires)",
                             role=Role.LOOP, integer=True, minimum=1)
     size: int = param(256, "longer side of the output in pixels", role=Role.BATCH, integer=True,
@@ -71,6 +82,13 @@ class JobSpec:
     style_blend: tuple[float, ...] | None = param(None, "weights blending several style images")
     preserve_color: bool = param(False, "luminance-only transfer, keeping the content's colours",
                                  role=Role.BATCH)
+    tile: int = param(0, "tiled optimisation: tiles of this many px (0 = whole image): memory "
+                      "set by the tile, the style's Gram matrices summed over every tile (the "
+                      "whole image's statistics), the grid moved every iteration",
+                      role=Role.BATCH, integer=True, minimum=0, added_later=True)
+    tile_margin: int | None = param(None, "context around each tile in px (default: the deepest "
+                                    "layer's receptive field: tiled equals untiled; less is "
+                                    "faster, approximate)", role=Role.BATCH, added_later=True)
     multires: int = param(1, "coarse-to-fine levels (each halves the size)", role=Role.BATCH,
                           integer=True, minimum=1)
     level_iterations: tuple[int, ...] | None = param(
@@ -185,6 +203,7 @@ class JobSpec:
                 f"multires={self.multires} makes the first level smaller than {MIN_SIZE} px"
             )
         self._check_size_for_layers()
+        self._check_tiles()
         if self.divergence_factor <= 1:
             raise SpecError("divergence_factor must be > 1")
         self._check_levels()
@@ -201,6 +220,16 @@ class JobSpec:
             need = smallest_size(self.backbone, layer) << (self.multires - 1)
             raise SpecError(f"size {self.size} is too small for {layer}: the smallest size "
                             f"that works is {need}")  # fmt: skip
+
+    def _check_tiles(self) -> None:
+        m = self.tile_margin
+        if m is not None and (not isinstance(m, int) or isinstance(m, bool) or m < 0):
+            raise SpecError(f"tile_margin must be an integer >= 0 (or unset), got {m!r}")
+        if self.tile and self.active_layers:
+            least = layer_stride(self.backbone, deepest(self.backbone, self.active_layers))
+            if self.tile < 2 * least:
+                raise SpecError(f"tile {self.tile} is too small: at least {2 * least} px (twice "
+                                "the deepest layer's stride)")  # fmt: skip
 
     def _check_levels(self) -> None:
         levels = self.level_iterations

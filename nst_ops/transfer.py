@@ -32,6 +32,7 @@ from .image_ops import (
 from .layer_table import deepest, feature_hw, size_problem, sweep_layer_sets  # noqa: F401
 from .loop import Outcome, Terms, optimize
 from .spec import BATCH_FIELDS, JobSpec, batch_key
+from .tiles import TiledObjective
 from .vgg import VGGFeatures
 from .vocab import Mode, Status
 
@@ -156,6 +157,16 @@ def make_objective(
         return Terms(total, values, details)
 
     return objective
+
+
+def _objective(
+    extractor: VGGFeatures, specs: Sequence[JobSpec], targets: Targets, hw: tuple[int, int]
+) -> Callable[[Tensor], Terms]:
+    """Tile by tile where the job asks for tiles smaller than its image (nst_ops.tiles)."""
+    tile = specs[0].tile
+    if tile and max(hw) > tile:
+        return TiledObjective(extractor, specs, targets.content, targets.style)
+    return make_objective(extractor, specs, targets)
 
 
 def _levels(spec: JobSpec) -> list[int]:
@@ -316,7 +327,7 @@ def stylize_batch(
             x0 = torch.cat([_init(s, c, sl, hw, device, i) for s, (c, sl, _), i in pairs])
         else:
             x0 = resize(x, hw).to(device)
-        objective = make_objective(extractor, specs, targets)
+        objective = _objective(extractor, specs, targets, hw)
         at_level = [dataclasses.replace(s, iterations=s.iterations_at(level)) for s in specs]
         with _fp32_after_restart(extractor) as on_restart:
             results = optimize(objective, x0, at_level, max(done), t0, on_step, on_restart)

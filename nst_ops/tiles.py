@@ -1,0 +1,230 @@
+"""Tiled optimisation: one job's loss and gradient computed tile by tile, so that the memory of
+the network's activations is set by the tile, not by the image (prints of 2,000-8,000 px).
+
+What is exact: the style loss needs each layer's Gram matrix over the *whole* image, G = sum of
+V V^T over positions, and positions split over tiles, so G is the sum of the tiles' Grams
+(first pass, no gradients). Its gradient with respect to one tile's features is 2 C V with
+C = dL/dG from the whole image's G (second pass, tile by tile with a backward each): the same
+gradient the whole image gets. The content loss and TV are sums over positions: split too.
+
+What is approximated, and when: a tile's features equal the whole image's in its core only if
+the tile sees the core's receptive field (``layer_table.receptive_radius``: 85 px at conv5_1).
+The default margin is that radius, so tiled equals untiled to float rounding; a smaller
+``tile_margin`` trades exactness at the tiles' borders for speed, and the tile grid moves
+every evaluation so that no border stays in one place. Tiles and margins start on multiples
+of the deepest layer's stride so that their poolings pair the pixels the whole image's do.
+
+Cost: the first pass is a forward without autograd (about a third of a forward + backward),
+and every tile computes its margin too: (tile + 2 margin)^2 / tile^2 of the pixels.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from . import losses
+from .layer_table import deepest, layer_stride, receptive_radius
+from .loop import Terms
+from .spec import JobSpec
+from .vgg import VGGFeatures
+
+Box = tuple[int, int, int, int]  # y0, y1, x0, x1 in pixels
+
+
+@dataclass(frozen=True)
+class Tile:
+    core: Box  # the pixels whose features this tile stands for (the cores partition the image)
+    box: Box  # what it reads: the core with its margin, clipped to the image
+
+
+def margin_of(spec: JobSpec) -> int:
+    """The context around each tile in px: ``tile_margin`` or the receptive field, rounded up
+    to the deepest layer's stride."""
+    layer = deepest(spec.backbone, spec.active_layers)
+    stride = layer_stride(spec.backbone, layer)
+    want = receptive_radius(spec.backbone, layer) if spec.tile_margin is None else spec.tile_margin
+    return -(-want // stride) * stride
+
+
+def tile_side(spec: JobSpec) -> int:
+    """``tile`` rounded down to the deepest layer's stride."""
+    stride = layer_stride(spec.backbone, deepest(spec.backbone, spec.active_layers))
+    return max(stride, spec.tile // stride * stride)
+
+
+def _cuts(n: int, tile: int, offset: int) -> list[tuple[int, int]]:
+    edges = sorted({0, n, *range(offset % tile or tile, n, tile)})
+    return list(itertools.pairwise(edges))
+
+
+def grid(
+    hw: tuple[int, int], tile: int, margin: int, offset: tuple[int, int] = (0, 0)
+) -> list[Tile]:
+    """Tiles of ``tile`` px covering ``hw``, the grid shifted by ``offset`` (multiples of the
+    stride, as ``tile`` and ``margin`` are)."""
+    h, w = hw
+    return [
+        Tile(
+            (y0, y1, x0, x1),
+            (max(0, y0 - margin), min(h, y1 + margin), max(0, x0 - margin), min(w, x1 + margin)),
+        )  # fmt: skip
+        for y0, y1 in _cuts(h, tile, offset[0])
+        for x0, x1 in _cuts(w, tile, offset[1])
+    ]
+
+
+def _core(feature: Tensor, t: Tile, stride: int) -> Tensor:
+    """The tile's core positions in the tile's feature map at a layer of ``stride``."""
+    (y0, y1, x0, x1), (by, _, bx, _) = t.core, t.box
+    top, left = (y0 - by) // stride, (x0 - bx) // stride
+    rows, cols = y1 // stride - y0 // stride, x1 // stride - x0 // stride
+    return feature[..., top : top + rows, left : left + cols]
+
+
+def _in_image(target: Tensor, t: Tile, stride: int) -> Tensor:
+    """The whole image's target features (content) at the tile's core positions."""
+    y0, y1, x0, x1 = t.core
+    return target[..., y0 // stride : y1 // stride, x0 // stride : x1 // stride]
+
+
+class _WithGradient(torch.autograd.Function):
+    """The losses, with the gradient the tiles already computed as their backward."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, total: Tensor, grad: Tensor) -> Tensor:
+        ctx.save_for_backward(grad)
+        return total.clone()
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None, None]:
+        (grad,) = ctx.saved_tensors
+        return g.view(-1, 1, 1, 1) * grad, None, None
+
+
+@dataclass(frozen=True)
+class _Weights:
+    alpha: Tensor  # (B,) per image
+    beta: Tensor
+    tv: Tensor
+    layer: Tensor  # (style layers, B)
+
+
+class TiledObjective:
+    """``objective(x)`` -> Terms, as ``transfer.make_objective`` gives for the whole image,
+    computed tile by tile (see the module's docstring)."""
+
+    def __init__(
+        self,
+        extractor: VGGFeatures,
+        specs: Sequence[JobSpec],
+        content: Mapping[str, Tensor],
+        style: Mapping[str, Tensor],
+    ):
+        spec = specs[0]
+        self.extractor, self.spec, self.content, self.style_t = extractor, spec, content, style
+        self.tile, self.margin = tile_side(spec), margin_of(spec)
+        self.step = layer_stride(spec.backbone, deepest(spec.backbone, spec.active_layers))
+        self.stride = {n: layer_stride(spec.backbone, n) for n in spec.active_layers}
+        dev = extractor.mean.device
+
+        def per_image(values: Sequence[Any]) -> Tensor:
+            return torch.tensor(values, dtype=torch.float32, device=dev)
+
+        self.w = _Weights(
+            per_image([s.content_weight if s.uses_content else 0.0 for s in specs]),
+            per_image([s.style_weight if s.uses_style else 0.0 for s in specs]),
+            per_image([s.tv_weight for s in specs]),
+            per_image([list(s.layer_weights) for s in specs]).T,
+        )
+        self.calls = itertools.count()
+
+    def offset(self) -> tuple[int, int]:
+        """The grid's shift this evaluation: a different one each time (golden-ratio steps),
+        on the stride."""
+        k, slots = next(self.calls), max(1, self.tile // self.step)
+        dy, dx = int(k * 0.618 * slots) % slots, int(k * 0.382 * slots) % slots
+        return dy * self.step, dx * self.step
+
+    def __call__(self, x: Tensor) -> Terms:
+        tiles = grid((x.shape[-2], x.shape[-1]), self.tile, self.margin, self.offset())
+        grams = self._grams(x, tiles) if self.spec.uses_style else {}
+        per_layer, coef = self._style(grams, (x.shape[-2], x.shape[-1]))
+        grad = torch.zeros_like(x)
+        content = x.new_zeros(x.shape[0])
+        with torch.enable_grad():  # the loop evaluates its last image under no_grad
+            for t in tiles:
+                content += self._tile_backward(x, t, coef, grad)
+            tv = self._tv(x, grad)
+        style = x.new_zeros(x.shape[0])
+        for w, e in zip(self.w.layer, per_layer.values(), strict=True):
+            style = style + w * e
+        total = self.w.alpha * content + self.w.beta * style + self.w.tv * tv
+        details = {f"style_{k}": v for k, v in per_layer.items()}
+        out = _WithGradient.apply(x, total.detach(), grad)
+        return Terms(out, {"content": content, "style": style, "tv": tv}, details)
+
+    def _grams(self, x: Tensor, tiles: list[Tile]) -> dict[str, Tensor]:
+        """Every style layer's Gram over the whole image, summed tile by tile."""
+        layers = self.spec.style_layers
+        grams: dict[str, Tensor] = {}
+        with torch.no_grad():
+            for t in tiles:
+                y0, y1, x0, x1 = t.box
+                feats = self.extractor.features_at(x[..., y0:y1, x0:x1], layers)
+                for n in layers:
+                    g = losses.gram(_core(feats[n], t, self.stride[n]))
+                    grams[n] = grams[n] + g if n in grams else g
+        return grams
+
+    def _style(
+        self, grams: dict[str, Tensor], hw: tuple[int, int]
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Per layer: E_l (B,) and C_l = dL/dG_l (B,N,N), the whole image's."""
+        per_layer, coef = {}, {}
+        for k, (n, g) in enumerate(grams.items()):
+            a = self.style_t[n]
+            c = g.shape[-1]
+            m = (hw[0] // self.stride[n]) * (hw[1] // self.stride[n])
+            per_layer[n] = losses.style_layer_loss(g, a, c, m)
+            scale = self.w.beta * self.w.layer[k] / (2.0 * c * c * m * m)
+            coef[n] = scale.view(-1, 1, 1) * (g - a)
+        return per_layer, coef
+
+    def _tile_backward(self, x: Tensor, t: Tile, coef: dict[str, Tensor], grad: Tensor) -> Tensor:
+        """One tile's forward and backward: its part of the gradient added into ``grad``;
+        returns its content loss (B,)."""
+        y0, y1, x0, x1 = t.box
+        xt = x.detach()[..., y0:y1, x0:x1].clone().requires_grad_(True)
+        feats = self.extractor.features_at(xt, self.spec.active_layers)
+        surrogate = xt.new_zeros(())
+        for n, c in coef.items():
+            v = _core(feats[n], t, self.stride[n])
+            surrogate = surrogate + (c * losses.gram(v)).sum()
+        content = xt.new_zeros(x.shape[0])
+        for n, p in self.content.items():
+            s = self.stride[n]
+            content = content + losses.content_loss(_core(feats[n], t, s), _in_image(p, t, s))
+        (surrogate + (self.w.alpha * content).sum()).backward()  # type: ignore[no-untyped-call]
+        grad[..., y0:y1, x0:x1] += _grad(xt)
+        return content.detach()
+
+    def _tv(self, x: Tensor, grad: Tensor) -> Tensor:
+        if not bool((self.w.tv > 0).any()):
+            return x.new_zeros(x.shape[0])
+        xx = x.detach().clone().requires_grad_(True)
+        tv = losses.tv_loss(xx)
+        (self.w.tv * tv).sum().backward()  # type: ignore[no-untyped-call]
+        grad += _grad(xx)
+        return tv.detach()
+
+
+def _grad(t: Tensor) -> Tensor:
+    if t.grad is None:
+        raise RuntimeError("a tile took no gradient")
+    return t.grad

@@ -1,0 +1,112 @@
+"""Tiled optimisation (nst_ops.tiles): the whole image's loss and gradient, tile by tile."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nst_ops import transfer
+from nst_ops.spec import JobSpec, SpecError
+from nst_ops.tiles import TiledObjective, grid, margin_of
+from nst_ops.vgg import VGGFeatures
+
+SHALLOW = {"content_layers": ["relu3_1"], "style_layers": ["relu1_1", "relu2_1", "relu3_1"]}
+
+
+def _setup(params: dict, hw: tuple[int, int] = (56, 80)):
+    spec = JobSpec.from_dict({"weights": "random:0", "size": max(hw), **params})
+    ext = VGGFeatures(spec.backbone, spec.active_layers, spec.pooling, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    content, style = torch.rand(3, *hw, generator=gen), torch.rand(3, 40, 40, generator=gen)
+    c, sl, out_hw = transfer._prepare(spec, spec.size, content, [style], torch.device("cpu"))
+    targets = transfer.compute_targets(ext, spec, c, sl, out_hw)
+    x = torch.rand(2, 3, *out_hw, generator=gen)
+    return spec, ext, targets, x, content, style
+
+
+def _loss_and_grad(objective, x):
+    xx = x.clone().requires_grad_(True)
+    terms = objective(xx)
+    terms.total.sum().backward()
+    return terms, xx.grad
+
+
+@pytest.mark.parametrize("extra", [{}, {"tv_weight": 10.0}, {"mode": "style", "init": "noise"}])
+def test_tiled_loss_and_gradient_equal_the_whole_images_where_the_margin_covers_the_field(extra):
+    spec, ext, targets, x, _, _ = _setup({**SHALLOW, "tile": 24, **extra})
+    whole, g_whole = _loss_and_grad(transfer.make_objective(ext, [spec, spec], targets), x)
+    tiles = TiledObjective(ext, [spec, spec], targets.content, targets.style)
+    assert len(grid(x.shape[-2:], 24, margin_of(spec))) >= 12  # really tiled
+    for _ in range(3):  # the grid moves every evaluation; the result does not
+        tiled, g_tiled = _loss_and_grad(tiles, x)
+        torch.testing.assert_close(tiled.total, whole.total, rtol=1e-5, atol=0)
+        for name in whole.terms:
+            torch.testing.assert_close(tiled.terms[name], whole.terms[name], rtol=1e-5, atol=1e-9)
+        torch.testing.assert_close(g_tiled, g_whole, rtol=0, atol=1e-5 * float(g_whole.abs().max()))
+
+
+def test_a_margin_below_the_receptive_field_is_an_approximation_not_the_same_gradient():
+    spec, ext, targets, x, _, _ = _setup({**SHALLOW, "tile": 24, "tile_margin": 4})
+    _, g_whole = _loss_and_grad(transfer.make_objective(ext, [spec, spec], targets), x)
+    _, g_tiled = _loss_and_grad(
+        TiledObjective(ext, [spec, spec], targets.content, targets.style), x
+    )
+    assert float((g_tiled - g_whole).abs().max()) > 1e-3 * float(g_whole.abs().max())
+
+
+@pytest.mark.parametrize("offset", [(0, 0), (4, 8), (20, 12)])
+def test_tile_cores_cover_every_pixel_once_and_boxes_stay_inside_the_image(offset):
+    hw = (57, 83)
+    seen = torch.zeros(hw, dtype=torch.int32)
+    for t in grid(hw, 24, 16, offset):
+        y0, y1, x0, x1 = t.core
+        seen[y0:y1, x0:x1] += 1
+        by0, by1, bx0, bx1 = t.box
+        assert 0 <= by0 <= y0 < y1 <= by1 <= hw[0] and 0 <= bx0 <= x0 < x1 <= bx1 <= hw[1]
+        assert by0 % 4 == 0 and bx0 % 4 == 0  # poolings pair the pixels the whole image's do
+    assert bool((seen == 1).all())
+
+
+def test_default_margin_is_the_deepest_layers_receptive_field_on_its_stride():
+    assert margin_of(JobSpec.from_dict({**SHALLOW, "tile": 64})) == 16  # relu3_1: 13 -> 16
+    assert margin_of(JobSpec.from_dict({"tile": 64})) == 96  # conv5_1: 85 -> 96
+    assert margin_of(JobSpec.from_dict({"tile": 64, "tile_margin": 20})) == 32
+
+
+def _stylize(params: dict):
+    common = {**SHALLOW, "init": "content", "iterations": 30, "log_every": 1, **params}
+    spec, ext, _, _, content, style = _setup(common, hw=(64, 64))
+    out = transfer.stylize(spec, ext, content, [style])
+    return min(r["total"] for r in out.trace), _seam_ratio(out.image, 16)
+
+
+def test_a_tiled_job_reaches_the_untiled_jobs_loss_and_leaves_no_seam_on_its_grid(monkeypatch):
+    whole_loss, whole_seam = _stylize({})
+    tiled_loss, tiled_seam = _stylize({"tile": 16})
+    assert abs(tiled_loss - whole_loss) <= 0.02 * whole_loss
+    assert tiled_seam == pytest.approx(whole_seam, rel=0.1)
+    # a margin below the receptive field: the moving grid spreads its error, no seam stays
+    assert _stylize({"tile": 16, "tile_margin": 4})[1] == pytest.approx(whole_seam, rel=0.1)
+    monkeypatch.setattr(TiledObjective, "offset", lambda self: (0, 0))  # a grid that stays put
+    assert _stylize({"tile": 16, "tile_margin": 0})[1] > 1.2 * whole_seam  # the seam shows
+
+
+def _seam_ratio(image: torch.Tensor, tile: int) -> float:
+    """Squared differences across the first grid's tile borders over those elsewhere."""
+    dx = (image[:, :, 1:] - image[:, :, :-1]).pow(2).mean(0)  # between column j and j+1
+    border = torch.zeros(dx.shape[1], dtype=torch.bool)
+    border[tile - 1 :: tile] = True
+    return float(dx[:, border].mean() / dx[:, ~border].mean())
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"tile": 8}, "tile 8 is too small: at least 32 px"),
+        ({"tile": 64, "tile_margin": -1}, "tile_margin must be an integer >= 0"),
+        ({"history_size": 0}, "history_size must be an integer >= 1"),
+    ],
+)
+def test_tile_and_history_settings_are_refused_in_our_words(params, message):
+    with pytest.raises(SpecError, match=message):
+        JobSpec.from_dict(params)
