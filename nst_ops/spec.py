@@ -15,7 +15,8 @@ from .layer_table import (
     smallest_size,
 )
 from .optimizers import OPTIMIZERS
-from .param import Param, Role, SpecError, check_bounds, finite_nonneg, param
+from .param import Param, Role, check_bounds, finite_nonneg, param
+from .param import SpecError as SpecError  # re-exported: the spec's error type
 from .presets import FIRST_DEFAULTS, PresetError, apply_preset, edition_values
 from .vocab import Mode
 
