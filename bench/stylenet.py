@@ -92,7 +92,9 @@ def within(trace: list[dict], target: float) -> int | None:
 def train_model(
     out: Path, train_photos: list[Path], a: argparse.Namespace, workers: int, steps: int
 ) -> tuple[float, dict]:
-    spec = JobSpec.from_dict({**JOB, "style_weight": a.beta, "style_scale": a.style_scale})
+    spec = JobSpec.from_dict(
+        {**JOB, "style_weight": a.beta, "style_scale": a.style_scale, "amp": _amp(a.amp)}
+    )
     s = TrainSettings(
         str(out),
         spec.to_dict(),
@@ -103,6 +105,9 @@ def train_model(
         batch_size=a.batch,
         crop=a.crop,
         width=a.width,
+        lr=a.lr,
+        lr_schedule=a.lr_schedule,
+        photo_skip=a.photo_skip,
         checkpoint_every=max(steps, 1),
         sample_every=10**9,
         workers=workers,
@@ -116,6 +121,10 @@ def train_model(
     seconds = time.perf_counter() - t0
     trace = pq.read_table(out / "trace.parquet").to_pylist()
     return seconds, {"images_per_s": statistics.median(r["images_per_s"] for r in trace[1:])}
+
+
+def _amp(text: str) -> bool | str:
+    return {"true": True, "false": False}.get(text, text)
 
 
 def optimise(photo: Path, spec: JobSpec, tmp: Path, style: Path) -> tuple[float, bytes, list[dict]]:
@@ -148,6 +157,15 @@ def main() -> None:
     p.add_argument("--width", type=int, default=16)
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--beta", type=float, default=1e7)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"])
+    p.add_argument("--photo-skip", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument(
+        "--amp",
+        default="auto",
+        choices=["auto", "true", "false"],
+        help="the network's training objective in bf16 (auto: where the CPU has it)",
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--eval-size", type=int, default=256)
     p.add_argument("--refine", type=int, nargs="+", default=[30, 60])
@@ -241,7 +259,9 @@ def summary(res: dict) -> list[str]:
         f" photos, evaluated on {', '.join(res['eval_photos'])} (never trained on)",
         f"training: {res['train_seconds']:.0f} s for {res['args']['steps']} steps "
         f"(crop {res['args']['crop']}, width {res['args']['width']}, batch {res['args']['batch']},"
-        f" aspects {res['args']['aspects']}), {res['train_images_per_s']:.2f} images/s; "
+        f" aspects {res['args']['aspects']}, lr {res['args']['lr']} {res['args']['lr_schedule']}, "
+        f"photo_skip {res['args']['photo_skip']}, amp {res['args']['amp']}), "
+        f"{res['train_images_per_s']:.2f} images/s; "
         f"1 -> 2 workers: {scaling['1']:.2f} -> {scaling['2']:.2f} images/s",
         f"throughput at {res['args']['eval_size']} px: optimisation {opt_s:.1f} s/image, network "
         f"{net_s * 1000:.0f} ms/image: {opt_s / net_s:.0f}x",

@@ -37,6 +37,7 @@ from pipeline.run import images
 from pipeline.store import storage
 from pipeline.store.input_policy import DEFAULT_MAX_BYTES
 from pipeline.stylenet.export import ExportFormat
+from pipeline.stylenet.train_settings import LrSchedule
 
 
 class Precision(str, Enum):
@@ -83,6 +84,16 @@ def train(
     batch_size: Annotated[int, typer.Option(min=1, help="Crops per step and worker.")] = 4,
     crop: Annotated[int, typer.Option(min=32, max=1024, help="Training crop size (px).")] = 256,
     lr: Annotated[float, typer.Option(min=0.0, help="Adam learning rate.")] = 1e-3,
+    lr_schedule: Annotated[
+        LrSchedule, typer.Option(help="Constant, or cosine from --lr to 0 at --steps.")
+    ] = LrSchedule.CONSTANT,
+    photo_skip: Annotated[
+        bool,
+        typer.Option(
+            help="The network changes the photo (starts as the photo); --no-photo-skip: the "
+            "published network, which starts from grey."
+        ),
+    ] = True,
     width: Annotated[
         int, typer.Option(min=4, max=256, help="Network width: 32 published, 8-16 for CPUs.")
     ] = 32,
@@ -159,6 +170,7 @@ def train(
     settings = make_settings(
         out, spec, styles, content, holdout, so,
         steps=steps, batch_size=batch_size, crop=crop, lr=lr, width=width,
+        lr_schedule=lr_schedule.value, photo_skip=photo_skip,
         residual_blocks=residual_blocks, checkpoint_every=checkpoint_every,
         sample_every=sample_every, seed=seed, workers=workers, use_gpu=use_gpu,
         cpus_per_worker=_worker_cpus(cpus_per_worker, workers, address), max_pixels=max_pixels,

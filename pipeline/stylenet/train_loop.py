@@ -17,6 +17,7 @@ from nst_ops.stylenet import NetConfig, StyleObjective, TransformerNet
 from nst_ops.stylenet.network import parameter_count
 from nst_ops.vgg import VGGFeatures
 from pipeline.run import images, model_file, scoring, weights
+from pipeline.run.task import amp_enabled
 from pipeline.store import record, storage
 from pipeline.stylenet import holdout, layout
 from pipeline.stylenet.checkpoints import latest_checkpoint, trace_table
@@ -38,7 +39,7 @@ def train_loop(config: dict[str, Any]) -> None:
     store = storage.Store(s.out, s.storage_options)
     spec = JobSpec.from_dict(s.spec)
     torch.manual_seed(s.seed)
-    net = TransformerNet(NetConfig(s.width, s.residual_blocks))
+    net = TransformerNet(NetConfig(s.width, s.residual_blocks, s.photo_skip))
     opt = torch.optim.Adam(net.parameters(), lr=s.lr)
     start, trace = _resume(store, net, opt)
     model = ray.train.torch.prepare_model(net)
@@ -50,6 +51,8 @@ def train_loop(config: dict[str, Any]) -> None:
     t0, seen = time.time(), 0
     for step in range(start + 1, s.steps + 1):
         x = sampler.batch(step, s.batch_size).to(device)
+        for group in opt.param_groups:
+            group["lr"] = s.lr_at(step)
         terms = objective(model(x), x)
         loss = terms.total.mean()
         opt.zero_grad(set_to_none=True)
@@ -84,7 +87,8 @@ def _extractor(spec: JobSpec, device: torch.device, so: dict | None) -> VGGFeatu
     _, seed = weights.parse(spec.weights)
     sd = weights.cached_state_dict(spec.weights, spec.backbone, so)
     last = deepest(spec.backbone, spec.active_layers)
-    net = VGGFeatures(spec.backbone, [last], spec.pooling, state_dict=sd, seed=seed)
+    amp = amp_enabled(spec.amp, device)  # bf16 VGG where the device has bf16 units
+    net = VGGFeatures(spec.backbone, [last], spec.pooling, state_dict=sd, seed=seed, amp=amp)
     return net.optimised_for(device)
 
 
@@ -199,6 +203,8 @@ def _write_model(
         "batch_size": s.batch_size,
         "crop": s.crop,
         "lr": s.lr,
+        "lr_schedule": s.lr_schedule,
+        "amp": amp_enabled(spec.amp, next(net.parameters()).device),
         "workers": s.workers,
         "seed": s.seed,
         "from_job": s.from_job,

@@ -3,7 +3,9 @@ worker, and the part of them a rerun into the same --out must match."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from typing import Any
 
 from pipeline.run import images
@@ -12,7 +14,15 @@ from pipeline.run import images
 # style_scale=content, the style squashed into a square, not the target of a 4:3 photo.
 DEFAULT_ASPECTS = (1.0, 4 / 3, 3 / 4, 3 / 2, 2 / 3)
 # identity keys added after trainings were written with them absent: their value then
-ADDED_LATER = {"aspects": [1.0]}
+ADDED_LATER = {"aspects": [1.0], "photo_skip": False, "lr_schedule": "constant"}
+
+
+class LrSchedule(str, Enum):
+    """Adam's learning rate over the steps: constant, or a cosine from --lr down to zero at
+    --steps (a run resumed with more --steps continues along the longer cosine)."""
+
+    CONSTANT = "constant"
+    COSINE = "cosine"
 
 
 def parse_aspects(text: str) -> tuple[float, ...]:
@@ -46,6 +56,8 @@ class TrainSettings:
     batch_size: int = 4
     crop: int = 256
     lr: float = 1e-3
+    lr_schedule: str = LrSchedule.CONSTANT.value
+    photo_skip: bool = True  # the network changes the photo (nst_ops.stylenet.network)
     width: int = 32
     residual_blocks: int = 5
     checkpoint_every: int = 100
@@ -68,3 +80,8 @@ class TrainSettings:
                   "use_gpu", "cpus_per_worker", "skipped_photos", "reference"):  # fmt: skip
             d.pop(k)
         return d
+
+    def lr_at(self, step: int) -> float:
+        if self.lr_schedule == LrSchedule.COSINE.value:
+            return self.lr * 0.5 * (1 + math.cos(math.pi * min(step / self.steps, 1.0)))
+        return self.lr

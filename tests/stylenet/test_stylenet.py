@@ -56,6 +56,31 @@ def test_the_network_keeps_any_input_size_and_the_0_1_range():
         assert 0 <= float(y.min()) and float(y.max()) <= 1
 
 
+def test_a_photo_skip_network_starts_as_the_photo_and_stays_in_range():
+    x = torch.rand(2, 3, 17, 23).clamp(0.01, 0.99)
+    net = TransformerNet(NetConfig(width=4, residual_blocks=1, photo_skip=True))
+    assert torch.allclose(net(x), x, atol=1e-6)  # untrained: the photo itself, not grey noise
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p))
+    y = net(torch.rand(1, 3, 16, 16))
+    assert not torch.allclose(y, x[:1, :, :16, :16]) and 0 <= float(y.min()) <= float(y.max()) <= 1
+
+
+def test_a_network_file_written_before_photo_skip_loads_as_the_published_network():
+    assert NetConfig(**{"width": 4, "residual_blocks": 1}).photo_skip is False
+    with pytest.raises(ValueError, match="photo_skip must be true or false"):
+        NetConfig(4, 1, photo_skip="yes")  # type: ignore[arg-type]
+
+
+def test_the_cosine_schedule_falls_from_lr_to_zero_at_the_last_step():
+    from pipeline.stylenet.train_settings import TrainSettings
+
+    s = TrainSettings("o", {}, [], [], [], steps=100, lr=1e-3, lr_schedule="cosine")
+    assert [round(s.lr_at(k), 9) for k in (0, 50, 100, 150)] == [1e-3, 5e-4, 0, 0]
+    assert TrainSettings("o", {}, [], [], [], steps=100, lr=1e-3).lr_at(100) == 1e-3
+
+
 def test_the_published_width_has_the_published_parameter_count():
     from nst_ops.stylenet.network import parameter_count
 
@@ -161,6 +186,7 @@ def test_two_ray_train_workers_write_one_model_with_its_trace_and_samples(traine
         str(root / "photos/p4.png")
     ]
     assert m.meta["holdout_scores"]["images"] == 1
+    assert m.meta["net"]["photo_skip"] is True and m.meta["lr_schedule"] == "constant"
     trace = pq.read_table(out / "trace.parquet").to_pylist()
     assert [r["step"] for r in trace] == [1, 2, 3, 4, 5, 6]
     assert all(r["total"] > 0 for r in trace)
