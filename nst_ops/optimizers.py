@@ -30,6 +30,12 @@ class JobSpec(Protocol):
     @property
     def history_size(self) -> int: ...
 
+    @property
+    def momentum(self) -> float: ...
+
+    @property
+    def iterations(self) -> int: ...
+
 
 class Stepper(Protocol):
     """What the optimisation loop needs of an optimizer (torch's optimizers are Steppers)."""
@@ -50,6 +56,8 @@ class OptimizerKind:
     # shared evaluation: elementwise updates with one parameter group per image (Adam, SGD,
     # RMSprop...), or one optimizer per image (L-BFGS without line search, see PerImage).
     batchable: bool
+    # image-sized vectors the optimizer keeps between steps (nst_ops.memory's estimate)
+    state_vectors: Callable[[JobSpec], int] = lambda spec: 0
 
 
 def per_image(torch_name: str, *spec_fields: str) -> Factory:
@@ -117,7 +125,8 @@ def _lbfgs(specs: Sequence[JobSpec], params: list[torch.Tensor]) -> Stepper:
 
 
 OPTIMIZERS: dict[str, OptimizerKind] = {
-    "lbfgs": OptimizerKind(_lbfgs, default_lr=1.0, batchable=True),
-    "adam": OptimizerKind(per_image("Adam"), default_lr=0.02, batchable=True),
-    "sgd": OptimizerKind(per_image("SGD", "momentum"), default_lr=0.1, batchable=True),
+    # L-BFGS: a pair (s, y) per step up to history_size, the direction, previous gradient, step
+    "lbfgs": OptimizerKind(_lbfgs, 1.0, True, lambda s: 2 * min(s.history_size, s.iterations) + 3),
+    "adam": OptimizerKind(per_image("Adam"), 0.02, True, lambda s: 2),  # both moments
+    "sgd": OptimizerKind(per_image("SGD", "momentum"), 0.1, True, lambda s: int(s.momentum > 0)),
 }

@@ -25,7 +25,7 @@ INITS = ("noise", "content", "style")
 MODEL_INIT = "model:"  # init=model:<uri>: start from a trained style network's output
 STYLE_SCALES = ("content", "own")
 GATYS_STYLE_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
-MIN_SIZE, MAX_SIZE = 16, 4096
+MIN_SIZE, MAX_SIZE = 16, 8192  # above ~1500 px a job needs tile= (nst_ops.memory)
 
 
 def is_image_ref(value: str) -> bool:

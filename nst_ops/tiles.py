@@ -21,7 +21,7 @@ and every tile computes its margin too: (tile + 2 margin)^2 / tile^2 of the pixe
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,9 +29,10 @@ import torch
 from torch import Tensor
 
 from . import losses
-from .layer_table import deepest, layer_stride, receptive_radius
+from .layer_table import deepest, feature_hw, layer_stride
 from .loop import Terms
 from .spec import JobSpec
+from .tile_size import margin_of, tile_side
 from .vgg import VGGFeatures
 
 Box = tuple[int, int, int, int]  # y0, y1, x0, x1 in pixels
@@ -41,21 +42,6 @@ Box = tuple[int, int, int, int]  # y0, y1, x0, x1 in pixels
 class Tile:
     core: Box  # the pixels whose features this tile stands for (the cores partition the image)
     box: Box  # what it reads: the core with its margin, clipped to the image
-
-
-def margin_of(spec: JobSpec) -> int:
-    """The context around each tile in px: ``tile_margin`` or the receptive field, rounded up
-    to the deepest layer's stride."""
-    layer = deepest(spec.backbone, spec.active_layers)
-    stride = layer_stride(spec.backbone, layer)
-    want = receptive_radius(spec.backbone, layer) if spec.tile_margin is None else spec.tile_margin
-    return -(-want // stride) * stride
-
-
-def tile_side(spec: JobSpec) -> int:
-    """``tile`` rounded down to the deepest layer's stride."""
-    stride = layer_stride(spec.backbone, deepest(spec.backbone, spec.active_layers))
-    return max(stride, spec.tile // stride * stride)
 
 
 def _cuts(n: int, tile: int, offset: int) -> list[tuple[int, int]]:
@@ -91,6 +77,55 @@ def _in_image(target: Tensor, t: Tile, stride: int) -> Tensor:
     """The whole image's target features (content) at the tile's core positions."""
     y0, y1, x0, x1 = t.core
     return target[..., y0 // stride : y1 // stride, x0 // stride : x1 // stride]
+
+
+def grams_over(
+    extractor: VGGFeatures, x: Tensor, tiles: list[Tile], layers: Sequence[str]
+) -> dict[str, Tensor]:
+    """Each layer's Gram matrix of the whole image, summed over the tiles' cores (no grad)."""
+    grams: dict[str, Tensor] = {}
+    with torch.no_grad():
+        for t in tiles:
+            y0, y1, x0, x1 = t.box
+            feats = extractor.features_at(x[..., y0:y1, x0:x1], layers)
+            for n in layers:
+                g = losses.gram(_core(feats[n], t, layer_stride(extractor.backbone, n)))
+                grams[n] = grams[n] + g if n in grams else g
+    return grams
+
+
+def features_over(extractor: VGGFeatures, x: Tensor, tiles: list[Tile], layer: str) -> Tensor:
+    """A layer's feature map of the whole image, put together from the tiles' cores (no grad):
+    the content target of an image too large for one forward."""
+    stride = layer_stride(extractor.backbone, layer)
+    h, w = feature_hw(extractor.backbone, layer, (x.shape[-2], x.shape[-1]))
+    out: Tensor | None = None
+    with torch.no_grad():
+        for t in tiles:
+            y0, y1, x0, x1 = t.box
+            core = _core(extractor.features_at(x[..., y0:y1, x0:x1], [layer])[layer], t, stride)
+            if out is None:
+                out = core.new_zeros(*core.shape[:2], h, w)
+            cy, cx = t.core[0] // stride, t.core[2] // stride
+            out[..., cy : cy + core.shape[-2], cx : cx + core.shape[-1]] = core
+    assert out is not None, "an image has at least one tile"
+    return out
+
+
+def tiled_targets(spec: JobSpec) -> Callable[[VGGFeatures, Tensor, str, bool], Tensor] | None:
+    """For a tiled job, ``(extractor, image, layer, gram) -> target`` computed tile by tile
+    (its inputs may be as large as its output); None for an untiled one."""
+    if not spec.tile:
+        return None
+    size, margin = tile_side(spec), margin_of(spec)
+
+    def target(extractor: VGGFeatures, x: Tensor, layer: str, gram: bool) -> Tensor:
+        tiles = grid((x.shape[-2], x.shape[-1]), size, margin)
+        if gram:
+            return grams_over(extractor, x, tiles, [layer])[layer]
+        return features_over(extractor, x, tiles, layer)
+
+    return target
 
 
 class _WithGradient(torch.autograd.Function):
@@ -170,17 +205,7 @@ class TiledObjective:
         return Terms(out, {"content": content, "style": style, "tv": tv}, details)
 
     def _grams(self, x: Tensor, tiles: list[Tile]) -> dict[str, Tensor]:
-        """Every style layer's Gram over the whole image, summed tile by tile."""
-        layers = self.spec.style_layers
-        grams: dict[str, Tensor] = {}
-        with torch.no_grad():
-            for t in tiles:
-                y0, y1, x0, x1 = t.box
-                feats = self.extractor.features_at(x[..., y0:y1, x0:x1], layers)
-                for n in layers:
-                    g = losses.gram(_core(feats[n], t, self.stride[n]))
-                    grams[n] = grams[n] + g if n in grams else g
-        return grams
+        return grams_over(self.extractor, x, tiles, self.spec.style_layers)
 
     def _style(
         self, grams: dict[str, Tensor], hw: tuple[int, int]

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import losses
+from . import losses, tiles
 from .image_ops import (
     _fit,
     _need,
@@ -77,13 +77,19 @@ def compute_targets(
     image-level ratio is wrong after a pooling); with the default (style resized to the content's
     size) the factor is exactly 1.
     """
-    net_id = (id(extractor.features), spec.preserve_color)
+    net_id = (id(extractor.features), spec.preserve_color, spec.tile, spec.tile_margin)
     c_key, s_keys = keys if keys is not None else (None, [None] * len(styles))
 
+    tiled = tiles.tiled_targets(spec)  # inputs as large as a print: tile by tile
+
     def feature(x: Tensor, layer: str) -> Tensor:
+        if tiled is not None:
+            return tiled(extractor, x, layer, False)
         return extractor.features_at(x, [layer])[layer]
 
     def gram_of(x: Tensor, layer: str) -> Tensor:
+        if tiled is not None:
+            return tiled(extractor, x, layer, True)
         return losses.gram(feature(x, layer))
 
     with torch.no_grad():

@@ -176,11 +176,9 @@ def train(
         cpus_per_worker=_worker_cpus(cpus_per_worker, workers, address), max_pixels=max_pixels,
         from_job=origin, reference=reference, aspects=parse_aspects(aspects),
     )  # fmt: skip
-    console.print(
-        f"training on {len(settings.photos)} photos ({len(settings.holdout)} held aside), "
-        f"{steps} steps x {batch_size} x {workers} worker(s)",
-        highlight=False,
-    )
+    n_photos, n_held = len(settings.photos), len(settings.holdout)
+    console.print(f"training on {n_photos} photos ({n_held} held aside), {steps} steps x "
+                  f"{batch_size} x {workers} worker(s)", highlight=False)  # fmt: skip
     meta = run_training(settings, address, progress)
     model = storage.join(out, "model.pt")
     out_console.print(

@@ -47,7 +47,7 @@ from pipeline.errors import NstError
 from pipeline.jobs import manifest
 from pipeline.jobs.grid import DEFAULT_MAX_JOBS, expand
 from pipeline.jobs.plan import make_plan
-from pipeline.run import images
+from pipeline.run import images, memory_check
 from pipeline.store import storage
 from pipeline.store.input_policy import DEFAULT_MAX_BYTES
 
@@ -172,6 +172,12 @@ def plan(
             more = f" … (+{len(values) - 6})" if len(values) > 6 else ""
             table.add_row(key, str(len(values)), shown + more)
     out_console.print(table)
+    if jobs:
+        top = max(jobs, key=lambda j: memory_check.need(j.spec))
+        out_console.print(
+            f"peak memory per job: up to ~{memory_check.need(top.spec) / 2**30:.1f} GiB (row "
+            f"{top.row}, size {top.spec.size}); `nst validate --memory GIB` checks it fits"
+        )
 
 
 @app.command()
@@ -186,8 +192,17 @@ def validate(
     allow_http: AllowHttpOpt = False,
     allow_private_hosts: AllowPrivateOpt = False,
     max_input_bytes: MaxInputBytesOpt = DEFAULT_MAX_BYTES,
+    memory: Annotated[
+        float | None,
+        typer.Option(
+            min=0.1,
+            help="GiB one job may use (a worker's RAM, or its GPU's memory); "
+            "default: this machine's memory.",
+        ),
+    ] = None,
 ) -> None:
-    """Check the schema, every row, and that every input exists and decodes (cheaply).
+    """Check the schema, every row, that every input exists and decodes (cheaply), and that
+    every job's estimated peak memory fits a worker.
 
     Example: nst validate s3://bucket/manifest.parquet --storage-options '{"anon": false}'
     """
@@ -216,14 +231,19 @@ def validate(
             if msg
         ]
     problems += _size_problems(jobs, sizes)
+    budget = int(memory * 2**30) if memory else memory_check.host_memory()
+    problems += _memory_problems(jobs, budget)
     problems += _weights_problems(jobs, so) + _model_problems(jobs, so)
     for p in problems:
         console.print(f"[red]✗[/] {p}", highlight=False, soft_wrap=True)
     if problems:
         raise NstError(f"{len(problems)} of {len(rows_of)} inputs failed validation")
     n_weights = len({(j.spec.weights, j.spec.backbone) for j in jobs})
+    peak = max(jobs, key=lambda j: memory_check.need(j.spec), default=None)
+    most = f", peak memory up to {memory_check.need(peak.spec) / 2**30:.1f} GiB" if peak else ""
     out_console.print(
-        f"ok: {len(jobs)} jobs, {len(rows_of)} inputs readable, {n_weights} weights source(s) fit"
+        f"ok: {len(jobs)} jobs, {len(rows_of)} inputs readable, {n_weights} weights source(s) "
+        f"fit{most} (of {budget / 2**30:.1f} GiB)"
     )
 
 
@@ -243,6 +263,17 @@ def _size_problems(jobs: list, sizes: dict[str, tuple[int, int]]) -> list[str]:
             if problem:
                 found.setdefault(f"{uri}: {problem}", set()).add(j.row)
     return [f"rows {sorted(rows)}: {msg}" for msg, rows in found.items()]
+
+
+def _memory_problems(jobs: list, budget: int) -> list[str]:
+    """Jobs whose estimated peak exceeds ``budget``, grouped by what they would need."""
+    found: dict[str, list[int]] = {}
+    for j in jobs:
+        try:
+            memory_check.check_fits(j.spec, budget, "memory")
+        except memory_check.TooLarge as e:
+            found.setdefault(str(e), []).append(j.row)
+    return [f"rows {sorted(set(rows))}: {msg}" for msg, rows in found.items()]
 
 
 def _model_problems(jobs: list, so: dict | None) -> list[str]:

@@ -32,6 +32,7 @@ from nst_ops.vocab import Status
 from pipeline.jobs.job import Job
 from pipeline.jobs.plan import Plan, make_plan
 from pipeline.run import ray_watchdog
+from pipeline.run.memory_check import task_memory
 from pipeline.run.options import RunOptions
 from pipeline.store import input_policy, record, storage
 from pipeline.store.results import normalise, put_jobs, put_results
@@ -175,6 +176,12 @@ def gpus_per_task(res: Resources) -> float:
     if res.on_cluster:
         return 1.0
     return 1.0 if _cluster_gpus() > 0 else 0.0  # embedded: this machine, which never grows
+
+
+def _largest_node_memory() -> float | None:
+    """The largest live node's ``memory`` resource (None: Ray reports none)."""
+    sizes = [n["Resources"].get("memory", 0) for n in ray.nodes() if n.get("Alive")]
+    return max(sizes) if sizes and max(sizes) > 0 else None
 
 
 def _cluster_gpus() -> float:
@@ -325,9 +332,9 @@ def _submit_and_collect(
     if not todo:
         return
     options = task_options(res)
-    remote = _task.options(**options)
     window = res.max_in_flight or DEFAULT_MAX_IN_FLIGHT
     gpus = float(options.get("num_gpus", 0))
+    cap = None if gpus > 0 else _largest_node_memory()
     batch_size = task_batch_size(res, gpus)
     queue = list(reversed(group_jobs(todo, batch_size)))
     in_flight: dict[ray.ObjectRef[Any], list[Job]] = {}
@@ -337,6 +344,7 @@ def _submit_and_collect(
             raise KeyboardInterrupt
         while queue and len(in_flight) < window:
             group = queue.pop()
+            remote = _task.options(**options, **({} if gpus else task_memory(group, cap)))
             in_flight[remote.remote(group, opts, batch_size)] = group
         ready, _ = ray.wait(list(in_flight), num_returns=len(in_flight), timeout=1.0)
         new_rows = [row for ref in ready for row in _collect(ref, in_flight.pop(ref))]

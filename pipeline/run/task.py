@@ -24,9 +24,9 @@ from nst_ops.spec import batch_key
 from nst_ops.transfer import InputKeys, output_hw, stylize_batch
 from nst_ops.vgg import VGGFeatures, use_cuda_precision
 from nst_ops.vocab import Status
-from pipeline.errors import NstError
+from pipeline.errors import InputError, NstError
 from pipeline.jobs.job import Job
-from pipeline.run import images, model_init, scoring, weights
+from pipeline.run import images, memory_check, model_init, scoring, weights
 from pipeline.run.options import RunOptions
 from pipeline.run.tensor_lru import TensorLRU
 from pipeline.store import layout, record, storage
@@ -128,7 +128,14 @@ class Inputs:
             self.image(job.spec.init_image)  # read now: a missing start image fails the job
         if job.spec.init_model and content is not None:
             self.starts[job.id] = self.model_start(job.spec.init_model, content, job.spec.size)
-        return job, content, [self.image(u) for u in job.style_uris]
+        styles = [self.image(u) for u in job.style_uris]
+        h, w = output_hw(job.spec, content, styles)
+        if h * w > self.opts.max_pixels:  # the output is bounded as the inputs are
+            raise InputError(
+                f"the output at size {job.spec.size} would be {w}x{h} = {h * w / 1e6:.1f} MP, "
+                f"above --max-pixels {self.opts.max_pixels:,}"
+            )
+        return job, content, styles
 
     def model_start(self, uri: str, content: torch.Tensor, size: int) -> torch.Tensor:
         """A trained network's output for the content (a bad model file fails the job)."""
@@ -178,6 +185,7 @@ def run_group(
     inputs = Inputs(opts)
     for job in jobs:
         try:
+            memory_check.check_on_device(job.spec, device)  # a failed row, never an OOM kill
             ready.append(inputs.of(job))
         except Exception as e:  # noqa: BLE001  (recorded on the job, never fatal to the run)
             info = {**extra, **inputs.record(job), **_fail(e)}

@@ -22,7 +22,7 @@ from nst_ops.spec import JobSpec, SpecError
         ({"mode": "content", "content_layers": ()}, "needs at least one content layer"),
         ({"backbone": "vgg16", "style_layers": ("conv5_4",)}, "conv5_4 not in vgg16; valid layers"),
         ({"iterations": 0}, "iterations must be an integer >= 1"),
-        ({"size": 8}, r"size must be an integer in \[16, 4096\]"),
+        ({"size": 8}, r"size must be an integer in \[16, 8192\]"),
         ({"size": 100000}, "size must be an integer"),
         ({"lr": 0.0}, "lr must be > 0"),
         ({"weights": "random:abc"}, "expected random:<integer seed>"),

@@ -7,7 +7,8 @@ import torch
 
 from nst_ops import transfer
 from nst_ops.spec import JobSpec, SpecError
-from nst_ops.tiles import TiledObjective, grid, margin_of
+from nst_ops.tile_size import margin_of
+from nst_ops.tiles import TiledObjective, grid
 from nst_ops.vgg import VGGFeatures
 
 SHALLOW = {"content_layers": ["relu3_1"], "style_layers": ["relu1_1", "relu2_1", "relu3_1"]}
@@ -43,6 +44,30 @@ def test_tiled_loss_and_gradient_equal_the_whole_images_where_the_margin_covers_
         for name in whole.terms:
             torch.testing.assert_close(tiled.terms[name], whole.terms[name], rtol=1e-5, atol=1e-9)
         torch.testing.assert_close(g_tiled, g_whole, rtol=0, atol=1e-5 * float(g_whole.abs().max()))
+
+
+@pytest.mark.parametrize("style_scale", ["content", "own"])
+def test_targets_of_a_tiled_job_are_computed_tile_by_tile_and_equal_the_whole_images(style_scale):
+    """A print's content and style images are as large as its output: their targets too are
+    computed tile by tile, and equal the one-pass targets where the margin covers the field."""
+    gen = torch.Generator().manual_seed(1)
+    content, style = torch.rand(3, 56, 80, generator=gen), torch.rand(3, 72, 60, generator=gen)
+    found = []
+    for tile in (0, 24):
+        spec = JobSpec.from_dict({"weights": "random:0", "size": 80, "tile": tile,
+                                  "style_scale": style_scale, **SHALLOW})  # fmt: skip
+        ext = VGGFeatures(spec.backbone, spec.active_layers, spec.pooling, seed=0)
+        c, sl, hw = transfer._prepare(spec, spec.size, content, [style], torch.device("cpu"))
+        found.append(transfer.compute_targets(ext, spec, c, sl, hw))
+    untiled, tiled = found
+    for name, t in untiled.content.items():
+        torch.testing.assert_close(
+            tiled.content[name], t, rtol=1e-5, atol=1e-5 * float(t.abs().max())
+        )
+    for name, g in untiled.style.items():
+        torch.testing.assert_close(
+            tiled.style[name], g, rtol=1e-5, atol=1e-5 * float(g.abs().max())
+        )
 
 
 def test_a_margin_below_the_receptive_field_is_an_approximation_not_the_same_gradient():

@@ -1,0 +1,133 @@
+"""How much memory one job needs, known before it runs (no torch: validate, plan and the
+scheduler ask).
+
+A job's peak is the optimiser's image-sized state plus one forward/backward through VGG up to
+its deepest layer, over the whole image or, tiled, over one tile with its margins:
+
+    peak = process + weights + ACTIVATION_FACTOR x floats(VGG outputs per pixel) x pass pixels
+           + (IMAGE_VECTORS + the optimizer's state vectors) x 3 x image pixels   (x 4 bytes)
+
+``floats(VGG outputs per pixel)`` sums channels / stride^2 over every module up to the deepest
+layer (611 for VGG19 to conv5_1): autograd keeps each module's output for the backward. The
+constants were fitted to peak resident memory of fresh processes on CPU (bench/memory.py:
+128-768 px, L-BFGS, Adam, tiled; within 10% of measured, see docs/performance.md). The image
+is assumed square at ``size`` (the most a photo of that longer side can need), and every
+multires level is no larger than the last.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from .layer_table import BACKBONE_CFG, CFGS, deepest, layer_names, layer_table
+from .optimizers import OPTIMIZERS
+from .optimizers import JobSpec as OptimizerSpec
+from .tile_size import TiledSpec, pass_side
+
+FLOAT = 4  # bytes: the optimisation runs in fp32 (amp casts only the convolutions' inputs)
+ACTIVATION_FACTOR = 1.05  # autograd's saved tensors per VGG module output (fit: 1.02)
+IMAGE_VECTORS = 6  # the image, its gradient, the best image, content, init, the clamp's copy
+WORKSPACE = 64 * 2**20  # convolution scratch and the allocator's slack (fit: 65 MB)
+PROCESS = 700 * 2**20  # a worker's resident memory before its first job (torch, Ray), measured
+GIB = 2**30
+
+
+class MemorySpec(TiledSpec, OptimizerSpec, Protocol):
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def optimizer(self) -> str: ...
+
+    @property
+    def content_layers(self) -> tuple[str, ...]: ...
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes, by what holds them."""
+
+    process: int
+    weights: int
+    activations: int
+    image_state: int
+    optimizer_state: int
+
+    @property
+    def total(self) -> int:
+        return (
+            self.process + self.weights + self.activations + self.image_state
+            + self.optimizer_state
+        )  # fmt: skip
+
+
+def feature_floats(backbone: str, layer: str) -> float:
+    """Floats per image pixel of every module's output up to ``layer`` (and the input)."""
+    total = 3.0
+    for name, _, channels, scale in layer_table(backbone):
+        total += channels / scale**2
+        if name == layer:
+            return total
+    raise ValueError(f"{layer!r} is not a layer of {backbone}")
+
+
+def _content_floats(spec: MemorySpec) -> float:
+    """The content target (the whole image's features at each content layer) per pixel."""
+    rows = {name: (c, scale) for name, _, c, scale in layer_table(spec.backbone)}
+    return sum(rows[n][0] / rows[n][1] ** 2 for n in spec.content_layers)
+
+
+def weight_bytes(backbone: str, layer: str) -> int:
+    """The convolutions' weights and biases up to ``layer`` (the only modules with any)."""
+    n, c_in, count = 0, 3, layer_names(backbone).index(layer) + 1
+    for v in CFGS[BACKBONE_CFG[backbone]]:
+        count -= 1 if v == "M" else 2
+        if v != "M":
+            n += c_in * int(v) * 9 + int(v)
+            c_in = int(v)
+        if count <= 0:
+            break
+    return n * FLOAT
+
+
+def estimate(spec: MemorySpec, size: int | None = None) -> MemoryEstimate:
+    """The job's peak at ``size`` (default: the job's)."""
+    size = size or spec.size
+    layer = deepest(spec.backbone, spec.active_layers)
+    pixels, piece = size * size, pass_side(spec, size) ** 2  # multires: the last level
+    activations = ACTIVATION_FACTOR * feature_floats(spec.backbone, layer) * piece * FLOAT
+    vectors = OPTIMIZERS[spec.optimizer].state_vectors(spec)
+    return MemoryEstimate(
+        process=PROCESS,
+        weights=weight_bytes(spec.backbone, layer),
+        activations=int(activations) + WORKSPACE,
+        image_state=int((IMAGE_VECTORS * 3 + _content_floats(spec)) * pixels * FLOAT),
+        optimizer_state=vectors * 3 * pixels * FLOAT,
+    )
+
+
+def largest_size(spec: MemorySpec, budget: int) -> int:
+    """The largest output side (a multiple of 16) this job fits in ``budget`` bytes; 0: none."""
+    lo, hi = 0, 1 << 16
+    while hi - lo > 16:
+        mid = (lo + hi) // 2 // 16 * 16
+        lo, hi = (mid, hi) if estimate(spec, mid).total <= budget else (lo, mid)
+    return lo
+
+
+def advice(spec: MemorySpec, budget: int) -> str:
+    """What would make a job that does not fit ``budget`` fit: said in its own parameters."""
+    need = estimate(spec)
+    ways = [f"size={largest_size(spec, budget)}"] if largest_size(spec, budget) else []
+    state = need.total - need.activations + WORKSPACE  # everything a tile cannot shrink
+    if state < budget and not spec.tile:
+        ways.append("tile=512 (memory then grows with the image's state only)")
+    if spec.optimizer == "lbfgs" and need.optimizer_state > need.total - budget:
+        ways.append("a smaller history_size")
+    return (
+        f"needs ~{need.total / GIB:.1f} GiB at size {spec.size} (activations "
+        f"{need.activations / GIB:.1f}, image {need.image_state / GIB:.1f}, optimizer "
+        f"{need.optimizer_state / GIB:.1f}), more than the {budget / GIB:.1f} GiB a worker has"
+        + (f"; fits with {' or '.join(ways)}" if ways else "")
+    )

@@ -1,0 +1,66 @@
+"""A job's memory, checked before it runs: against the device it would run on (a worker that
+refuses in our words, never an out-of-memory kill) and as the scheduler's request on CPUs (Ray
+then starts only as many jobs on a node as its memory holds)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from nst_ops import memory
+from nst_ops.spec import JobSpec
+from pipeline.errors import NstError
+from pipeline.jobs.job import Job
+
+
+class TooLarge(NstError):
+    """A job whose estimated peak exceeds the memory it would get."""
+
+
+def host_memory() -> int:
+    """This machine's memory: its cgroup limit where one is set (containers), else its RAM."""
+    import psutil
+
+    total = int(psutil.virtual_memory().total)
+    try:
+        limit = open("/sys/fs/cgroup/memory.max").read().strip()
+    except OSError:
+        return total
+    return min(total, int(limit)) if limit.isdigit() else total
+
+
+def device_memory(device: Any) -> int:
+    """What one job can have on ``device`` (a torch.device): a GPU's memory, or the host's."""
+    if getattr(device, "type", "cpu") == "cuda":
+        import torch
+
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    return host_memory()
+
+
+def need(spec: JobSpec, on_gpu: bool = False) -> int:
+    """Bytes the job needs where it runs (on a GPU, without the host process)."""
+    est = memory.estimate(spec)
+    return est.total - (est.process if on_gpu else 0)
+
+
+def check_fits(spec: JobSpec, budget: int, label: str) -> None:
+    if memory.estimate(spec).total > budget:
+        raise TooLarge(f"{label}: {memory.advice(spec, budget)}")
+
+
+def check_on_device(spec: JobSpec, device: Any) -> None:
+    """Raised in the worker before optimising: a failed row saying what would fit."""
+    budget = device_memory(device)
+    if need(spec, getattr(device, "type", "cpu") == "cuda") > budget:
+        raise TooLarge(memory.advice(spec, budget))
+
+
+def task_memory(group: Sequence[Job], cap: float | None) -> dict[str, Any]:
+    """Ray's ``memory`` request of a CPU task: one process, its jobs' working sets side by
+    side (a batch shares one forward over all its images); at most ``cap`` (the largest
+    node's memory resource), so a large job is refused by the worker, never left waiting on
+    a node that cannot exist."""
+    est = [memory.estimate(j.spec) for j in group]
+    total = est[0].process + sum(e.total - e.process for e in est)
+    return {"memory": int(min(total, cap) if cap else total)}

@@ -1,0 +1,97 @@
+"""A job's peak memory is known before it runs: the estimate follows the measured peak of a real
+optimisation, tiles bound its activations, and its parts are derived from the network."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from nst_ops import memory
+from nst_ops.spec import JobSpec
+from nst_ops.vgg import VGGFeatures
+
+PEAK = """
+import ctypes, json, resource, sys, torch
+from nst_ops import transfer
+from nst_ops.spec import JobSpec
+from nst_ops.vgg import VGGFeatures
+torch.set_num_threads(1)
+spec = JobSpec.from_dict(json.loads(sys.argv[1]))
+ext = VGGFeatures(spec.backbone, spec.active_layers, spec.pooling, seed=0)
+content, style = torch.rand(3, spec.size, spec.size), torch.rand(3, spec.size, spec.size)
+ctypes.CDLL("libc.so.6").malloc_trim(0)  # freed pages back: the job cannot reuse them unseen
+before = int(open("/proc/self/statm").read().split()[1]) * 4096
+transfer.stylize(spec, ext, content, [style])
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before)
+"""
+
+
+def measured_peak(params: dict) -> int:
+    """Peak resident memory of one job above its process (weights and torch already loaded)."""
+    out = subprocess.run([sys.executable, "-c", PEAK, json.dumps(params)], capture_output=True,
+                         text=True, check=True)  # fmt: skip
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+def job_part(spec: JobSpec) -> int:
+    est = memory.estimate(spec)
+    return est.total - est.process - est.weights
+
+
+@pytest.mark.parametrize("size", [128, 192, 256])
+def test_the_estimate_is_within_25_percent_of_a_measured_peak(size):
+    params = {"weights": "random:0", "size": size, "iterations": 2, "init": "content"}
+    peak = measured_peak(params)
+    est = job_part(JobSpec.from_dict(params))
+    assert 0.8 * peak <= est <= 1.25 * peak, (size, est / 2**20, peak / 2**20)
+
+
+def test_a_tiled_estimate_follows_the_measured_peak_and_stays_below_the_untiled():
+    layers = {"content_layers": ["relu3_1"], "style_layers": ["relu1_1", "relu2_1", "relu3_1"]}
+    params = {"weights": "random:0", "size": 256, "iterations": 2, "init": "content", **layers}
+    tiled = {**params, "tile": 64}
+    peak, untiled = measured_peak(tiled), measured_peak(params)
+    est = job_part(JobSpec.from_dict(tiled))
+    assert peak < 0.75 * untiled  # tiles do bound the activations
+    assert 0.8 * peak <= est <= 1.25 * peak, (est / 2**20, peak / 2**20)
+
+
+def test_tiles_bound_the_activations_and_not_the_image_state():
+    small, large = (JobSpec.from_dict({"size": s, "tile": 512}) for s in (1024, 8192))
+    assert memory.estimate(small).activations == memory.estimate(large).activations
+    assert memory.estimate(large).image_state == 64 * memory.estimate(small).image_state
+
+
+def test_the_lbfgs_history_counts_only_the_steps_it_can_hold():
+    few = JobSpec.from_dict({"size": 1024, "iterations": 10})
+    full, short = (
+        JobSpec.from_dict({"size": 1024}),
+        JobSpec.from_dict({"size": 1024, "history_size": 10}),
+    )
+    per_pair = 2 * 3 * 1024 * 1024 * 4
+    assert (
+        memory.estimate(full).optimizer_state - memory.estimate(short).optimizer_state
+        == 90 * per_pair
+    )
+    assert memory.estimate(few).optimizer_state == memory.estimate(short).optimizer_state
+
+
+def test_feature_floats_and_weights_are_the_networks_own():
+    assert memory.feature_floats("vgg19", "conv5_1") == 611  # 3 + 2x64 + 64 pool ... + 512/256
+    net = VGGFeatures("vgg19", ["conv4_2"], seed=0)
+    n = sum(p.numel() for p in net.parameters())
+    assert memory.weight_bytes("vgg19", "conv4_2") == 4 * n
+    h = torch.rand(1, 3, 64, 64)
+    outputs = [h := m(h) for m in net.features]
+    floats = 3 + sum(o.numel() / 3 for o in outputs) / (64 * 64 / 3)
+    assert memory.feature_floats("vgg19", "conv4_2") == pytest.approx(floats)
+
+
+def test_advice_names_a_size_and_a_tile_that_fit():
+    spec = JobSpec.from_dict({"size": 4096, "history_size": 10})
+    text = memory.advice(spec, 24 * 2**30)
+    size = memory.largest_size(spec, 24 * 2**30)
+    assert f"size={size}" in text and "tile=" in text and 2048 < size < 4096
+    assert memory.estimate(spec, size).total <= 24 * 2**30 < memory.estimate(spec, size + 16).total

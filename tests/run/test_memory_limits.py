@@ -1,0 +1,59 @@
+"""A job that cannot fit the memory it would get is refused before it runs, in our words and
+with what would fit: by `nst validate`, by the worker, and never left for the kernel to kill;
+the scheduler asks Ray for each CPU task's memory."""
+
+import pyarrow.parquet as pq
+import torch
+from helpers import job_spec, nst, table, write_images
+
+from nst_ops import memory
+from pipeline.jobs.job import Job
+from pipeline.run import memory_check
+from pipeline.run.options import RunOptions
+from pipeline.run.task import run_job
+
+
+def test_validate_refuses_a_job_over_the_workers_memory_naming_the_row_and_what_fits(tmp_path):
+    c, s = write_images(tmp_path, 2, "i")
+    rows = [{"content_uri": c, "style_uri": s, "size": 64},
+            {"content_uri": c, "style_uri": s, "size": 4096}]  # fmt: skip
+    pq.write_table(table(rows), tmp_path / "m.parquet")
+    r = nst("validate", tmp_path / "m.parquet", "--memory", "8")
+    assert r.exit_code == 1
+    line = next(ln for ln in r.output.splitlines() if "rows [1]" in ln)
+    assert "memory: needs ~" in line and "more than the 8.0 GiB a worker has" in line
+    assert "fits with size=" in line and "tile=" in line
+    ok = nst("validate", tmp_path / "m.parquet", "--memory", "100")
+    assert ok.exit_code == 0 and "peak memory up to" in ok.output and "of 100.0 GiB" in ok.output
+    plan = nst("plan", tmp_path / "m.parquet")
+    assert "peak memory per job: up to ~" in plan.output and "(row 1, size 4096)" in plan.output
+
+
+def test_a_worker_refuses_a_job_its_memory_cannot_hold_and_commits_the_reason(
+    tmp_path, monkeypatch
+):
+    c, s = write_images(tmp_path, 2, "i")
+    spec = job_spec(size=48, iterations=2)
+    monkeypatch.setattr(memory_check, "host_memory", lambda: memory.PROCESS + 2**20)
+    row = run_job(Job(spec, c, (s,), 0), RunOptions(out=str(tmp_path / "o")), torch.device("cpu"))
+    assert row["status"] == "failed" and not row.get("image_uri")
+    assert (
+        "needs ~" in row["error"]
+        and "a worker has" in row["error"]
+        and "Traceback" not in row["error"]
+    )
+
+
+def test_an_output_above_max_pixels_is_refused_as_inputs_are(tmp_path):
+    c, s = write_images(tmp_path, 2, "i")
+    opts = RunOptions(out=str(tmp_path / "o"), max_pixels=1000)
+    row = run_job(Job(job_spec(size=48), c, (s,), 0), opts, torch.device("cpu"))
+    assert row["status"] == "failed" and "above --max-pixels 1,000" in row["error"]
+
+
+def test_a_cpu_tasks_memory_request_counts_the_process_once_and_stops_at_the_largest_node():
+    a, b = Job(job_spec(size=256), "c", ("s",), 0), Job(job_spec(size=512), "c", ("s",), 1)
+    ea, eb = memory.estimate(a.spec), memory.estimate(b.spec)
+    both = memory_check.task_memory([a, b], None)["memory"]
+    assert both == ea.total + eb.total - ea.process
+    assert memory_check.task_memory([a, b], 1e9)["memory"] == 1e9
