@@ -7,6 +7,10 @@ from typing import Protocol
 
 from .layer_table import deepest, layer_stride, receptive_radius
 
+# `nst apply`: inputs with a longer side above this run tile by tile (nst_ops.stylenet.tiled);
+# one pass of the published network holds ~1 GB of activations at 1024 px
+NETWORK_TILE = 1024
+
 
 class TiledSpec(Protocol):
     @property

@@ -9,6 +9,7 @@ import typer
 
 from nst_ops.presets import LATEST_DEFAULTS
 from nst_ops.spec import JobSpec
+from nst_ops.tile_size import NETWORK_TILE
 from pipeline.cli.common import (
     AddressOpt,
     AllowHttpOpt,
@@ -220,6 +221,14 @@ def apply(
         Precision, typer.Option(help="auto: bf16 where the device has bf16 units, else fp32.")
     ] = Precision.AUTO,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per Ray Data batch.")] = 16,
+    tile: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Run images larger than this (px) tile by tile, with the whole image's "
+            "instance-norm statistics (same output, memory of one tile); 0: never.",
+        ),
+    ] = NETWORK_TILE,
     workers: Annotated[
         int | None, typer.Option(min=1, help="Most actors (default: one per GPU, else CPU).")
     ] = None,
@@ -257,7 +266,7 @@ def apply(
 
     model, input_, out = (absolute(u) for u in (model, input_, out))
     code = apply_command(
-        model, input_, out, _storage(storage_options, out), size=size,
+        model, input_, out, _storage(storage_options, out), size=size, tile=tile,
         image_format=image_format.value, image_quality=image_quality, precision=precision.value,
         batch_size=batch_size, workers=workers, gpus=gpus_per_worker, retry_failed=retry_failed,
         score=score, evaluator=evaluator, address=address, max_pixels=max_pixels,

@@ -16,6 +16,8 @@ import torch
 from nst_ops.evaluator import Evaluator
 from nst_ops.image_ops import fit_longer_side
 from nst_ops.stylenet.network import MIN_SIDE
+from nst_ops.stylenet.tiled import tiled_apply
+from nst_ops.tile_size import NETWORK_TILE
 from pipeline.errors import InputError, NstError
 from pipeline.run import images, objective, scoring
 from pipeline.run.model_file import read_model
@@ -33,6 +35,7 @@ class ApplyOptions:
     image_quality: int = 95
     precision: str = "auto"  # fp32 | bf16 | fp16 | auto (bf16 where the device has bf16 units)
     max_pixels: int = images.DEFAULT_MAX_PIXELS
+    tile: int = NETWORK_TILE  # a larger input runs tile by tile (nst_ops.stylenet.tiled); 0: never
     evaluator: dict[str, Any] | None = None
     storage_options: dict | None = None  # credentials: never written anywhere
 
@@ -106,7 +109,7 @@ class Stylizer:
                 f"must be at least {MIN_SIDE} px (a larger --size, or a less narrow image)"
             )
         with torch.no_grad(), self._autocast():
-            y = self.net(x.to(self.device)).float()[0].cpu()
+            y = self._forward(x.to(self.device)).float()[0].cpu()
         encoded = images.encode(y, o.image_format, o.image_quality)
         out = layout.output_image(item["input"], self.ext)
         self.store.put(out, encoded)
@@ -123,6 +126,12 @@ class Stylizer:
             saved = images.decode(encoded, "output")  # measured as stored
             found |= objective.columns(spec, saved, photo, styles, self.device, o.storage_options)
         return found
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """One pass, or tile by tile with the whole image's instance-norm statistics."""
+        if self.opts.tile and max(x.shape[-2:]) > self.opts.tile:
+            return tiled_apply(self.net, x, self.opts.tile)
+        return self.net(x)
 
     def _autocast(self) -> Any:
         if self.dtype is None:
