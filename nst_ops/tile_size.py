@@ -47,3 +47,9 @@ def pass_side(spec: TiledSpec, size: int) -> int:
     if not spec.tile or size <= spec.tile:
         return size
     return min(size, tile_side(spec) + 2 * margin_of(spec))
+
+
+def tiles_pay(spec: TiledSpec, size: int) -> bool:
+    """Whether tiles are smaller than the image they cut: a tile with its margins as large as
+    the image would only repeat the whole image's work once per tile."""
+    return pass_side(spec, size) < size

@@ -32,7 +32,7 @@ from . import losses
 from .layer_table import deepest, feature_hw, layer_stride
 from .loop import Terms
 from .spec import JobSpec
-from .tile_size import margin_of, tile_side
+from .tile_size import margin_of, tile_side, tiles_pay
 from .vgg import VGGFeatures
 
 Box = tuple[int, int, int, int]  # y0, y1, x0, x1 in pixels
@@ -120,7 +120,8 @@ def tiled_targets(spec: JobSpec) -> Callable[[VGGFeatures, Tensor, str, bool], T
     size, margin = tile_side(spec), margin_of(spec)
 
     def target(extractor: VGGFeatures, x: Tensor, layer: str, gram: bool) -> Tensor:
-        tiles = grid((x.shape[-2], x.shape[-1]), size, margin)
+        whole = not tiles_pay(spec, max(x.shape[-2:]))  # one tile: the image itself
+        tiles = grid((x.shape[-2], x.shape[-1]), x.shape[-1] if whole else size, margin)
         if gram:
             return grams_over(extractor, x, tiles, [layer])[layer]
         return features_over(extractor, x, tiles, layer)

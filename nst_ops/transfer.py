@@ -32,6 +32,7 @@ from .image_ops import (
 from .layer_table import deepest, feature_hw, size_problem, sweep_layer_sets  # noqa: F401
 from .loop import Outcome, Terms, optimize
 from .spec import BATCH_FIELDS, JobSpec, batch_key
+from .tile_size import tiles_pay
 from .tiles import TiledObjective
 from .vgg import VGGFeatures
 from .vocab import Mode, Status
@@ -168,9 +169,8 @@ def make_objective(
 def _objective(
     extractor: VGGFeatures, specs: Sequence[JobSpec], targets: Targets, hw: tuple[int, int]
 ) -> Callable[[Tensor], Terms]:
-    """Tile by tile where the job asks for tiles smaller than its image (nst_ops.tiles)."""
-    tile = specs[0].tile
-    if tile and max(hw) > tile:
+    """Tile by tile where the job's tiles with their margins are smaller than its image."""
+    if tiles_pay(specs[0], max(hw)):
         return TiledObjective(extractor, specs, targets.content, targets.style)
     return make_objective(extractor, specs, targets)
 
