@@ -4,7 +4,7 @@
 #
 #   OUT=/some/folder bash bench/gpu_check.sh     # logs and bench/results/cuda.* land in $OUT
 #
-# Made for a GPU machine lent for a few minutes (~5 min planned; its timeouts add up to 570 s,
+# Made for a GPU machine lent for a few minutes (~6 min planned; its timeouts add up to 580 s,
 # inside one 10-minute device call). It runs from the repo root without installing and needs
 # python3 with torch, torchvision, pyarrow, fsspec, typer, rich, jinja2, pytest and PIL.
 # Without Ray the `nst run` GPU test skips; the rest still runs.
@@ -16,12 +16,17 @@ status=0
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$OUT/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" \
     2>&1 | tee -a "$OUT/gpu.txt"
-timeout 150 python3 -m pytest -q -rs -p no:cacheprovider tests/run/test_cuda.py 2>&1 \
+timeout 120 python3 -m pytest -q -rs -p no:cacheprovider tests/run/test_cuda.py 2>&1 \
     | tee "$OUT/tests.log" || status=1
-timeout 240 python3 -m bench.run --device cuda --repeats 5 2>&1 | tee "$OUT/run.log" || status=1
+timeout 200 python3 -m bench.run --device cuda --repeats 5 2>&1 | tee "$OUT/run.log" || status=1
 cp bench/results/cuda.md bench/results/cuda.json "$OUT"/ 2>/dev/null
 for layers in gatys real; do
-    timeout 90 python3 -m bench.batching --device cuda --layers "$layers" --sizes 512 \
+    timeout 70 python3 -m bench.batching --device cuda --layers "$layers" --sizes 512 \
         --batches 1 2 4 8 16 --steps 5 2>&1 | tee -a "$OUT/batching.log" || status=1
 done
+# prints (#29): peak GPU memory and s/iteration, whole-image vs 512-px tiles, beside the
+# estimate; the 4096-px tiled job is the one no 80 GB card holds untiled with L-BFGS
+timeout 120 python3 -m bench.prints --device cuda --untiled 1024 2048 --tiled 2048 4096 \
+    --iterations 3 --history-size 20 2>&1 | tee "$OUT/prints.log" || status=1
+cp bench/results/prints_cuda.md "$OUT"/ 2>/dev/null
 exit $status

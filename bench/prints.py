@@ -32,24 +32,27 @@ from nst_ops import transfer
 from nst_ops.spec import JobSpec
 from nst_ops.vgg import VGGFeatures
 torch.set_num_threads(int(sys.argv[2]))
+dev = torch.device(sys.argv[3])
 spec = JobSpec.from_dict(json.loads(sys.argv[1]))
-ext = VGGFeatures(spec.backbone, spec.active_layers, spec.pooling, seed=0)
+ext = VGGFeatures(spec.backbone, spec.active_layers, spec.pooling, seed=0).to(dev)
 g = torch.Generator().manual_seed(0)
 noise = torch.rand(1, 3, spec.size, spec.size, generator=g)
-content = torch.nn.functional.avg_pool2d(noise, 9, 1, 4)[0]
-style = torch.rand(3, 512, 512, generator=g)
+content = torch.nn.functional.avg_pool2d(noise, 9, 1, 4)[0].to(dev)
+style = torch.rand(3, 512, 512, generator=g).to(dev)
 ctypes.CDLL("libc.so.6").malloc_trim(0)
 before = int(open("/proc/self/statm").read().split()[1]) * 4096
 t0 = time.perf_counter()
 out = transfer.stylize(spec, ext, content, [style])
 seconds = time.perf_counter() - t0
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+if dev.type == "cuda":  # the device's peak, above the weights
+    peak = torch.cuda.max_memory_allocated() - sum(p.numel() * 4 for p in ext.parameters())
 print(json.dumps({"peak": peak, "seconds": seconds, "loss": float(out.trace[-1]["total"])}))
 """
 
 
-def measure(params: dict, threads: int) -> dict:
-    run = subprocess.run([sys.executable, "-c", ONE, json.dumps(params), str(threads)],
+def measure(params: dict, threads: int, device: str) -> dict:
+    run = subprocess.run([sys.executable, "-c", ONE, json.dumps(params), str(threads), device],
                          capture_output=True, text=True, cwd=ROOT)  # fmt: skip
     if run.returncode != 0:
         return {"error": (run.stderr.strip().splitlines() or ["killed"])[-1][:300]}
@@ -60,7 +63,7 @@ def row(size: int, tile: int, a: argparse.Namespace) -> dict:
     params = {"weights": "random:0", "size": size, "tile": tile, "init": "content",
               "iterations": a.iterations, "history_size": a.history_size}  # fmt: skip
     est = memory.estimate(JobSpec.from_dict(params))
-    found = measure(params, a.threads) | {"size": size, "tile": tile}
+    found = measure(params, a.threads, a.device) | {"size": size, "tile": tile}
     found["estimate"] = est.total - est.process - est.weights
     if "seconds" in found:
         found["s_per_iteration"] = found["seconds"] / a.iterations
@@ -77,20 +80,22 @@ def main() -> None:
     p.add_argument("--iterations", type=int, default=3)
     p.add_argument("--history-size", type=int, default=100)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cuda: the GPU's peak allocated memory")
     a = p.parse_args()
     rows = [row(s, 0, a) for s in a.untiled] + [row(s, a.tile, a) for s in a.tiled]
     res = {"machine": platform.processor() or platform.machine(), "args": vars(a), "rows": rows}
     out = ROOT / "bench/results"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "prints.json").write_text(json.dumps(res, indent=1))
-    (out / "prints.md").write_text("\n".join(table(res)) + "\n")
+    name = "prints" if a.device == "cpu" else f"prints_{a.device}"
+    (out / f"{name}.json").write_text(json.dumps(res, indent=1))
+    (out / f"{name}.md").write_text("\n".join(table(res)) + "\n")
     print("\n".join(table(res)))
 
 
 def table(res: dict) -> list[str]:
     a = res["args"]
     lines = [
-        f"machine {res['machine']}, {a['threads']} threads; L-BFGS history_size "
+        f"machine {res['machine']}, {a['device']}, {a['threads']} threads; L-BFGS history_size "
         f"{a['history_size']}, {a['iterations']} iterations; VGG19 conv1_1..conv5_1 + conv4_2",
         "",
         "| size | tile | peak above the process | estimate | estimate / peak | s / iteration "

@@ -23,10 +23,13 @@ from typing import Protocol
 from .layer_table import BACKBONE_CFG, CFGS, deepest, layer_names, layer_table
 from .optimizers import OPTIMIZERS
 from .optimizers import JobSpec as OptimizerSpec
-from .tile_size import TiledSpec, pass_side
+from .tile_size import TiledSpec, pass_side, tiles_pay
 
 FLOAT = 4  # bytes: the optimisation runs in fp32 (amp casts only the convolutions' inputs)
 ACTIVATION_FACTOR = 1.05  # autograd's saved tensors per VGG module output (fit: 1.02)
+# tiled: each tile's style-layer cores are copied for their Gram matrices (a slice is not
+# contiguous), and tiles of different sizes fragment the allocator (fit at 1024 px: 1.43)
+TILED_ACTIVATION_FACTOR = 1.5
 IMAGE_VECTORS = 6  # the image, its gradient, the best image, content, init, the clamp's copy
 WORKSPACE = 64 * 2**20  # convolution scratch and the allocator's slack (fit: 65 MB)
 PROCESS = 700 * 2**20  # a worker's resident memory before its first job (torch, Ray), measured
@@ -96,7 +99,8 @@ def estimate(spec: MemorySpec, size: int | None = None) -> MemoryEstimate:
     size = size or spec.size
     layer = deepest(spec.backbone, spec.active_layers)
     pixels, piece = size * size, pass_side(spec, size) ** 2  # multires: the last level
-    activations = ACTIVATION_FACTOR * feature_floats(spec.backbone, layer) * piece * FLOAT
+    factor = TILED_ACTIVATION_FACTOR if tiles_pay(spec, size) else ACTIVATION_FACTOR
+    activations = factor * feature_floats(spec.backbone, layer) * piece * FLOAT
     vectors = OPTIMIZERS[spec.optimizer].state_vectors(spec)
     return MemoryEstimate(
         process=PROCESS,
