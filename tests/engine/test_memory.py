@@ -13,23 +13,35 @@ from nst_ops.spec import JobSpec
 from nst_ops.vgg import VGGFeatures
 
 PEAK = """
-import ctypes, json, resource, sys, torch
+import ctypes, json, sys, threading, time, torch
 from nst_ops import transfer
 from nst_ops.spec import JobSpec
 from nst_ops.vgg import VGGFeatures
+def anon():  # anonymous memory only: file pages come and go with the machine's page cache
+    line = next(l for l in open("/proc/self/status") if l.startswith("RssAnon:"))
+    return int(line.split()[1]) * 1024
 torch.set_num_threads(1)
 spec = JobSpec.from_dict(json.loads(sys.argv[1]))
 ext = VGGFeatures(spec.backbone, spec.active_layers, spec.pooling, seed=0)
 content, style = torch.rand(3, spec.size, spec.size), torch.rand(3, spec.size, spec.size)
 ctypes.CDLL("libc.so.6").malloc_trim(0)  # freed pages back: the job cannot reuse them unseen
-before = int(open("/proc/self/statm").read().split()[1]) * 4096
+before, peak, done = anon(), [0], threading.Event()
+def sample():
+    while not done.is_set():
+        peak[0] = max(peak[0], anon())
+        time.sleep(0.002)
+watcher = threading.Thread(target=sample)
+watcher.start()
 transfer.stylize(spec, ext, content, [style])
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before)
+done.set()
+watcher.join()
+print(peak[0] - before)
 """
 
 
 def measured_peak(params: dict) -> int:
-    """Peak resident memory of one job above its process (weights and torch already loaded)."""
+    """Peak anonymous memory of one job above its process (weights and torch already loaded),
+    sampled every 2 ms (a backward's peak lasts far longer)."""
     out = subprocess.run([sys.executable, "-c", PEAK, json.dumps(params)], capture_output=True,
                          text=True, check=True)  # fmt: skip
     return int(out.stdout.strip().splitlines()[-1])
@@ -40,22 +52,29 @@ def job_part(spec: JobSpec) -> int:
     return est.total - est.process - est.weights
 
 
+def bounds(est: int, peak: int) -> bool:
+    """Never below the measured peak (a job it admits is not killed), and its per-pixel part
+    not above it by more than 25% (at test sizes the fixed workspace is most of the estimate,
+    so the ratio of the totals says little)."""
+    return peak <= est and est - memory.WORKSPACE <= 1.25 * peak
+
+
 @pytest.mark.parametrize("size", [128, 192, 256])
-def test_the_estimate_is_within_25_percent_of_a_measured_peak(size):
+def test_the_estimate_bounds_a_measured_peak(size):
     params = {"weights": "random:0", "size": size, "iterations": 2, "init": "content"}
     peak = measured_peak(params)
     est = job_part(JobSpec.from_dict(params))
-    assert 0.8 * peak <= est <= 1.25 * peak, (size, est / 2**20, peak / 2**20)
+    assert bounds(est, peak), (size, est / 2**20, peak / 2**20)
 
 
-def test_a_tiled_estimate_follows_the_measured_peak_and_stays_below_the_untiled():
+def test_a_tiled_estimate_bounds_the_measured_peak_and_tiles_lower_it():
     layers = {"content_layers": ["relu3_1"], "style_layers": ["relu1_1", "relu2_1", "relu3_1"]}
     params = {"weights": "random:0", "size": 256, "iterations": 2, "init": "content", **layers}
     tiled = {**params, "tile": 64}
     peak, untiled = measured_peak(tiled), measured_peak(params)
     est = job_part(JobSpec.from_dict(tiled))
     assert peak < 0.75 * untiled  # tiles do bound the activations
-    assert 0.8 * peak <= est <= 1.25 * peak, (est / 2**20, peak / 2**20)
+    assert bounds(est, peak), (est / 2**20, peak / 2**20)
 
 
 def test_tiles_bound_the_activations_and_not_the_image_state():
