@@ -17,8 +17,8 @@ multires level is no larger than the last.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
 from .layer_table import BACKBONE_CFG, CFGS, deepest, layer_names, layer_table
 from .optimizers import OPTIMIZERS
@@ -38,6 +38,7 @@ PROCESS = 700 * 2**20  # a worker's resident memory before its first job (torch,
 # image at the output's size (fit between 1024 and 1536 px, tile 512: +144 bytes per pixel)
 TILED_IMAGE_VECTORS = 12
 GIB = 2**30
+ADVISED_TILE = 512  # px: large enough that conv5_1's 96-px margins cost < 2x (docs/prints.md)
 
 
 class MemorySpec(TiledSpec, OptimizerSpec, Protocol):
@@ -129,15 +130,26 @@ def largest_size(spec: MemorySpec, budget: int) -> int:
 def advice(spec: MemorySpec, budget: int) -> str:
     """What would make a job that does not fit ``budget`` fit: said in its own parameters."""
     need = estimate(spec)
-    ways = [f"size={largest_size(spec, budget)}"] if largest_size(spec, budget) else []
-    state = need.total - need.activations + WORKSPACE  # everything a tile cannot shrink
-    if state < budget and not spec.tile:
-        ways.append("tile=512 (memory then grows with the image's state only)")
-    if spec.optimizer == "lbfgs" and need.optimizer_state > need.total - budget:
-        ways.append("a smaller history_size")
     return (
         f"needs ~{need.total / GIB:.1f} GiB at size {spec.size} (activations "
         f"{need.activations / GIB:.1f}, image {need.image_state / GIB:.1f}, optimizer "
         f"{need.optimizer_state / GIB:.1f}), more than the {budget / GIB:.1f} GiB a worker has"
-        + (f"; fits with {' or '.join(ways)}" if ways else "")
+        + (f"; fits with {' or '.join(ways)}" if (ways := _ways_to_fit(spec, budget)) else "")
     )
+
+
+def _ways_to_fit(spec: MemorySpec, budget: int) -> list[str]:
+    """The largest size as it is; else the job's size with tiles, and with them the largest
+    L-BFGS history that fits."""
+    ways = [f"size={n}"] if (n := largest_size(spec, budget)) else []
+    base: Any = spec  # a JobSpec: a frozen dataclass
+    tiled: Any = base if spec.tile else replace(base, tile=ADVISED_TILE)
+    if estimate(tiled).total <= budget:
+        return ways + ([] if spec.tile else [f"tile={ADVISED_TILE}"])
+    if spec.optimizer == "lbfgs":
+        fits = [h for h in (50, 20, 10, 5, 2) if h < spec.history_size
+                and estimate(replace(tiled, history_size=h)).total <= budget]  # fmt: skip
+        if fits:
+            tile = "" if spec.tile else f"tile={ADVISED_TILE} and "
+            ways.append(f"{tile}history_size={fits[0]}")
+    return ways

@@ -95,7 +95,9 @@ def phone_jpeg(path: Path, w: int = 40, h: int = 20, orientation: int = 6) -> Pa
     return path
 
 
-def tiny_model(path: Path, meta: dict | None = None, seed: int = 0) -> Path:
+def tiny_model(
+    path: Path, meta: dict | None = None, seed: int = 0, photo_skip: bool = False
+) -> Path:
     """A style network file as `nst train` writes it (a tiny untrained network), in no time."""
     import torch
 
@@ -103,7 +105,10 @@ def tiny_model(path: Path, meta: dict | None = None, seed: int = 0) -> Path:
     from pipeline.run import model_file
 
     torch.manual_seed(seed)
-    net = TransformerNet(NetConfig(width=4, residual_blocks=1))
+    net = TransformerNet(NetConfig(width=4, residual_blocks=1, photo_skip=photo_skip))
+    if photo_skip:  # its last convolution starts at zero: a trained one is not
+        with torch.no_grad():
+            list(net.up.modules())[-1].weight.normal_(0, 0.1)
     spec = job_spec(mode="transfer").to_dict()
     meta = {"spec": spec, "net": net.config.to_dict(), "style_uris": [], "steps": 1} | (meta or {})
     style = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(seed))

@@ -77,6 +77,8 @@ class TransformerNet(nn.Module):
     def __init__(self, config: NetConfig = NetConfig()):
         super().__init__()
         self.config = config
+        self.photo_skip: bool = config.photo_skip  # plain attributes: TorchScript reads them
+        self.logit_eps: float = LOGIT_EPS
         w = config.width
         self.down = nn.Sequential(
             ConvNormReLU(3, w, 9), ConvNormReLU(w, 2 * w, 3, 2), ConvNormReLU(2 * w, 4 * w, 3, 2)
@@ -102,8 +104,8 @@ class TransformerNet(nn.Module):
             mode = "reflect" if min(h, w) > max(ph, pw) else "replicate"
             x = F.pad(x, (0, pw, 0, ph), mode=mode)
         change = self.up(self.res(self.down(x)))
-        if self.config.photo_skip:  # eps keeps black and white pixels' logits finite
-            change = change + torch.logit(x, eps=LOGIT_EPS)
+        if self.photo_skip:  # eps keeps black and white pixels' logits finite
+            change = change + torch.logit(x, eps=self.logit_eps)
         return torch.sigmoid(change)[..., :h, :w]
 
 

@@ -114,3 +114,11 @@ def test_advice_names_a_size_and_a_tile_that_fit():
     size = memory.largest_size(spec, 24 * 2**30)
     assert f"size={size}" in text and "tile=" in text and 2048 < size < 4096
     assert memory.estimate(spec, size).total <= 24 * 2**30 < memory.estimate(spec, size + 16).total
+
+
+def test_advice_lowers_the_lbfgs_history_when_tiles_alone_do_not_fit():
+    spec = JobSpec.from_dict({"size": 4096})  # L-BFGS, history 100: ~38 GiB of history alone
+    text = memory.advice(spec, 16 * 2**30)
+    assert "tile=512 and history_size=20" in text
+    tiled = JobSpec.from_dict({"size": 4096, "tile": 512, "history_size": 20})
+    assert memory.estimate(tiled).total <= 16 * 2**30

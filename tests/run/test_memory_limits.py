@@ -18,11 +18,11 @@ def test_validate_refuses_a_job_over_the_workers_memory_naming_the_row_and_what_
     rows = [{"content_uri": c, "style_uri": s, "size": 64},
             {"content_uri": c, "style_uri": s, "size": 4096}]  # fmt: skip
     pq.write_table(table(rows), tmp_path / "m.parquet")
-    r = nst("validate", tmp_path / "m.parquet", "--memory", "8")
+    r = nst("validate", tmp_path / "m.parquet", "--memory", "16")
     assert r.exit_code == 1
     line = next(ln for ln in r.output.splitlines() if "rows [1]" in ln)
-    assert "memory: needs ~" in line and "more than the 8.0 GiB a worker has" in line
-    assert "fits with size=" in line and "tile=" in line
+    assert "memory: needs ~" in line and "more than the 16.0 GiB a worker has" in line
+    assert "fits with size=" in line and "or tile=512" in line
     ok = nst("validate", tmp_path / "m.parquet", "--memory", "100")
     assert ok.exit_code == 0 and "peak memory up to" in ok.output and "of 100.0 GiB" in ok.output
     plan = nst("plan", tmp_path / "m.parquet")

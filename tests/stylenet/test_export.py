@@ -21,9 +21,9 @@ def real_photo() -> torch.Tensor:
     return fit_longer_side(images.decode(PHOTO.read_bytes(), "chelsea.jpg"), 96)
 
 
-@pytest.fixture
-def model(tmp_path):
-    path = tiny_model(tmp_path / "m" / "model.pt", {"steps": 7})
+@pytest.fixture(params=[False, True], ids=["published", "photo_skip"])
+def model(tmp_path, request):
+    path = tiny_model(tmp_path / "m" / "model.pt", {"steps": 7}, photo_skip=request.param)
     return path, model_file.from_bytes(path.read_bytes(), str(path))
 
 
