@@ -47,16 +47,20 @@ def test_the_margin_must_cover_the_networks_receptive_field():
 
 
 def test_nst_apply_runs_large_photos_tile_by_tile_with_the_same_output(tmp_path):
-    model = tiny_model(tmp_path / "m" / "model.pt")
-    photos = tmp_path / "photos"
+    from pipeline.run import model_file
+
+    path = tiny_model(tmp_path / "m" / "model.pt", photo_skip=True)
+    photos, photo = tmp_path / "photos", _photo(70, 100)
     photos.mkdir()
-    (photos / "big.png").write_bytes(images.encode(_photo(70, 100)[0]))
-    outs = {}
-    for tile in (0, 32):
-        out = tmp_path / f"o{tile}"
-        r = nst("apply", model, "--input", photos, "--out", out, "--tile", tile,
-                "--score", "none", "--no-progress", "--precision", "fp32")  # fmt: skip
-        assert r.exit_code == 0, r.output
-        outs[tile] = images.decode((out / "images" / "big.png").read_bytes(), "out")
-    assert outs[0].shape == (3, 70, 100)
-    assert float((outs[0] - outs[32]).abs().max()) <= 1 / 255 + 1e-6  # PNG's rounding at most
+    (photos / "big.png").write_bytes(images.encode(photo[0]))
+    out = tmp_path / "o"
+    r = nst("apply", path, "--input", photos, "--out", out, "--tile", "32",
+            "--score", "none", "--no-progress", "--precision", "fp32")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    got = images.decode((out / "images" / "big.png").read_bytes(), "out")
+    with torch.no_grad():  # the network in one pass, on the photo as stored
+        want = model_file.from_bytes(path.read_bytes(), "m").net(images.decode(
+            (photos / "big.png").read_bytes(), "in")[None])[0]  # fmt: skip
+    assert got.shape == (3, 70, 100) and (photos / "big.png").exists()
+    assert float((got - want).abs().max()) <= 1 / 255 + 1e-6  # PNG's rounding at most
+    assert '"tile": 32' in (out / "apply.json").read_text()
