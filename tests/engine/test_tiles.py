@@ -99,7 +99,7 @@ def test_default_margin_is_the_deepest_layers_receptive_field_on_its_stride():
 
 
 def _stylize(params: dict):
-    common = {**SHALLOW, "init": "content", "iterations": 30, "log_every": 1, **params}
+    common = {**SHALLOW, "init": "content", "iterations": 20, "log_every": 1, **params}
     spec, ext, _, _, content, style = _setup(common, hw=(64, 64))
     out = transfer.stylize(spec, ext, content, [style])
     return min(r["total"] for r in out.trace), _seam_ratio(out.image, 16)
