@@ -6,11 +6,13 @@ its deepest layer, over the whole image or, tiled, over one tile with its margin
 
     peak = process + weights + ACTIVATION_FACTOR x floats(VGG outputs per pixel) x pass pixels
            + (IMAGE_VECTORS + the optimizer's state vectors) x 3 x image pixels   (x 4 bytes)
+           + the content target + WORKSPACE    (tiled: the TILED_ factors and vectors)
 
 ``floats(VGG outputs per pixel)`` sums channels / stride^2 over every module up to the deepest
 layer (611 for VGG19 to conv5_1): autograd keeps each module's output for the backward. The
-constants were fitted to peak resident memory of fresh processes on CPU (bench/memory.py:
-128-768 px, L-BFGS, Adam, tiled; within 10% of measured, see docs/performance.md). The image
+constants were fitted to peak memory of fresh processes on CPU and then raised so that the
+estimate stays above run-to-run spread (bench/prints.py, tests/engine/test_memory.py: 1.05-1.23x
+the measured peak at 512-2048 px, whole and tiled; docs/prints.md). The image
 is assumed square at ``size`` (the most a photo of that longer side can need), and every
 multires level is no larger than the last.
 """

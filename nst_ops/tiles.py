@@ -121,7 +121,7 @@ def tiled_targets(spec: JobSpec) -> Callable[[VGGFeatures, Tensor, str, bool], T
 
     def target(extractor: VGGFeatures, x: Tensor, layer: str, gram: bool) -> Tensor:
         whole = not tiles_pay(spec, max(x.shape[-2:]))  # one tile: the image itself
-        tiles = grid((x.shape[-2], x.shape[-1]), x.shape[-1] if whole else size, margin)
+        tiles = grid((x.shape[-2], x.shape[-1]), max(x.shape[-2:]) if whole else size, margin)
         if gram:
             return grams_over(extractor, x, tiles, [layer])[layer]
         return features_over(extractor, x, tiles, layer)

@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..tiles import Box, grid
 from .network import TransformerNet
 
-Box = tuple[int, int, int, int]  # y0, y1, x0, x1
 ALIGN = 4  # tiles and margins on the network's coarsest grid
 
 
@@ -97,25 +97,6 @@ def _whole_image_norms(net: TransformerNet) -> Iterator[list[_WholeImageNorm]]:
             setattr(parent, name, child)
 
 
-def _cuts(n: int, tile: int) -> list[tuple[int, int]]:
-    return [(a, min(n, a + tile)) for a in range(0, n, tile)]
-
-
-def _boxes(h: int, w: int, tile: int, margin: int) -> list[tuple[Box, Box]]:
-    """(core, box) per tile, in pixels of the padded image."""
-    found = []
-    for y0, y1 in _cuts(h, tile):
-        for x0, x1 in _cuts(w, tile):
-            box = (
-                max(0, y0 - margin),
-                min(h, y1 + margin),
-                max(0, x0 - margin),
-                min(w, x1 + margin),
-            )
-            found.append(((y0, y1, x0, x1), box))
-    return found
-
-
 def tiled_apply(
     net: TransformerNet, x: Tensor, tile: int = 512, margin: int | None = None
 ) -> Tensor:
@@ -126,7 +107,7 @@ def tiled_apply(
     h, w = x.shape[-2:]
     ph, pw = (-h) % ALIGN, (-w) % ALIGN
     xp = F.pad(x, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "replicate")
-    boxes = _boxes(xp.shape[-2], xp.shape[-1], tile, margin)
+    boxes = [(t.core, t.box) for t in grid((xp.shape[-2], xp.shape[-1]), tile, margin)]
     out = torch.empty_like(xp)
     with _whole_image_norms(net) as norms, torch.no_grad():
         for norm in norms:

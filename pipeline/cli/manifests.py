@@ -172,11 +172,10 @@ def plan(
             more = f" … (+{len(values) - 6})" if len(values) > 6 else ""
             table.add_row(key, str(len(values)), shown + more)
     out_console.print(table)
-    if jobs:
-        top = max(jobs, key=lambda j: memory_check.need(j.spec))
+    if top := memory_check.largest(jobs):
         out_console.print(
-            f"peak memory per job: up to ~{memory_check.need(top.spec) / 2**30:.1f} GiB (row "
-            f"{top.row}, size {top.spec.size}); `nst validate --memory GIB` checks it fits"
+            f"peak memory per job: up to ~{top[1] / 2**30:.1f} GiB (row {top[0].row}, size "
+            f"{top[0].spec.size}); `nst validate --memory GIB` checks it fits"
         )
 
 
@@ -239,8 +238,8 @@ def validate(
     if problems:
         raise NstError(f"{len(problems)} of {len(rows_of)} inputs failed validation")
     n_weights = len({(j.spec.weights, j.spec.backbone) for j in jobs})
-    peak = max(jobs, key=lambda j: memory_check.need(j.spec), default=None)
-    most = f", peak memory up to {memory_check.need(peak.spec) / 2**30:.1f} GiB" if peak else ""
+    peak = memory_check.largest(jobs)
+    most = f", peak memory up to {peak[1] / 2**30:.1f} GiB" if peak else ""
     out_console.print(
         f"ok: {len(jobs)} jobs, {len(rows_of)} inputs readable, {n_weights} weights source(s) "
         f"fit{most} (of {budget / 2**30:.1f} GiB)"
@@ -270,7 +269,7 @@ def _memory_problems(jobs: list, budget: int) -> list[str]:
     found: dict[str, list[int]] = {}
     for j in jobs:
         try:
-            memory_check.check_fits(j.spec, budget, "memory")
+            memory_check.check_fits(j.spec, budget, label="memory: ")
         except memory_check.TooLarge as e:
             found.setdefault(str(e), []).append(j.row)
     return [f"rows {sorted(set(rows))}: {msg}" for msg, rows in found.items()]

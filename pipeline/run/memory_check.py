@@ -44,16 +44,20 @@ def need(spec: JobSpec, on_gpu: bool = False) -> int:
     return est.total - (est.process if on_gpu else 0)
 
 
-def check_fits(spec: JobSpec, budget: int, label: str) -> None:
-    if memory.estimate(spec).total > budget:
-        raise TooLarge(f"{label}: {memory.advice(spec, budget)}")
+def largest(jobs: Sequence[Job]) -> tuple[Job, int] | None:
+    """The job with the largest estimated peak, and that peak (None: no jobs)."""
+    return max(((j, need(j.spec)) for j in jobs), key=lambda jn: jn[1], default=None)
+
+
+def check_fits(spec: JobSpec, budget: int, on_gpu: bool = False, label: str = "") -> None:
+    """Raised before a job runs: ``label`` and what would fit."""
+    if need(spec, on_gpu) > budget:
+        raise TooLarge(f"{label}{memory.advice(spec, budget)}")
 
 
 def check_on_device(spec: JobSpec, device: Any) -> None:
     """Raised in the worker before optimising: a failed row saying what would fit."""
-    budget = device_memory(device)
-    if need(spec, getattr(device, "type", "cpu") == "cuda") > budget:
-        raise TooLarge(memory.advice(spec, budget))
+    check_fits(spec, device_memory(device), getattr(device, "type", "cpu") == "cuda")
 
 
 def task_memory(group: Sequence[Job], cap: float | None) -> dict[str, Any]:
