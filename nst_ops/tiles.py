@@ -23,7 +23,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -151,6 +151,63 @@ class _Weights:
     layer: Tensor  # (style layers, B)
 
 
+class TileRunner(Protocol):
+    """Runs a tiled evaluation's two passes over ``tiles`` and returns their sums: in this
+    process (LocalTiles), or spread over several workers (``workers_per_job``, whose runner
+    adds up the partial sums its workers return)."""
+
+    def grams(self, x: Tensor, tiles: list[Tile]) -> dict[str, Tensor]: ...
+
+    def backward(
+        self, x: Tensor, tiles: list[Tile], coef: Mapping[str, Tensor]
+    ) -> tuple[Tensor, Tensor]: ...
+
+
+class LocalTiles:
+    """The tiles' passes on this process's extractor: pass 1 the style layers' Grams over the
+    tiles' cores; pass 2 each tile's forward and backward against C_l = dL/dG_l, giving the
+    gradient (image-sized, zero outside the tiles' boxes) and the content loss (B,)."""
+
+    def __init__(
+        self, extractor: VGGFeatures, spec: JobSpec, content: Mapping[str, Tensor], alpha: Tensor
+    ):
+        self.extractor, self.spec, self.content, self.alpha = extractor, spec, content, alpha
+        self.stride = {n: layer_stride(spec.backbone, n) for n in spec.active_layers}
+
+    def grams(self, x: Tensor, tiles: list[Tile]) -> dict[str, Tensor]:
+        return grams_over(self.extractor, x, tiles, self.spec.style_layers)
+
+    def backward(
+        self, x: Tensor, tiles: list[Tile], coef: Mapping[str, Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        grad = torch.zeros_like(x)
+        content = x.new_zeros(x.shape[0])
+        with torch.enable_grad():
+            for t in tiles:
+                content += self._tile_backward(x, t, coef, grad)
+        return grad, content
+
+    def _tile_backward(
+        self, x: Tensor, t: Tile, coef: Mapping[str, Tensor], grad: Tensor
+    ) -> Tensor:
+        """One tile's forward and backward: its part of the gradient added into ``grad``;
+        returns its content loss (B,)."""
+        y0, y1, x0, x1 = t.box
+        xt = x.detach()[..., y0:y1, x0:x1].clone().requires_grad_(True)
+        feats = self.extractor.features_at(xt, self.spec.active_layers)
+        surrogate = xt.new_zeros(())
+        for n, c in coef.items():
+            v = _core(feats[n], t, self.stride[n])
+            surrogate = surrogate + (c * losses.gram(v)).sum()
+        content = xt.new_zeros(x.shape[0])
+        for n, p in self.content.items():
+            s = self.stride[n]
+            content = content + losses.content_loss(_core(feats[n], t, s), _in_image(p, t, s))
+        (surrogate + (self.alpha * content).sum()).backward()  # type: ignore[no-untyped-call]
+        grad[..., y0:y1, x0:x1] += _grad(xt)
+        return content.detach()
+
+
 class TiledObjective:
     """``objective(x)`` -> Terms, as ``transfer.make_objective`` gives for the whole image,
     computed tile by tile (see the module's docstring)."""
@@ -161,6 +218,7 @@ class TiledObjective:
         specs: Sequence[JobSpec],
         content: Mapping[str, Tensor],
         style: Mapping[str, Tensor],
+        runner: TileRunner | None = None,
     ):
         spec = specs[0]
         self.extractor, self.spec, self.content, self.style_t = extractor, spec, content, style
@@ -179,6 +237,7 @@ class TiledObjective:
             per_image([list(s.layer_weights) for s in specs]).T,
         )
         self.calls = itertools.count()
+        self.runner = runner or LocalTiles(extractor, spec, content, self.w.alpha)
 
     def offset(self) -> tuple[int, int]:
         """The grid's shift this evaluation: a different one each time (golden-ratio steps),
@@ -189,13 +248,10 @@ class TiledObjective:
 
     def __call__(self, x: Tensor) -> Terms:
         tiles = grid((x.shape[-2], x.shape[-1]), self.tile, self.margin, self.offset())
-        grams = self._grams(x, tiles) if self.spec.uses_style else {}
+        grams = self.runner.grams(x, tiles) if self.spec.uses_style else {}
         per_layer, coef = self._style(grams, (x.shape[-2], x.shape[-1]))
-        grad = torch.zeros_like(x)
-        content = x.new_zeros(x.shape[0])
         with torch.enable_grad():  # the loop evaluates its last image under no_grad
-            for t in tiles:
-                content += self._tile_backward(x, t, coef, grad)
+            grad, content = self.runner.backward(x, tiles, coef)
             tv = self._tv(x, grad)
         style = x.new_zeros(x.shape[0])
         for w, e in zip(self.w.layer, per_layer.values(), strict=True):
@@ -204,9 +260,6 @@ class TiledObjective:
         details = {f"style_{k}": v for k, v in per_layer.items()}
         out = _WithGradient.apply(x, total.detach(), grad)
         return Terms(out, {"content": content, "style": style, "tv": tv}, details)
-
-    def _grams(self, x: Tensor, tiles: list[Tile]) -> dict[str, Tensor]:
-        return grams_over(self.extractor, x, tiles, self.spec.style_layers)
 
     def _style(
         self, grams: dict[str, Tensor], hw: tuple[int, int]
@@ -221,24 +274,6 @@ class TiledObjective:
             scale = self.w.beta * self.w.layer[k] / (2.0 * c * c * m * m)
             coef[n] = scale.view(-1, 1, 1) * (g - a)
         return per_layer, coef
-
-    def _tile_backward(self, x: Tensor, t: Tile, coef: dict[str, Tensor], grad: Tensor) -> Tensor:
-        """One tile's forward and backward: its part of the gradient added into ``grad``;
-        returns its content loss (B,)."""
-        y0, y1, x0, x1 = t.box
-        xt = x.detach()[..., y0:y1, x0:x1].clone().requires_grad_(True)
-        feats = self.extractor.features_at(xt, self.spec.active_layers)
-        surrogate = xt.new_zeros(())
-        for n, c in coef.items():
-            v = _core(feats[n], t, self.stride[n])
-            surrogate = surrogate + (c * losses.gram(v)).sum()
-        content = xt.new_zeros(x.shape[0])
-        for n, p in self.content.items():
-            s = self.stride[n]
-            content = content + losses.content_loss(_core(feats[n], t, s), _in_image(p, t, s))
-        (surrogate + (self.w.alpha * content).sum()).backward()  # type: ignore[no-untyped-call]
-        grad[..., y0:y1, x0:x1] += _grad(xt)
-        return content.detach()
 
     def _tv(self, x: Tensor, grad: Tensor) -> Tensor:
         if not bool((self.w.tv > 0).any()):
