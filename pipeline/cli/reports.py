@@ -93,8 +93,8 @@ def score(
     import torch
 
     from nst_ops.evaluator import Evaluator
+    from pipeline.run.devices import pick_device
     from pipeline.run.scoring import rescore, spec_of
-    from pipeline.run.task import pick_device
 
     store = _existing_run(out, _storage(storage_options, out))
     recorded = results.evaluator_of(store)

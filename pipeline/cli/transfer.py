@@ -93,8 +93,9 @@ def _run_one(
 
     import torch
 
+    from pipeline.run.devices import amp_enabled, extractor_for, pick_device
     from pipeline.run.options import RunOptions
-    from pipeline.run.task import Inputs, amp_enabled, commit_job, extractor_for, pick_device
+    from pipeline.run.task import Inputs, commit_job
 
     dev = torch.device(device) if device else pick_device()
     opts = RunOptions(out=str(dest.parent), storage_options=so)

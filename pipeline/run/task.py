@@ -7,7 +7,6 @@ process itself escapes, which is what Ray's ``max_retries`` is for.
 
 from __future__ import annotations
 
-import functools
 import platform
 import time
 import traceback
@@ -18,64 +17,20 @@ import pyarrow as pa
 import torch
 
 from nst_ops.evaluator import Evaluator
-from nst_ops.layer_table import deepest
 from nst_ops.loop import Outcome
 from nst_ops.spec import batch_key
 from nst_ops.transfer import InputKeys, output_hw, stylize_batch
-from nst_ops.vgg import VGGFeatures, use_cuda_precision
 from nst_ops.vocab import Status
 from pipeline.errors import InputError, NstError
 from pipeline.jobs.job import Job
-from pipeline.run import images, memory_check, model_init, scoring, weights
+from pipeline.run import images, memory_check, model_init, scoring
+from pipeline.run.devices import amp_enabled, extractor_for, pick_device
 from pipeline.run.options import RunOptions
 from pipeline.run.tensor_lru import TensorLRU
 from pipeline.store import layout, record, storage
 
-_EXTRACTORS: dict[tuple, VGGFeatures] = {}
 # Exceptions whose message is the whole story for the user (no traceback in the record).
 EXPECTED = (NstError, ValueError)
-
-
-def pick_device(prefer_gpu: bool = True) -> torch.device:
-    return torch.device("cuda" if prefer_gpu and torch.cuda.is_available() else "cpu")
-
-
-def amp_enabled(setting: bool | str, device: torch.device) -> bool:
-    """``amp=auto``: bf16 where the device has bf16 units. bench/run.py measured it paying
-    there (1.5x over fp32 on an AVX512-BF16 CPU); without such units bf16 is emulated and
-    slower, so auto leaves it off."""
-    if setting != "auto":
-        return bool(setting)
-    if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
-    return _cpu_has_bf16()
-
-
-@functools.cache
-def _cpu_has_bf16() -> bool:
-    try:
-        flags = open("/proc/cpuinfo").read()  # Linux; elsewhere: off
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def extractor_for(
-    job: Job, device: torch.device, storage_options: dict | None = None
-) -> VGGFeatures:
-    """A per-process cache: long-lived workers build each network once."""
-    s = job.spec
-    last = deepest(s.backbone, s.active_layers)
-    amp = amp_enabled(s.amp, device)
-    key = (s.backbone, s.pooling, s.weights, last, str(device), amp)
-    if key not in _EXTRACTORS:
-        _, seed = weights.parse(s.weights)
-        sd = weights.cached_state_dict(s.weights, s.backbone, storage_options)
-        net = VGGFeatures(s.backbone, [last], s.pooling, state_dict=sd, seed=seed, amp=amp)
-        if device.type == "cuda":
-            use_cuda_precision()
-        _EXTRACTORS[key] = net.optimised_for(device)
-    return _EXTRACTORS[key]
 
 
 def _trace_table(trace: list[dict]) -> pa.Table:

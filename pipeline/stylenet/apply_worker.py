@@ -20,8 +20,8 @@ from nst_ops.stylenet.tiled import tiled_apply
 from nst_ops.tile_size import NETWORK_TILE
 from pipeline.errors import InputError, NstError
 from pipeline.run import images, objective, scoring
+from pipeline.run.devices import amp_enabled
 from pipeline.run.model_file import read_model
-from pipeline.run.task import amp_enabled
 from pipeline.store import storage
 from pipeline.stylenet import apply_record, layout
 

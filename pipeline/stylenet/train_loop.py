@@ -17,7 +17,7 @@ from nst_ops.stylenet import NetConfig, StyleObjective, TransformerNet
 from nst_ops.stylenet.network import parameter_count
 from nst_ops.vgg import VGGFeatures
 from pipeline.run import images, model_file, scoring, weights
-from pipeline.run.task import amp_enabled
+from pipeline.run.devices import amp_enabled
 from pipeline.store import record, storage
 from pipeline.stylenet import holdout, layout
 from pipeline.stylenet.checkpoints import latest_checkpoint, trace_table

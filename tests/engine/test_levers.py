@@ -141,7 +141,7 @@ def test_new_parameters_at_their_defaults_keep_existing_job_ids():
 
 def test_amp_auto_turns_bf16_on_only_where_the_device_has_bf16_units(monkeypatch):
     from nst_ops.spec import SpecError
-    from pipeline.run import task
+    from pipeline.run import devices as task
 
     assert job_spec(amp="auto").amp == "auto"
     with pytest.raises(SpecError, match="amp must be true, false or auto"):
@@ -156,7 +156,7 @@ def test_amp_auto_turns_bf16_on_only_where_the_device_has_bf16_units(monkeypatch
 
 @pytest.mark.usefixtures("ray_cpu")
 def test_amp_auto_from_a_csv_manifest_runs_and_records_what_it_used(tmp_path):
-    from pipeline.run import task
+    from pipeline.run import devices as task
 
     c = write_images(tmp_path / "c", 1, "c")[0]
     s = write_images(tmp_path / "s", 1, "s")[0]
