@@ -90,6 +90,10 @@ class JobSpec:
     tile_margin: int | None = param(None, "context around each tile in px (default: the deepest "
                                     "layer's receptive field: tiled equals untiled; less is "
                                     "faster, approximate)", role=Role.BATCH, added_later=True)
+    workers_per_job: int = param(1, "a tiled job's tiles spread over this many workers (GPUs on "
+                                 "a cluster), gang-scheduled together; equal to 1 worker up to "
+                                 "float rounding", role=Role.BATCH, integer=True, minimum=1,
+                                 maximum=64, added_later=True)
     multires: int = param(1, "coarse-to-fine levels (each halves the size)", role=Role.BATCH,
                           integer=True, minimum=1)
     level_iterations: tuple[int, ...] | None = param(
@@ -231,6 +235,9 @@ class JobSpec:
             if self.tile < 2 * least:
                 raise SpecError(f"tile {self.tile} is too small: at least {2 * least} px (twice "
                                 "the deepest layer's stride)")  # fmt: skip
+        if self.workers_per_job > 1 and not self.tile:
+            raise SpecError(f"workers_per_job={self.workers_per_job} spreads a tiled job's tiles "
+                            "over workers: give tile= too")  # fmt: skip
 
     def _check_levels(self) -> None:
         levels = self.level_iterations

@@ -208,6 +208,10 @@ class LocalTiles:
         return content.detach()
 
 
+# who runs a tiled evaluation's tiles, given this process's LocalTiles (workers_per_job)
+RunnerFactory = Callable[[LocalTiles], TileRunner]
+
+
 class TiledObjective:
     """``objective(x)`` -> Terms, as ``transfer.make_objective`` gives for the whole image,
     computed tile by tile (see the module's docstring)."""
@@ -218,7 +222,7 @@ class TiledObjective:
         specs: Sequence[JobSpec],
         content: Mapping[str, Tensor],
         style: Mapping[str, Tensor],
-        runner: TileRunner | None = None,
+        tile_runner: RunnerFactory | None = None,
     ):
         spec = specs[0]
         self.extractor, self.spec, self.content, self.style_t = extractor, spec, content, style
@@ -237,7 +241,8 @@ class TiledObjective:
             per_image([list(s.layer_weights) for s in specs]).T,
         )
         self.calls = itertools.count()
-        self.runner = runner or LocalTiles(extractor, spec, content, self.w.alpha)
+        local = LocalTiles(extractor, spec, content, self.w.alpha)
+        self.runner: TileRunner = tile_runner(local) if tile_runner else local
 
     def offset(self) -> tuple[int, int]:
         """The grid's shift this evaluation: a different one each time (golden-ratio steps),

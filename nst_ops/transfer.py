@@ -33,7 +33,7 @@ from .layer_table import deepest, feature_hw, size_problem, sweep_layer_sets  # 
 from .loop import Outcome, Terms, optimize
 from .spec import BATCH_FIELDS, JobSpec, batch_key
 from .tile_size import tiles_pay
-from .tiles import TiledObjective
+from .tiles import RunnerFactory, TiledObjective
 from .vgg import VGGFeatures
 from .vocab import Mode, Status
 
@@ -167,12 +167,16 @@ def make_objective(
 
 
 def _objective(
-    extractor: VGGFeatures, specs: Sequence[JobSpec], targets: Targets, hw: tuple[int, int]
+    extractor: VGGFeatures,
+    specs: Sequence[JobSpec],
+    targets: Targets,
+    hw: tuple[int, int],
+    tile_runner: RunnerFactory | None = None,
 ) -> Callable[[Tensor], Terms]:
     """Tile by tile where the job's tiles with their margins are smaller than its image."""
-    if tiles_pay(specs[0], max(hw)):
-        return TiledObjective(extractor, specs, targets.content, targets.style)
-    return make_objective(extractor, specs, targets)
+    if not tiles_pay(specs[0], max(hw)):
+        return make_objective(extractor, specs, targets)
+    return TiledObjective(extractor, specs, targets.content, targets.style, tile_runner)
 
 
 def _levels(spec: JobSpec) -> list[int]:
@@ -309,10 +313,12 @@ def stylize_batch(
     keys: Sequence[InputKeys | None] | None = None,
     on_step: Callable[[int, float], None] | None = None,
     inits: Sequence[Tensor | None] | None = None,
+    tile_runner: RunnerFactory | None = None,
 ) -> list[Outcome]:
     """Run several jobs as one batch (one forward/backward per step); exact per image (see
     nst_ops.loop). L-BFGS with line search runs alone. ``cache``/``keys``: see compute_targets.
-    ``inits``: the decoded start image of each job whose ``init`` names one."""
+    ``inits``: the decoded start image of each job whose ``init`` names one. ``tile_runner``:
+    who runs a tiled level's tiles, given this process's LocalTiles (default: it alone)."""
     _check_batch(specs, contents, styles)
     spec, device, t0 = specs[0], extractor.mean.device, time.perf_counter()
     input_keys: Sequence[InputKeys | None] = keys or [None] * len(specs)
@@ -333,7 +339,7 @@ def stylize_batch(
             x0 = torch.cat([_init(s, c, sl, hw, device, i) for s, (c, sl, _), i in pairs])
         else:
             x0 = resize(x, hw).to(device)
-        objective = _objective(extractor, specs, targets, hw)
+        objective = _objective(extractor, specs, targets, hw, tile_runner)
         at_level = [dataclasses.replace(s, iterations=s.iterations_at(level)) for s in specs]
         with _fp32_after_restart(extractor) as on_restart:
             results = optimize(objective, x0, at_level, max(done), t0, on_step, on_restart)

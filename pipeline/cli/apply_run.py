@@ -85,9 +85,9 @@ def _apply(
 
 
 def _cluster_gpus() -> float:
-    import ray
+    from pipeline.run.placement import cluster_gpus
 
-    return float(ray.cluster_resources().get("GPU", 0))
+    return cluster_gpus()
 
 
 def _apply_record(model: Any, opts: ApplyOptions, input_uri: str, started: float) -> dict:

@@ -73,6 +73,9 @@ def transfer(
     cont = None if content in (None, "-") else content
     if spec.uses_content and cont is None:
         raise NstError(f"mode {mode.value!r} needs a content image (got '-')")
+    if spec.workers_per_job > 1:
+        raise NstError(f"workers_per_job={spec.workers_per_job} spreads tiles over Ray workers: "
+                       "nst run does that; nst transfer runs in this one process")  # fmt: skip
     fmt = images.format_of(str(dest))  # a bad extension fails before any work
     so = _storage(storage_options, cont or style)  # the inputs: the output is a local file
     row = _run_one(Job(spec, cont, (style,), 0), dest, device, so, (fmt, quality))

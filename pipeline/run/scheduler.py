@@ -31,7 +31,7 @@ from nst_ops.spec import batch_key
 from nst_ops.vocab import Status
 from pipeline.jobs.job import Job
 from pipeline.jobs.plan import Plan, make_plan
-from pipeline.run import ray_watchdog
+from pipeline.run import placement, ray_watchdog
 from pipeline.run.memory_check import task_memory
 from pipeline.run.options import RunOptions
 from pipeline.store import input_policy, record, storage
@@ -175,17 +175,7 @@ def gpus_per_task(res: Resources) -> float:
         return res.gpus_per_job
     if res.on_cluster:
         return 1.0
-    return 1.0 if _cluster_gpus() > 0 else 0.0  # embedded: this machine, which never grows
-
-
-def _largest_node_memory() -> float | None:
-    """The largest live node's ``memory`` resource (None: Ray reports none)."""
-    sizes = [n["Resources"].get("memory", 0) for n in ray.nodes() if n.get("Alive")]
-    return max(sizes) if sizes and max(sizes) > 0 else None
-
-
-def _cluster_gpus() -> float:
-    return float(ray.cluster_resources().get("GPU", 0))
+    return 1.0 if placement.cluster_gpus() > 0 else 0.0  # embedded: this machine, which never grows
 
 
 def task_options(res: Resources) -> dict[str, Any]:
@@ -334,21 +324,30 @@ def _submit_and_collect(
     options = task_options(res)
     window = res.max_in_flight or DEFAULT_MAX_IN_FLIGHT
     gpus = float(options.get("num_gpus", 0))
-    cap = None if gpus > 0 else _largest_node_memory()
+    cap = None if gpus > 0 else placement.largest_node_memory()
     batch_size = task_batch_size(res, gpus)
     queue = list(reversed(group_jobs(todo, batch_size)))
     in_flight: dict[ray.ObjectRef[Any], list[Job]] = {}
+    held: dict[ray.ObjectRef[Any], Any] = {}  # workers_per_job tasks' placement groups
     progress_at = time.time()  # last completion, or the start
     while queue or in_flight:
         if stop is not None and stop.is_set():
             raise KeyboardInterrupt
+        refused: list[dict[str, Any]] = []
         while queue and len(in_flight) < window:
             group = queue.pop()
-            remote = _task.options(**options, **({} if gpus else task_memory(group, cap)))
-            in_flight[remote.remote(group, opts, batch_size)] = group
+            size = {} if gpus else task_memory(group, cap)
+            why = None if res.on_cluster else placement.too_large(group, options, size)
+            if why:
+                refused += [record.failed(j, why, committed=False) for j in group]
+                continue
+            ref, held[ref] = placement.submit(_task, group, options, size, opts, batch_size)
+            in_flight[ref] = group
         ready, _ = ray.wait(list(in_flight), num_returns=len(in_flight), timeout=1.0)
-        new_rows = [row for ref in ready for row in _collect(ref, in_flight.pop(ref))]
-        waiting = gpus > 0 and not new_rows and _cluster_gpus() == 0
+        new_rows = refused + [row for ref in ready for row in _collect(ref, in_flight.pop(ref))]
+        for ref in ready:
+            placement.release(held.pop(ref))
+        waiting = gpus > 0 and not new_rows and placement.cluster_gpus() == 0
         if not waiting:
             progress_at = time.time()
         elif time.time() - progress_at > res.gpu_wait_s:

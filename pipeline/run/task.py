@@ -7,6 +7,7 @@ process itself escapes, which is what Ray's ``max_retries`` is for.
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import time
 import traceback
@@ -19,6 +20,7 @@ import torch
 from nst_ops.evaluator import Evaluator
 from nst_ops.loop import Outcome
 from nst_ops.spec import batch_key
+from nst_ops.tiles import RunnerFactory
 from nst_ops.transfer import InputKeys, output_hw, stylize_batch
 from nst_ops.vocab import Status
 from pipeline.errors import InputError, NstError
@@ -165,15 +167,17 @@ def _run_batch(
     jobs = [j for j, _, _ in batch]
     outcomes: list[Outcome] | None
     try:
-        outcomes = stylize_batch(
-            [j.spec for j in jobs],
-            extractor_for(jobs[0], device, inputs.opts.storage_options),
-            [c for _, c, _ in batch],
-            [s for _, _, s in batch],
-            _TARGETS,
-            [inputs.cache_keys(j) for j in jobs],
-            inits=[inputs.start(j) for j in jobs],
-        )
+        with _tile_workers(jobs[0], inputs.opts) as runner:
+            outcomes = stylize_batch(
+                [j.spec for j in jobs],
+                extractor_for(jobs[0], device, inputs.opts.storage_options),
+                [c for _, c, _ in batch],
+                [s for _, _, s in batch],
+                _TARGETS,
+                [inputs.cache_keys(j) for j in jobs],
+                inits=[inputs.start(j) for j in jobs],
+                tile_runner=runner,
+            )
     except Exception as e:  # noqa: BLE001
         if not (isinstance(e, torch.cuda.OutOfMemoryError) and len(batch) > 1):
             return {j.id: commit_job(j, None, {**extra, **inputs.record(j), **_fail(e)}, t0, store)
@@ -202,6 +206,19 @@ def _run_batch(
         )
         for item, o in zip(batch, outcomes, strict=True)
     }
+
+
+@contextlib.contextmanager
+def _tile_workers(job: Job, opts: RunOptions) -> Iterator[RunnerFactory | None]:
+    """The helpers of a ``workers_per_job`` job (imported only then: ``nst transfer`` runs
+    without Ray and refuses such jobs)."""
+    if job.spec.workers_per_job == 1:
+        yield None
+        return
+    from pipeline.run import tile_workers
+
+    with tile_workers.helpers_for(job, opts.storage_options) as helpers:
+        yield tile_workers.runner_factory(helpers)
 
 
 def _scorer(opts: RunOptions, item: Ready, device: torch.device) -> Scorer | None:
