@@ -3,6 +3,7 @@ whole-image and tiled, beside nst_ops.memory's estimate, in one run on one machi
 
     python -m bench.prints                                  # ~25 min on 2 cores
     python -m bench.prints --untiled 256 512 --tiled 1024   # a quick look
+    python -m bench.prints --untiled --tiled 4096 --tile 1024 --iterations 2 --name prints_4096
 
 Each configuration runs in a fresh process (so peaks do not mix): the default job's layers
 (VGG19 conv1_1...conv5_1 and conv4_2, random weights: memory and time do not depend on them),
@@ -81,12 +82,13 @@ def main() -> None:
     p.add_argument("--history-size", type=int, default=100)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", help="cuda: the GPU's peak allocated memory")
+    p.add_argument("--name", default="prints", help="results file name under bench/results")
     a = p.parse_args()
     rows = [row(s, 0, a) for s in a.untiled] + [row(s, a.tile, a) for s in a.tiled]
     res = {"machine": platform.processor() or platform.machine(), "args": vars(a), "rows": rows}
     out = ROOT / "bench/results"
     out.mkdir(parents=True, exist_ok=True)
-    name = "prints" if a.device == "cpu" else f"prints_{a.device}"
+    name = a.name if a.device == "cpu" else f"{a.name}_{a.device}"
     (out / f"{name}.json").write_text(json.dumps(res, indent=1))
     (out / f"{name}.md").write_text("\n".join(table(res)) + "\n")
     print("\n".join(table(res)))
