@@ -49,10 +49,14 @@ def too_large(group: Sequence[Job], options: dict[str, Any], size: dict[str, Any
     short = [k for k, v in need.items() if v * n > have.get(k, 0)]
     if not short:
         return None
-    what = ", ".join(f"{need[k] * n:g} {k}" for k in short)
-    has = ", ".join(f"{have.get(k, 0):g} {k}" for k in short)
+    what = ", ".join(_amount(need[k] * n, k) for k in short)
+    has = ", ".join(_amount(have.get(k, 0), k) for k in short)
     return (f"workers_per_job={n} needs {what} at once; this machine's Ray has {has}: lower "
             "workers_per_job (or --cpus-per-job), or run it on a cluster")  # fmt: skip
+
+
+def _amount(value: float, resource: str) -> str:
+    return f"{value / 2**30:.1f} GiB of memory" if resource == "memory" else f"{value:g} {resource}"
 
 
 def submit(

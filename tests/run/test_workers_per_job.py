@@ -41,3 +41,18 @@ def test_workers_per_job_needs_tiles_and_a_ray_run():
         job_spec(workers_per_job=2)
     r = nst("transfer", "a.png", "b.png", "o.png", "--set", "tile=32", "--set", "workers_per_job=2")
     assert r.exit_code != 0 and "nst run does that" in r.output
+
+
+def test_a_gang_larger_than_the_machine_names_each_resource_it_lacks(monkeypatch):
+    from pipeline.jobs.job import Job
+    from pipeline.run import placement
+
+    have = {"CPU": 16.0, "memory": 8.0 * 2**30}
+    monkeypatch.setattr(placement.ray, "cluster_resources", lambda: have)
+    group = [Job(job_spec(size=64, tile=32, workers_per_job=2), "c", ("s",), 0)]
+    why = placement.too_large(group, {"num_cpus": 1}, {"memory": 6 * 2**30})
+    assert why is not None and why.startswith(
+        "workers_per_job=2 needs 12.0 GiB of memory at once; this machine's Ray has 8.0 GiB"
+    )
+    assert placement.too_large(group, {"num_cpus": 8}, {"memory": 2**30}) is None
+    assert placement.bundle({"num_cpus": 2, "num_gpus": 0.5}, {}) == {"CPU": 2.0, "GPU": 0.5}
