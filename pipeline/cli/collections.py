@@ -83,7 +83,14 @@ def train(
     ] = None,
     steps: Annotated[int, typer.Option(min=1, help="Optimizer steps in all.")] = 2000,
     batch_size: Annotated[int, typer.Option(min=1, help="Crops per step and worker.")] = 4,
-    crop: Annotated[int, typer.Option(min=32, max=1024, help="Training crop size (px).")] = 256,
+    crop: Annotated[
+        int,
+        typer.Option(
+            min=32,
+            max=1024,
+            help=("Training crops: each photo scaled to this shorter side, cut into crops of it."),
+        ),
+    ] = 256,
     lr: Annotated[float, typer.Option(min=0.0, help="Adam learning rate.")] = 1e-3,
     lr_schedule: Annotated[
         LrSchedule, typer.Option(help="Constant, or cosine from --lr to 0 at --steps.")
