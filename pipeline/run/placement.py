@@ -43,8 +43,11 @@ def bundle(options: dict[str, Any], size: dict[str, Any]) -> dict[str, float]:
 
 
 def too_large(group: Sequence[Job], options: dict[str, Any], size: dict[str, Any]) -> str | None:
-    """Why the embedded Ray can never hold this group's workers (None: it can)."""
+    """Why the embedded Ray can never hold this group's workers (None: it can, or the job has
+    one worker: a one-worker task waits for GPUs as ever, up to --gpu-wait)."""
     n, need = workers_of(group), bundle(options, size)
+    if n == 1:
+        return None
     have = ray.cluster_resources()
     short = [k for k, v in need.items() if v * n > have.get(k, 0)]
     if not short:

@@ -53,3 +53,5 @@ def test_a_gang_larger_than_the_machine_names_each_resource_it_lacks(monkeypatch
     )
     assert placement.too_large(group, {"num_cpus": 8}, {"memory": 2**30}) is None
     assert placement.bundle({"num_cpus": 2, "num_gpus": 0.5}, {}) == {"CPU": 2.0, "GPU": 0.5}
+    one = [Job(job_spec(size=64), "c", ("s",), 0)]
+    assert placement.too_large(one, {"num_cpus": 64, "num_gpus": 1}, {}) is None  # waits, as ever
