@@ -24,7 +24,7 @@ from ray.util.placement_group import get_current_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from torch import Tensor
 
-from nst_ops.tiles import LocalTiles, Tile, TileRunner
+from nst_ops.tiles import LocalTiles, RunnerFactory, Tile, TileRunner
 from pipeline.jobs.job import Job
 
 
@@ -78,24 +78,20 @@ class ShardedTiles:
 
     def __init__(self, local: LocalTiles, helpers: list[Any]):
         self.local, self.helpers = local, helpers
-        self._ref: Any = None  # this evaluation's image, between its two passes
-        ray.get([h.set_targets.remote(_cpu(local.content), local.alpha.cpu()) for h in helpers])
+        self._ref: Any = None  # this evaluation's image, put by pass 1 for pass 2
+        content = ray.put(_cpu(local.content))  # once for every helper: up to GBs at print size
+        ray.get([h.set_targets.remote(content, local.alpha.cpu()) for h in helpers])
 
     def _shards(self, tiles: list[Tile]) -> list[list[Tile]]:
         n = len(self.helpers) + 1
         return [tiles[k::n] for k in range(n)]
 
-    def _image(self, x: Tensor, keep: bool) -> Any:
-        """The image in the object store: put by pass 1 and kept for pass 2 of the same
-        evaluation (never matched by identity: the optimizer updates one tensor in place)."""
-        ref = self._ref if self._ref is not None else ray.put(x.detach().cpu())
-        self._ref = ref if keep else None
-        return ref
+    def _put(self, x: Tensor) -> Any:
+        return ray.put(x.detach().cpu())
 
     def grams(self, x: Tensor, tiles: list[Tile]) -> dict[str, Tensor]:
         mine, *theirs = self._shards(tiles)
-        self._ref = None
-        ref = self._image(x, keep=True)
+        self._ref = ref = self._put(x)  # never reused by identity: the optimizer updates x in place
         amp = bool(self.local.extractor.amp)
         pending = [h.grams.remote(ref, s, amp)
                    for h, s in zip(self.helpers, theirs, strict=True) if s]  # fmt: skip
@@ -109,7 +105,9 @@ class ShardedTiles:
         self, x: Tensor, tiles: list[Tile], coef: Mapping[str, Tensor]
     ) -> tuple[Tensor, Tensor]:
         mine, *theirs = self._shards(tiles)
-        ref, sent, amp = self._image(x, keep=False), _cpu(coef), bool(self.local.extractor.amp)
+        ref = self._ref if self._ref is not None else self._put(x)  # no pass 1 without style
+        self._ref = None
+        sent, amp = ray.put(_cpu(coef)), bool(self.local.extractor.amp)
         pending = [h.backward.remote(ref, s, sent, amp)
                    for h, s in zip(self.helpers, theirs, strict=True) if s]  # fmt: skip
         grad, content = self.local.backward(x, mine, coef)
@@ -146,10 +144,10 @@ def _bundle(pg: Any, k: int) -> dict[str, Any]:
     return {"num_cpus": spec.get("CPU", 0), "num_gpus": spec.get("GPU", 0)}
 
 
-def runner_factory(helpers: list[Any]) -> Any:
+def runner_factory(helpers: list[Any]) -> RunnerFactory:
     """What stylize_batch takes: this process's LocalTiles -> the sharded runner."""
 
     def wrap(local: LocalTiles) -> TileRunner:
-        return ShardedTiles(local, helpers) if helpers else local
+        return ShardedTiles(local, helpers)
 
     return wrap
