@@ -228,7 +228,6 @@ class TiledObjective:
         self.extractor, self.spec, self.content, self.style_t = extractor, spec, content, style
         self.tile, self.margin = tile_side(spec), margin_of(spec)
         self.step = layer_stride(spec.backbone, deepest(spec.backbone, spec.active_layers))
-        self.stride = {n: layer_stride(spec.backbone, n) for n in spec.active_layers}
         dev = extractor.mean.device
 
         def per_image(values: Sequence[Any]) -> Tensor:
@@ -242,6 +241,7 @@ class TiledObjective:
         )
         self.calls = itertools.count()
         local = LocalTiles(extractor, spec, content, self.w.alpha)
+        self.stride = local.stride
         self.runner: TileRunner = tile_runner(local) if tile_runner else local
 
     def offset(self) -> tuple[int, int]:
