@@ -7,9 +7,10 @@ objective at full size against the compute spent, in one run on one machine.
 
 One real pair (a content photo, a painting), the demo's layers (real ImageNet VGG19 weights up
 to relu3_1, β 1e7) and the latest defaults edition for the rest (L-BFGS, amp=auto, restarts),
-init=content. Variants: one level with --iterations at full size (what a job does today), and
-multires=2 and 3 with --coarse iterations at each coarser level, then --iterations at full
-size, so every curve reaches past the reference's budget.
+from the content (the tutorial's start; --init noise: the default job's). Variants: one level
+with --iterations at full size (what a job does today), and multires=2 and 3 with --coarse
+iterations at each coarser level, then --iterations at full size, so every curve reaches past
+the reference's budget.
 
 Cost is counted in full-size evaluations (a level at half the side costs a quarter per
 evaluation), so it does not move with load on the machine; wall seconds are printed beside it
@@ -41,10 +42,10 @@ BETA = 1e7  # the demo's and bench.stylenet's
 SHARED = B.ROOT.parent / "shared/data/images"  # 512-px photos (the shipped ones are 256)
 
 
-def spec_for(size: int, levels: int, coarse: int, iterations: int) -> JobSpec:
+def spec_for(size: int, levels: int, coarse: int, iterations: int, init: str) -> JobSpec:
     cl, sl = B.CONFIGS["real"]
     row = {"weights": str(B.WEIGHTS), "content_layers": list(cl), "style_layers": list(sl),
-           "style_weight": BETA, "size": size, "init": "content", "iterations": iterations,
+           "style_weight": BETA, "size": size, "init": init, "iterations": iterations,
            "log_every": 1, "multires": levels}  # fmt: skip
     if levels > 1:
         row["level_iterations"] = [coarse] * (levels - 1) + [iterations]
@@ -75,9 +76,9 @@ def best_at(points: list[tuple[float, float]], cost: float) -> float | None:
 
 def run_size(net: VGGFeatures, a: argparse.Namespace, size: int, content, style) -> dict:
     """Every variant at one size; the reference first (its losses set the targets)."""
-    variants = {"one level": spec_for(size, 1, 0, a.iterations)}
+    variants = {"one level": spec_for(size, 1, 0, a.iterations, a.init)}
     for levels in a.levels:
-        variants[f"multires={levels}"] = spec_for(size, levels, a.coarse, a.iterations)
+        variants[f"multires={levels}"] = spec_for(size, levels, a.coarse, a.iterations, a.init)
     found: dict = {"size": size, "variants": {}}
     for name, spec in variants.items():
         t0 = time.perf_counter()
@@ -129,18 +130,20 @@ def main() -> None:
     p.add_argument("--levels", type=int, nargs="+", default=[2, 3], help="multires variants")
     p.add_argument("--content", type=Path, default=SHARED / "content/tubingen.jpg")
     p.add_argument("--style", type=Path, default=SHARED / "style/starry_night.jpg")
+    p.add_argument("--init", default="content", choices=["content", "noise"],
+                   help="noise: the default job's start (seed 0)")  # fmt: skip
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--name", default="pyramid", help="results file name")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     content, style = B.load(a.content), B.load(a.style)
-    spec = spec_for(a.sizes[0], 1, 0, a.iterations)
+    spec = spec_for(a.sizes[0], 1, 0, a.iterations, a.init)
     sd, _ = B.weights_for("real")
     net = VGGFeatures("vgg19", spec.active_layers, spec.pooling, state_dict=sd,
                       amp=amp_enabled(spec.amp, torch.device("cpu")))  # fmt: skip
     results = [run_size(net, a, size, content, style) for size in a.sizes]
     head = (f"machine {platform.machine()}, {a.threads} threads, amp {net.amp}; content "
-            f"{a.content.name} {tuple(content.shape[-2:])}, style {a.style.name}; "
+            f"{a.content.name} {tuple(content.shape[-2:])}, style {a.style.name}, init {a.init}; "
             f"{a.iterations} full-size iterations, {a.coarse} per coarser level")  # fmt: skip
     text = "\n".join([head, ""] + [ln for r in results for ln in summary(r, a.iterations) + [""]])
     print(text)
