@@ -62,10 +62,11 @@ STUDY: dict[str, Setting] = {
 
 PRESETS: dict[str, dict[str, Setting]] = {"study": STUDY}
 
-FIRST_DEFAULTS, LATEST_DEFAULTS = 1, 3
-EDITIONS = (FIRST_DEFAULTS, 2, LATEST_DEFAULTS)
+FIRST_DEFAULTS, LATEST_DEFAULTS = 1, 4
+EDITIONS = (FIRST_DEFAULTS, 2, 3, LATEST_DEFAULTS)
 LBFGS_RESTARTS = 2  # edition 3: L-BFGS restarts after a blow-up, at most this many times
 AMP_FROM = 256  # px: L-BFGS jobs this large get amp=auto in edition 2 (measured there)
+PHOTO_START_FROM = 1024  # px: edition 4 starts L-BFGS transfer jobs this large from the photo
 
 
 def edition_values(edition: int, resolved: Mapping[str, Any]) -> dict[str, Any]:
@@ -74,14 +75,21 @@ def edition_values(edition: int, resolved: Mapping[str, Any]) -> dict[str, Any]:
 
     Edition 2 gives L-BFGS jobs of >= 256 px ``amp=auto`` (bf16 convolutions where the device
     has bf16 units), which measured the tutorial's quality 1.7x sooner there, fp32 1.1x
-    (bench/run.py, README "Performance"). Coarse-to-fine (``multires=2``) stays a choice, not a
-    default: it was 2.8x sooner but 4% further from content and style. Adam and SGD
-    keep edition 1: bf16 was not measured to keep their quality.
+    (bench/run.py, README "Performance"). Adam and SGD keep edition 1: bf16 was not measured
+    to keep their quality.
 
     Edition 3 adds, for L-BFGS jobs, ``restarts=2``: L-BFGS without line search can blow up
     late on a real photo x painting pair and never come back (its history then only points
     further out); going back to the best image with a fresh history, in fp32, lets such a job
-    finish instead of ending ``diverged``. A job that never blows up runs as in edition 2."""
+    finish instead of ending ``diverged``. A job that never blows up runs as in edition 2.
+
+    Edition 4 starts L-BFGS transfer jobs of >= 1024 px that give no ``init`` from the photo
+    (``init=content``): from noise, a whole-size start spends hundreds of full-price iterations
+    organising noise; measured at 1024 px (bench/pyramid.py) it was still at twice the
+    unstyled photo's loss after 120 iterations, where the photo starts at its own loss and
+    only goes down. A coarse-to-fine pyramid (``multires``) from noise was measured too and
+    left a choice: 1.07-1.09x sooner at that budget; from the photo it reached one level's
+    loss later or never (256 and 512 px)."""
     if edition not in EDITIONS:
         raise PresetError(f"unknown defaults edition {edition!r}; choose one of {list(EDITIONS)}")
     if edition == FIRST_DEFAULTS or resolved["optimizer"] != "lbfgs":
@@ -89,7 +97,14 @@ def edition_values(edition: int, resolved: Mapping[str, Any]) -> dict[str, Any]:
     values: dict[str, Any] = {"restarts": LBFGS_RESTARTS} if edition >= 3 else {}
     if resolved["size"] >= AMP_FROM:
         values["amp"] = "auto"
+    if edition >= 4:
+        values.update(_photo_start(resolved))
     return values
+
+
+def _photo_start(resolved: Mapping[str, Any]) -> dict[str, Any]:
+    big = resolved["size"] >= PHOTO_START_FROM and resolved["mode"] == "transfer"
+    return {"init": "content"} if big else {}
 
 
 class PresetError(ValueError):

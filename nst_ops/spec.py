@@ -75,7 +75,8 @@ class JobSpec:
                       minimum=MIN_SIZE, maximum=MAX_SIZE)
     init: str = param("noise", "start image: noise (seeded), content (recognisable results "
                       "fastest), style, an image path/URL (e.g. a previous result), or "
-                      "model:<URI> (a trained style network's output: refinement)",
+                      "model:<URI> (a trained style network's output: refinement); latest "
+                      "defaults: content for L-BFGS transfers from 1024 px",
                       choices=lambda: INITS, only_choices=False)
     seed: int = param(0, "seed of the noise init", integer=True, minimum=0)
     style_scale: str = param("content", "content: style resized to the content's size (the "

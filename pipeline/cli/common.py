@@ -22,6 +22,7 @@ from nst_ops.layer_table import WeightsError
 from nst_ops.presets import (
     EDITIONS,
     LATEST_DEFAULTS,
+    PHOTO_START_FROM,
 )
 from nst_ops.spec import JobSpec, SpecError
 from pipeline.errors import NstError
@@ -115,8 +116,10 @@ DefaultsOpt = Annotated[
     typer.Option(
         "--defaults",
         help="Defaults edition for what a row does not give: 1 (runs before November 2026), 2 "
-        f"(amp=auto for L-BFGS from 256 px) or {LATEST_DEFAULTS} (latest: also restarts=2 for "
-        "L-BFGS). Default: the edition the run at --out started with, the latest for a new run.",
+        "(amp=auto for L-BFGS from 256 px), 3 (also restarts=2 for L-BFGS) or "
+        f"{LATEST_DEFAULTS} (latest: also init=content for L-BFGS transfers from "
+        f"{PHOTO_START_FROM} px). Default: the edition the run at --out started with, the latest "
+        "for a new run.",
     ),
 ]
 ListOpt = Annotated[list[str] | None, typer.Option(help="Folder, glob or file; repeatable.")]

@@ -17,6 +17,7 @@ from nst_ops.presets import (
     AMP_FROM,
     FIRST_DEFAULTS,
     LATEST_DEFAULTS,
+    PHOTO_START_FROM,
     PRESETS,
 )
 from nst_ops.spec import PARAM_HELP, JobSpec, choices
@@ -126,7 +127,8 @@ def params() -> None:
     out_console.print(
         f"Defaults shown are edition {FIRST_DEFAULTS}'s. New runs get edition "
         f"{LATEST_DEFAULTS}: L-BFGS jobs that do not say otherwise restart after a blow-up "
-        f"(restarts=2) and from {AMP_FROM} px run with amp=auto. See --defaults on nst run."
+        f"(restarts=2), from {AMP_FROM} px run with amp=auto, and transfers from "
+        f"{PHOTO_START_FROM} px start from the photo (init=content). See --defaults on nst run."
     )
 
 

@@ -83,3 +83,28 @@ def test_an_unknown_edition_is_refused_by_name(tmp_path):
     pq.write_table(table([{"content_uri": "c.png", "style_uri": "s.png"}]), tmp_path / "m.parquet")
     res = nst("plan", tmp_path / "m.parquet", "--defaults", "7")
     assert res.exit_code != 0 and "--defaults 7: choose one of 1, 2, 3" in res.output
+
+
+@pytest.mark.parametrize(
+    ("params", "init"),
+    [
+        ({**LBFGS, "size": 1024}, "content"),  # measured: noise was still 2x the photo's loss
+        ({**LBFGS, "size": 4096, "tile": 1024}, "content"),
+        ({**LBFGS, "size": 1024, "init": "noise"}, "noise"),  # what the row gives wins
+        ({**LBFGS, "size": 512}, "noise"),  # below 1024 px: as edition 3
+        ({**LBFGS, "size": 1024, "mode": "style"}, "noise"),  # texture synthesis has no photo
+        ({**LBFGS, "size": 1024, "mode": "content"}, "noise"),  # the photo is its answer
+        ({"optimizer": "adam", "size": 1024}, "noise"),  # not measured for Adam and SGD
+    ],
+)
+def test_edition_4_starts_large_lbfgs_transfers_from_the_photo(params, init):
+    spec, three = JobSpec.from_dict(params, None, 4), JobSpec.from_dict(params, None, 3)
+    assert spec.init == init
+    changed = {k for k, v in spec.to_dict().items() if v != three.to_dict()[k]}
+    assert changed == ({"init"} if init != three.init else set())
+
+
+def test_edition_4_leaves_a_preset_and_the_study_alone():
+    big = {**LBFGS, "size": 1024}
+    assert JobSpec.from_dict(big, "study", 4) == JobSpec.from_dict(big, "study", 3)
+    assert JobSpec.from_dict(big, "study", 4).init == "noise"
