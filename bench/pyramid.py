@@ -127,7 +127,13 @@ def main() -> None:
     p.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
     p.add_argument("--iterations", type=int, default=300, help="full-size iterations")
     p.add_argument("--coarse", type=int, default=200, help="iterations at each coarser level")
-    p.add_argument("--levels", type=int, nargs="+", default=[2, 3], help="multires variants")
+    p.add_argument(
+        "--levels",
+        type=int,
+        nargs="*",
+        default=[2, 3],
+        help="multires variants (none: one level only)",
+    )
     p.add_argument("--content", type=Path, default=SHARED / "content/tubingen.jpg")
     p.add_argument("--style", type=Path, default=SHARED / "style/starry_night.jpg")
     p.add_argument("--init", default="content", choices=["content", "noise"],

@@ -85,9 +85,9 @@ def edition_values(edition: int, resolved: Mapping[str, Any]) -> dict[str, Any]:
 
     Edition 4 starts L-BFGS transfer jobs of >= 1024 px that give no ``init`` from the photo
     (``init=content``): from noise, a whole-size start spends hundreds of full-price iterations
-    organising noise; measured at 1024 px (bench/pyramid.py) it was still at twice the
-    unstyled photo's loss after 120 iterations, where the photo starts at its own loss and
-    only goes down. A coarse-to-fine pyramid (``multires``) from noise was measured too and
+    organising noise; measured at 1024 px (bench/pyramid.py), after 120 iterations it was
+    still at twice the unstyled photo's loss, where a start from the photo was at 0.9x (2.3x
+    lower at equal cost). A coarse-to-fine pyramid (``multires``) from noise was measured too and
     left a choice: 1.07-1.09x sooner at that budget; from the photo it reached one level's
     loss later or never (256 and 512 px)."""
     if edition not in EDITIONS:
