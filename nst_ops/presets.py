@@ -88,8 +88,8 @@ def edition_values(edition: int, resolved: Mapping[str, Any]) -> dict[str, Any]:
     organising noise; measured at 1024 px (bench/pyramid.py), after 120 iterations it was
     still at twice the unstyled photo's loss, where a start from the photo was at 0.9x (2.3x
     lower at equal cost). A coarse-to-fine pyramid (``multires``) from noise was measured too and
-    left a choice: 1.07-1.09x sooner at that budget; from the photo it reached one level's
-    loss later or never (256 and 512 px)."""
+    left a choice: 1.07-1.09x sooner at that budget, no sooner at 256 and 512 px; from the
+    photo it reached one level's loss later or never (256 and 512 px)."""
     if edition not in EDITIONS:
         raise PresetError(f"unknown defaults edition {edition!r}; choose one of {list(EDITIONS)}")
     if edition == FIRST_DEFAULTS or resolved["optimizer"] != "lbfgs":
