@@ -140,6 +140,13 @@ def test_a_grid_axis_over_init_keeps_a_named_start_next_to_a_model(tmp_path):
     assert plan.exit_code == 0 and "2 jobs" in plan.output, plan.output
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    """A shell starts background jobs with SIGINT ignored, and Python then never raises
+    KeyboardInterrupt: the child gets the default, as a foreground command would (so the test
+    holds when the suite itself runs in the background)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_stops_a_training_with_130_and_says_how_to_resume(tmp_path):
     write_images(tmp_path / "photos", 3, "p")
     (tmp_path / "s.png").write_bytes(png_bytes(40, 40, seed=3))
@@ -147,7 +154,8 @@ def test_ctrl_c_stops_a_training_with_130_and_says_how_to_resume(tmp_path):
     cmd = nst_cmd("train", tmp_path / "s.png", "--content", tmp_path / "photos", "--out", out,
                   "--steps", "100000", "--checkpoint-every", "5", *TINY)  # fmt: skip
     env = {**os.environ, "RAY_worker_niceness": "0"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_ctrl_c_as_in_a_terminal)  # fmt: skip
     deadline = time.time() + 240
     while not (out / "checkpoints").exists():  # training is under way
         assert proc.poll() is None and time.time() < deadline, proc.communicate()
