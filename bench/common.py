@@ -19,6 +19,7 @@ from pipeline.run.images import decode
 from pipeline.run.weights import load_state_dict
 
 ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared" / "data"  # ../shared/data: 512-px photos, training photos
 WEIGHTS = ROOT / "manifests/weights/vgg19_tv_features_conv1_1-conv3_1.pth"
 IMAGES = ROOT / "manifests/images"
 CONFIGS = {

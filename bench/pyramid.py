@@ -39,7 +39,6 @@ from nst_ops.vgg import VGGFeatures
 from pipeline.run.devices import amp_enabled
 
 BETA = 1e7  # the demo's and bench.stylenet's
-SHARED = B.ROOT.parent / "shared/data/images"  # 512-px photos (the shipped ones are 256)
 
 
 def spec_for(size: int, levels: int, coarse: int, iterations: int, init: str) -> JobSpec:
@@ -134,8 +133,8 @@ def main() -> None:
         default=[2, 3],
         help="multires variants (none: one level only)",
     )
-    p.add_argument("--content", type=Path, default=SHARED / "content/tubingen.jpg")
-    p.add_argument("--style", type=Path, default=SHARED / "style/starry_night.jpg")
+    p.add_argument("--content", type=Path, default=B.SHARED / "images/content/tubingen.jpg")
+    p.add_argument("--style", type=Path, default=B.SHARED / "images/style/starry_night.jpg")
     p.add_argument("--init", default="content", choices=["content", "noise"],
                    help="noise: the default job's start (seed 0)")  # fmt: skip
     p.add_argument("--threads", type=int, default=2)

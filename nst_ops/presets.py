@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .vocab import Mode
+
 SEED = "../shared/seed/000_2e17f2b64bd973bd.txt"
 
 
@@ -103,7 +105,7 @@ def edition_values(edition: int, resolved: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _photo_start(resolved: Mapping[str, Any]) -> dict[str, Any]:
-    big = resolved["size"] >= PHOTO_START_FROM and resolved["mode"] == "transfer"
+    big = resolved["size"] >= PHOTO_START_FROM and resolved["mode"] == Mode.TRANSFER.value
     return {"init": "content"} if big else {}
 
 

@@ -17,7 +17,7 @@ from .layer_table import (
 from .optimizers import OPTIMIZERS
 from .param import Param, Role, check_bounds, finite_nonneg, param
 from .param import SpecError as SpecError  # re-exported: the spec's error type
-from .presets import FIRST_DEFAULTS, PresetError, apply_preset, edition_values
+from .presets import FIRST_DEFAULTS, PHOTO_START_FROM, PresetError, apply_preset, edition_values
 from .vocab import Mode
 
 MODES = Mode.values()
@@ -76,7 +76,7 @@ class JobSpec:
     init: str = param("noise", "start image: noise (seeded), content (recognisable results "
                       "fastest), style, an image path/URL (e.g. a previous result), or "
                       "model:<URI> (a trained style network's output: refinement); latest "
-                      "defaults: content for L-BFGS transfers from 1024 px",
+                      f"defaults: content for L-BFGS transfers from {PHOTO_START_FROM} px",
                       choices=lambda: INITS, only_choices=False)
     seed: int = param(0, "seed of the noise init", integer=True, minimum=0)
     style_scale: str = param("content", "content: style resized to the content's size (the "
