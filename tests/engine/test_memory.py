@@ -17,25 +17,28 @@ import ctypes, json, sys, threading, time, torch
 from nst_ops import transfer
 from nst_ops.spec import JobSpec
 from nst_ops.vgg import VGGFeatures
-def anon():  # anonymous memory only: file pages come and go with the machine's page cache
-    line = next(l for l in open("/proc/self/status") if l.startswith("RssAnon:"))
-    return int(line.split()[1]) * 1024
+def status(*keys):
+    fields = dict(line.split(":", 1) for line in open("/proc/self/status"))
+    return sum(int(fields[k].split()[0]) * 1024 for k in keys)
 torch.set_num_threads(1)
 spec = JobSpec.from_dict(json.loads(sys.argv[1]))
 ext = VGGFeatures(spec.backbone, spec.active_layers, spec.pooling, seed=0)
 content, style = torch.rand(3, spec.size, spec.size), torch.rand(3, spec.size, spec.size)
 ctypes.CDLL("libc.so.6").malloc_trim(0)  # freed pages back: the job cannot reuse them unseen
-before, peak, done = anon(), [0], threading.Event()
+open("/proc/self/clear_refs", "w").write("5")  # the kernel's high-water mark starts here
+before, peak, done = status("RssAnon"), [0], threading.Event()
 def sample():
     while not done.is_set():
-        peak[0] = max(peak[0], anon())
+        peak[0] = max(peak[0], status("RssAnon"))
         time.sleep(0.002)
 watcher = threading.Thread(target=sample)
 watcher.start()
 transfer.stylize(spec, ext, content, [style])
 done.set()
 watcher.join()
-print(peak[0] - before)
+# The high-water mark sees a peak too short for the 2-ms samples; less the file pages held at
+# the end (never fewer than at the peak: they only grow here), it is anonymous memory at most.
+print(max(peak[0], status("VmHWM") - status("RssFile", "RssShmem")) - before)
 """
 
 
@@ -59,7 +62,7 @@ def bounds(est: int, peak: int) -> bool:
     return peak <= est and est - memory.WORKSPACE <= 1.25 * peak
 
 
-@pytest.mark.parametrize("size", [128, 256])
+@pytest.mark.parametrize("size", [128, 256, 320])
 def test_the_estimate_bounds_a_measured_peak(size):
     params = {"weights": "random:0", "size": size, "iterations": 2, "init": "content"}
     peak = measured_peak(params)
