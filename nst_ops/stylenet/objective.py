@@ -43,13 +43,17 @@ class StyleObjective:
             self._style[hw] = compute_targets(self.extractor, style_only, None, prepared, hw).style
         return self._style[hw]
 
-    def __call__(self, output: Tensor, photos: Tensor) -> Terms:
+    def __call__(
+        self, output: Tensor, photos: Tensor, style_hw: tuple[int, int] | None = None
+    ) -> Terms:
+        """``style_hw``: the output shape whose style target applies (default the output's;
+        a smaller crop cut at the same scale shares its full crop's)."""
         from ..transfer import make_objective
 
         with torch.no_grad():
             content = self.extractor.features_at(photos, self.spec.content_layers)
         n = output.shape[0]
-        targets = self.style_for((int(output.shape[-2]), int(output.shape[-1])))
+        targets = self.style_for(style_hw or (int(output.shape[-2]), int(output.shape[-1])))
         style = {k: v.expand(n, *v.shape[1:]) for k, v in targets.items()}
         objective = make_objective(self.extractor, [self.spec] * n, Targets(content, style))
         return objective(output)

@@ -91,6 +91,18 @@ def train(
             help=("Training crops: each photo scaled to this shorter side, cut into crops of it."),
         ),
     ] = 256,
+    coarse_steps: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Of --steps, the first N on smaller crops (--coarse-crop) cut at the same "
+            "scale with the same style target: a quarter of the pixels per step at half the "
+            "side, so more steps in the same time. 0: off.",
+        ),
+    ] = 0,
+    coarse_crop: Annotated[
+        int | None, typer.Option(min=16, help="Side of the coarse crops; default half --crop.")
+    ] = None,
     lr: Annotated[float, typer.Option(min=0.0, help="Adam learning rate.")] = 1e-3,
     lr_schedule: Annotated[
         LrSchedule, typer.Option(help="Constant, or cosine from --lr to 0 at --steps.")
@@ -183,6 +195,7 @@ def train(
         sample_every=sample_every, seed=seed, workers=workers, use_gpu=use_gpu,
         cpus_per_worker=_worker_cpus(cpus_per_worker, workers, address), max_pixels=max_pixels,
         from_job=origin, reference=reference, aspects=parse_aspects(aspects),
+        coarse_steps=coarse_steps, coarse_crop=_coarse_crop(coarse_crop, crop, coarse_steps),
     )  # fmt: skip
     n_photos, n_held = len(settings.photos), len(settings.holdout)
     console.print(f"training on {n_photos} photos ({n_held} held aside), {steps} steps x "
@@ -197,6 +210,13 @@ def train(
         from pipeline.stylenet.holdout import line
 
         out_console.print(line(meta["holdout_gap"], spec), highlight=False)
+
+
+def _coarse_crop(given: int | None, crop: int, coarse_steps: int) -> int:
+    """Half --crop (a multiple of 4, as the network likes) unless given; 0 with no coarse steps."""
+    if not coarse_steps:
+        return 0
+    return given if given is not None else 4 * round(crop / 8)
 
 
 def _worker_cpus(given: float | None, workers: int, address: str | None) -> float:

@@ -126,19 +126,29 @@ class CropSampler:
 
     def batch(self, step: int, size: int) -> Tensor:
         """``size`` crops of one shape (a step's aspect, drawn from ``aspects``: w/h)."""
+        return self.batch_of(step, size, self.crop)[0]
+
+    def batch_of(self, step: int, size: int, side: int) -> tuple[Tensor, tuple[int, int]]:
+        """``size`` crops of shorter side ``side`` cut from the photos at ``crop``'s scale,
+        and the (h, w) of the ``crop``-side crop of that aspect: the shape whose style target
+        a smaller crop shares (a Gram is a mean over positions, so a part of the picture
+        estimates the whole's)."""
         rng = np.random.default_rng([self.seed, self.rank, step])
         picks = rng.integers(0, len(self.uris), size)
-        hw = self.shape(self.aspects[int(rng.integers(0, len(self.aspects)))])
+        aspect = self.aspects[int(rng.integers(0, len(self.aspects)))]
         if len(self.aspects) == 1:  # the draws of square-only training stay as they were
             rng = np.random.default_rng([self.seed, self.rank, step])
             picks = rng.integers(0, len(self.uris), size)
-        return torch.stack([self._crop(self.photo(self.uris[i]), rng, hw) for i in picks])
+        hw = self.shape(aspect, side)
+        crops = torch.stack([self._crop(self.photo(self.uris[i]), rng, hw) for i in picks])
+        return crops, self.shape(aspect)
 
-    def shape(self, aspect: float) -> tuple[int, int]:
-        """(h, w) of a crop of ``aspect`` (w/h) whose shorter side is ``crop`` (a multiple of
-        4, as the network's two stride-2 convolutions like)."""
-        long = 4 * round(self.crop * max(aspect, 1 / aspect) / 4)
-        return (self.crop, long) if aspect >= 1 else (long, self.crop)
+    def shape(self, aspect: float, side: int | None = None) -> tuple[int, int]:
+        """(h, w) of a crop of ``aspect`` (w/h) whose shorter side is ``side`` (default
+        ``crop``; the longer a multiple of 4, as the network's two stride-2 convolutions like)."""
+        side = side or self.crop
+        long = 4 * round(side * max(aspect, 1 / aspect) / 4)
+        return (side, long) if aspect >= 1 else (long, side)
 
     def _crop(self, img: Tensor, rng: np.random.Generator, hw: tuple[int, int]) -> Tensor:
         scale = rng.uniform(1.0, self.zoom)

@@ -49,6 +49,7 @@ def make_settings(
     metadata), so nothing fails late in training."""
     if spec.mode != "transfer":
         raise NstError(f"a style network learns style transfer; mode {spec.mode!r} is not that")
+    TrainSettings(out, spec.to_dict(), style_uris, [], [], **options)  # its checks, before probing
     for uri in style_uris:
         images.probe(storage.read_input(uri, storage_options), uri, options["max_pixels"])
     listed = list_photos(content, storage_options)
@@ -177,7 +178,7 @@ def _fit(settings: TrainSettings, resume: int, progress: bool) -> None:
 
     worker = threading.Thread(target=fit, name="nst-train-fit", daemon=True)
     worker.start()
-    with TrainProgress(settings.steps, resume, progress, steps) as bar:
+    with TrainProgress(settings.steps, resume, progress, steps, work=settings.work) as bar:
         try:
             while worker.is_alive():
                 bar.follow(1.0)

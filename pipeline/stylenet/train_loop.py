@@ -50,16 +50,18 @@ def train_loop(config: dict[str, Any]) -> None:
                           aspects=s.aspects)  # fmt: skip
     t0, seen = time.time(), 0
     for step in range(start + 1, s.steps + 1):
-        x = sampler.batch(step, s.batch_size).to(device)
+        x, style_hw = sampler.batch_of(step, s.batch_size, s.crop_at(step))
+        x = x.to(device)
         for group in opt.param_groups:
             group["lr"] = s.lr_at(step)
-        terms = objective(model(x), x)
+        terms = objective(model(x), x, style_hw)
         loss = terms.total.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         seen += x.shape[0]
-        trace.append(_row(step, terms, world, seen * world / (time.time() - t0)))
+        rate = seen * world / (time.time() - t0)
+        trace.append(_row(step, terms, world, rate) | {"crop": s.crop_at(step)})
         if rank == 0 and progress is not None:
             _report(progress, trace[-1])
         if rank == 0 and (step % s.checkpoint_every == 0 or step == s.steps):
@@ -202,6 +204,8 @@ def _write_model(
         "steps": s.steps,
         "batch_size": s.batch_size,
         "crop": s.crop,
+        "coarse_crop": s.coarse_crop,
+        "coarse_steps": s.coarse_steps,
         "lr": s.lr,
         "lr_schedule": s.lr_schedule,
         "amp": amp_enabled(spec.amp, next(net.parameters()).device),

@@ -8,15 +8,26 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+
+def _equal_steps(first: int, last: int) -> float:
+    return float(last - first)
 
 
 class TrainProgress:
-    def __init__(self, steps: int, start: int, enabled: bool, queue: Any, every: float = 30.0):
+    """``work(first, last)``: the cost of steps first+1..last in equal units (coarse steps
+    cost less), so the time left holds across a change of crop."""
+
+    def __init__(
+        self, steps: int, start: int, enabled: bool, queue: Any, every: float = 30.0,
+        work: Callable[[int, int], float] = _equal_steps,
+    ):  # fmt: skip
         self.steps, self.start, self.enabled, self.queue, self.every = (
             steps,
             start,
@@ -24,12 +35,13 @@ class TrainProgress:
             queue,
             every,
         )
+        self.work = work
         self.tty = enabled and sys.stderr.isatty()
         self.last: dict[str, float] = {}
         self.began = self.printed = time.time()
         self.bar = Progress(
             TextColumn("[bold]nst train"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[line]}"), TimeRemainingColumn(),
+            TextColumn("{task.fields[line]}"),
             disable=not self.tty, console=Console(stderr=True),
         )  # fmt: skip
         self.task = self.bar.add_task("train", total=steps, completed=start, line="")
@@ -50,8 +62,8 @@ class TrainProgress:
         if not row:
             return "starting the workers"
         step = int(row["step"])
-        left = self.steps - step
-        rate = (step - self.start) / max(time.time() - self.began, 1e-6)
+        left = self.work(step, self.steps)
+        rate = self.work(self.start, step) / max(time.time() - self.began, 1e-6)
         eta = f"{left / rate / 60:.1f} min left" if rate > 0 else "?"
         return (
             f"step {step}/{self.steps} · loss {row['total']:.4g} · "

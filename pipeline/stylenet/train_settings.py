@@ -14,7 +14,10 @@ from pipeline.run import images
 # style_scale=content, the style squashed into a square, not the target of a 4:3 photo.
 DEFAULT_ASPECTS = (1.0, 4 / 3, 3 / 4, 3 / 2, 2 / 3)
 # identity keys added after trainings were written with them absent: their value then
-ADDED_LATER = {"aspects": [1.0], "photo_skip": False, "lr_schedule": "constant"}
+ADDED_LATER = {
+    "aspects": [1.0], "photo_skip": False, "lr_schedule": "constant", "coarse_crop": 0,
+    "coarse_steps": 0,
+}  # fmt: skip
 
 
 class LrSchedule(str, Enum):
@@ -71,6 +74,8 @@ class TrainSettings:
     skipped_photos: list[str] = field(default_factory=list)  # refused by the probe, with why
     reference: bool = True  # at the end, optimise each held-aside photo to measure the network
     aspects: tuple[float, ...] = DEFAULT_ASPECTS  # crop shapes (w/h), one drawn per step
+    coarse_crop: int = 0  # the first coarse_steps train on crops of this side (0: none)
+    coarse_steps: int = 0
     storage_options: dict | None = field(default=None, compare=False)
 
     def identity(self) -> dict[str, Any]:
@@ -80,6 +85,29 @@ class TrainSettings:
                   "use_gpu", "cpus_per_worker", "skipped_photos", "reference"):  # fmt: skip
             d.pop(k)
         return d
+
+    def __post_init__(self) -> None:
+        if self.coarse_steps >= self.steps:
+            raise ValueError(
+                f"--coarse-steps {self.coarse_steps}: must be below --steps {self.steps} "
+                "(the last steps train on --crop, the size the network is applied near)"
+            )
+        if self.coarse_steps and not 16 <= self.coarse_crop < self.crop:
+            raise ValueError(  # 16: VGG's conv5 layers see a 16th of the side
+                f"--coarse-crop {self.coarse_crop}: must be at least 16 and below --crop "
+                f"{self.crop} (the coarse steps cut smaller crops at the same scale)"
+            )
+
+    def crop_at(self, step: int) -> int:
+        """The shorter side of step's crops: coarse first (the same photo scale and style
+        target, a quarter of the pixels at half the side), then --crop."""
+        return self.coarse_crop if step <= self.coarse_steps else self.crop
+
+    def work(self, first: int, last: int) -> float:
+        """Steps first+1..last in full-crop steps (a coarse step costs its share of pixels):
+        what the time left is reckoned in."""
+        coarse = max(0, min(last, self.coarse_steps) - first)
+        return (last - first - coarse) + coarse * (self.coarse_crop / self.crop) ** 2
 
     def lr_at(self, step: int) -> float:
         if self.lr_schedule == LrSchedule.COSINE.value:

@@ -57,6 +57,56 @@ def test_training_crops_come_in_every_aspect_asked_and_square_draws_are_unchange
         parse_aspects("5:1")
 
 
+def test_coarse_crops_are_windows_of_the_same_photo_scale_sharing_the_full_crops_target(
+    tmp_path,
+):
+    from test_stylenet import smooth_photos
+
+    photos = smooth_photos(tmp_path, 3, size=64)
+    sampler = CropSampler(photos, 32, seed=0, aspects=parse_aspects("1,4:3"))
+    for step in range(6):
+        crops, style_hw = sampler.batch_of(step, 2, 16)
+        aspect = 4 / 3 if crops.shape[-1] > crops.shape[-2] else 1.0
+        assert tuple(crops.shape[-2:]) == sampler.shape(aspect, 16)
+        assert style_hw == sampler.shape(aspect) == tuple(sampler.batch(step, 2).shape[-2:])
+        cached = [sampler.photo(u) for u in photos]  # cut, never resized: the same scale
+        assert all(_is_window(c, cached) for c in crops)
+
+
+def _is_window(crop: torch.Tensor, photos: list[torch.Tensor]) -> bool:
+    h, w = crop.shape[-2:]
+    for img in photos:
+        for view in (img, img.flip(-1)):
+            windows = view.unfold(1, h, 1).unfold(2, w, 1)  # (3, H-h+1, W-w+1, h, w)
+            if (windows == crop[:, None, None]).flatten(3).all(-1).all(0).any():
+                return True
+    return False
+
+
+def test_a_coarse_crop_is_judged_against_its_full_crops_style_target(style):
+    spec = job_spec(mode="transfer", size=32)
+    vgg = VGGFeatures(spec.backbone, spec.active_layers, seed=0)
+    objective = StyleObjective(vgg, spec, [style], crop=32)
+    g = torch.Generator().manual_seed(5)
+    photo, output = torch.rand(1, 3, 16, 16, generator=g), torch.rand(1, 3, 16, 16, generator=g)
+    shared = objective(output, photo, (32, 32)).total
+    expected = StyleObjective(vgg, spec, [style], crop=32)
+    expected._style[(16, 16)] = expected.style_for((32, 32))  # the 32-px target, by hand
+    assert torch.equal(shared, expected(output, photo).total)
+    assert not torch.equal(shared, objective(output, photo).total)
+
+
+def test_coarse_steps_come_first_cost_their_pixels_and_bad_schedules_are_refused():
+    s = TrainSettings("o", {}, [], [], [], steps=10, crop=256, coarse_crop=128, coarse_steps=4)
+    assert [s.crop_at(k) for k in (1, 4, 5, 10)] == [128, 128, 256, 256]
+    assert s.work(0, 10) == 4 * 0.25 + 6 and s.work(4, 10) == 6 and s.work(2, 5) == 1.5
+    with pytest.raises(ValueError, match="--coarse-steps 10: must be below --steps 10"):
+        dataclasses.replace(s, coarse_steps=10)
+    with pytest.raises(ValueError, match="--coarse-crop 256: must be at least 16 and below"):
+        dataclasses.replace(s, coarse_crop=256)
+    assert TrainSettings("o", {}, [], [], []).work(0, 10) == 10  # none: every step alike
+
+
 def test_an_earlier_square_training_resumes_only_with_square_crops(tmp_path):
     store = storage.Store(str(tmp_path))
     old = TrainSettings(str(tmp_path), {"mode": "transfer"}, ["s.png"], ["p.png"], [])

@@ -28,6 +28,7 @@ TINY_JOB = [
     "--set", "style_layers=relu1_1,relu2_1", "--set", "style_weight=1e4",
 ]  # fmt: skip
 TINY_NET = ["--crop", "32", "--width", "4", "--residual-blocks", "1", "--batch-size", "2"]
+COARSE = ["--coarse-steps", "2"]  # of 6: the first two on 16-px crops
 
 
 def smooth_photos(folder: Path, n: int, size: int = 48) -> list[str]:
@@ -173,7 +174,7 @@ def trained(tmp_path_factory):
     out = root / "model"
     result = nst("train", style, "--content", root / "photos", "--out", out, "--steps", "6",
                  "--checkpoint-every", "3", "--sample-every", "3", "--workers", "2",
-                 *TINY_NET, *TINY_JOB)  # fmt: skip
+                 *TINY_NET, *COARSE, *TINY_JOB)  # fmt: skip
     assert result.exit_code == 0, result.output
     return out, root
 
@@ -187,8 +188,10 @@ def test_two_ray_train_workers_write_one_model_with_its_trace_and_samples(traine
     ]
     assert m.meta["holdout_scores"]["images"] == 1
     assert m.meta["net"]["photo_skip"] is True and m.meta["lr_schedule"] == "constant"
+    assert m.meta["coarse_steps"] == 2 and m.meta["coarse_crop"] == 16
     trace = pq.read_table(out / "trace.parquet").to_pylist()
     assert [r["step"] for r in trace] == [1, 2, 3, 4, 5, 6]
+    assert [r["crop"] for r in trace] == [16, 16, 32, 32, 32, 32]
     assert all(r["total"] > 0 for r in trace)
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
         "step-000003.pt", "step-000006.pt"]  # fmt: skip
@@ -200,7 +203,7 @@ def test_a_finished_training_run_again_does_nothing_and_other_settings_are_refus
     out, root = trained
     before = (out / "model.pt").read_bytes()
     again = nst("train", root / "style.png", "--content", root / "photos", "--out", out,
-                "--steps", "6", "--workers", "2", *TINY_NET, *TINY_JOB)  # fmt: skip
+                "--steps", "6", "--workers", "2", *TINY_NET, *COARSE, *TINY_JOB)  # fmt: skip
     assert again.exit_code == 0, again.output
     other = nst("train", root / "style.png", "--content", root / "photos", "--out", out,
                 "--steps", "6", *TINY_NET, *TINY_JOB[:-2], "--set", "style_weight=1e5")  # fmt: skip

@@ -36,6 +36,20 @@ def test_every_photo_is_probed_before_training_and_a_bad_one_is_skipped_saying_w
     assert len(skipped) == 1 and "torn.jpg: corrupt or truncated image" in skipped[0]
 
 
+def test_a_coarse_schedule_that_leaves_no_full_crop_step_is_refused_before_any_photo_is_read(
+    tmp_path, monkeypatch
+):
+    from pipeline.stylenet import train
+
+    write_images(tmp_path / "photos", 2, "p")
+    (tmp_path / "s.png").write_bytes(png_bytes(32, 32))
+    monkeypatch.setattr(train, "probe_photos", lambda *a: pytest.fail("photos probed first"))
+    r = nst("train", tmp_path / "s.png", "--content", tmp_path / "photos", "--out",
+            tmp_path / "m", "--steps", "10", "--coarse-steps", "10", *TINY)  # fmt: skip
+    assert r.exit_code == 1 and "--coarse-steps 10: must be below --steps 10" in r.output
+    assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "m").exists()
+
+
 def test_a_list_files_relative_entries_are_relative_to_the_list(tmp_path, monkeypatch):
     write_images(tmp_path / "photos", 2, "p")
     (tmp_path / "list.txt").write_text("photos/p0.png\nphotos/p1.png\n")
