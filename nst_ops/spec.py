@@ -5,15 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from .layer_table import (
-    BACKBONE_CFG,
-    POOLINGS,
-    check_layers,
-    deepest,
-    layer_stride,
-    size_problem,
-    smallest_size,
-)
+from . import size_checks
+from .layer_table import BACKBONE_CFG, POOLINGS, check_layers
 from .optimizers import OPTIMIZERS
 from .param import Param, Role, check_bounds, finite_nonneg, param
 from .param import SpecError as SpecError  # re-exported: the spec's error type
@@ -208,48 +201,11 @@ class JobSpec:
             raise SpecError(
                 f"multires={self.multires} makes the first level smaller than {MIN_SIZE} px"
             )
-        self._check_size_for_layers()
-        self._check_tiles()
+        size_checks.check_size_for_layers(self)
+        size_checks.check_tiles(self)
         if self.divergence_factor <= 1:
             raise SpecError("divergence_factor must be > 1")
-        self._check_levels()
-
-    def _check_size_for_layers(self) -> None:
-        """Even a square image must keep a feature map at the deepest layer, at every level;
-        an image's own aspect is checked where it is known (nst validate, the worker)."""
-        first = self.size >> (self.multires - 1)
-        if not self.active_layers:
-            return
-        layer = deepest(self.backbone, self.active_layers)
-        problem = size_problem(self.backbone, layer, first, (first, first))
-        if problem:
-            need = smallest_size(self.backbone, layer) << (self.multires - 1)
-            raise SpecError(f"size {self.size} is too small for {layer}: the smallest size "
-                            f"that works is {need}")  # fmt: skip
-
-    def _check_tiles(self) -> None:
-        m = self.tile_margin
-        if m is not None and (not isinstance(m, int) or isinstance(m, bool) or m < 0):
-            raise SpecError(f"tile_margin must be an integer >= 0 (or unset), got {m!r}")
-        if self.tile and self.active_layers:
-            least = layer_stride(self.backbone, deepest(self.backbone, self.active_layers))
-            if self.tile < 2 * least:
-                raise SpecError(f"tile {self.tile} is too small: at least {2 * least} px (twice "
-                                "the deepest layer's stride)")  # fmt: skip
-        if self.workers_per_job > 1 and not self.tile:
-            raise SpecError(f"workers_per_job={self.workers_per_job} spreads a tiled job's tiles "
-                            "over workers: give tile= too")  # fmt: skip
-
-    def _check_levels(self) -> None:
-        levels = self.level_iterations
-        if levels is None:
-            return
-        if len(levels) != self.multires:
-            raise SpecError(
-                f"level_iterations has {len(levels)} values for multires={self.multires} levels"
-            )
-        if any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in levels):
-            raise SpecError(f"level_iterations must be integers >= 1, got {list(levels)}")
+        size_checks.check_levels(self)
 
     @property
     def total_iterations(self) -> int:
