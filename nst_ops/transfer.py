@@ -112,12 +112,12 @@ def compute_targets(
                 for name in spec.style_layers:
                     k = None if sk is None else ("gram", sk, hw, name, net_id)
                     g = _cached(cache, k, functools.partial(gram_of, s, name))
-                    a = g * (w / total) * _positions_ratio(spec.backbone, name, out_hw, hw)
+                    a = g * (w / total) * positions_ratio(spec.backbone, name, out_hw, hw)
                     style_t[name] = style_t[name] + a if name in style_t else a
     return Targets(content_t, style_t)
 
 
-def _positions_ratio(
+def positions_ratio(
     backbone: str, layer: str, out_hw: tuple[int, int], style_hw: tuple[int, int]
 ) -> float:
     """M_x / M_a at ``layer``: output positions over style positions (1 for equal sizes)."""

@@ -46,14 +46,21 @@ class StyleObjective:
     def __call__(
         self, output: Tensor, photos: Tensor, style_hw: tuple[int, int] | None = None
     ) -> Terms:
-        """``style_hw``: the output shape whose style target applies (default the output's;
-        a smaller crop cut at the same scale shares its full crop's)."""
-        from ..transfer import make_objective
+        """``style_hw``: the output shape whose style target applies (default the output's).
+        A smaller crop cut at the same scale takes its full crop's target, rescaled to its own
+        positions at each layer (a Gram sums over positions: a part of the picture has that
+        share of the whole's)."""
+        from ..transfer import make_objective, positions_ratio
 
         with torch.no_grad():
             content = self.extractor.features_at(photos, self.spec.content_layers)
-        n = output.shape[0]
-        targets = self.style_for(style_hw or (int(output.shape[-2]), int(output.shape[-1])))
+        n, hw = output.shape[0], (int(output.shape[-2]), int(output.shape[-1]))
+        targets = self.style_for(style_hw or hw)
+        if style_hw is not None and style_hw != hw:
+            backbone = self.spec.backbone
+            targets = {
+                k: v * positions_ratio(backbone, k, hw, style_hw) for k, v in targets.items()
+            }
         style = {k: v.expand(n, *v.shape[1:]) for k, v in targets.items()}
         objective = make_objective(self.extractor, [self.spec] * n, Targets(content, style))
         return objective(output)
