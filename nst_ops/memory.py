@@ -119,7 +119,7 @@ def estimate(spec: MemorySpec, size: int | None = None) -> MemoryEstimate:
         weights=weight_bytes(spec.backbone, layer),
         activations=int(activations) + WORKSPACE,
         image_state=int((image_vectors * 3 + _content_floats(spec)) * pixels * FLOAT),
-        optimizer_state=vectors * 3 * pixels * FLOAT,
+        optimizer_state=int(vectors * 3 * pixels * FLOAT),
     )
 
 
@@ -144,17 +144,20 @@ def advice(spec: MemorySpec, budget: int) -> str:
 
 
 def _ways_to_fit(spec: MemorySpec, budget: int) -> list[str]:
-    """The largest size as it is; else the job's size with tiles, and with them the largest
-    L-BFGS history that fits."""
+    """The largest size as it is; else the job's size with tiles, and with them L-BFGS's
+    history in bfloat16, or the largest float32 history that fits."""
     ways = [f"size={n}"] if (n := largest_size(spec, budget)) else []
     base: Any = spec  # a JobSpec: a frozen dataclass
     tiled: Any = base if spec.tile else replace(base, tile=ADVISED_TILE)
     if estimate(tiled).total <= budget:
         return ways + ([] if spec.tile else [f"tile={ADVISED_TILE}"])
     if spec.optimizer == "lbfgs":
+        tile = "" if spec.tile else f"tile={ADVISED_TILE} and "
+        compact = replace(tiled, history_dtype="bfloat16")
+        if spec.history_dtype == "float32" and estimate(compact).total <= budget:
+            ways.append(f"{tile}history_dtype=bfloat16")
         fits = [h for h in (50, 20, 10, 5, 2) if h < spec.history_size
                 and estimate(replace(tiled, history_size=h)).total <= budget]  # fmt: skip
         if fits:
-            tile = "" if spec.tile else f"tile={ADVISED_TILE} and "
             ways.append(f"{tile}history_size={fits[0]}")
     return ways

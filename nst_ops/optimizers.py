@@ -31,6 +31,9 @@ class JobSpec(Protocol):
     def history_size(self) -> int: ...
 
     @property
+    def history_dtype(self) -> str: ...
+
+    @property
     def momentum(self) -> float: ...
 
     @property
@@ -57,7 +60,7 @@ class OptimizerKind:
     # RMSprop...), or one optimizer per image (L-BFGS without line search, see PerImage).
     batchable: bool
     # image-sized vectors the optimizer keeps between steps (nst_ops.memory's estimate)
-    state_vectors: Callable[[JobSpec], int] = lambda spec: 0
+    state_vectors: Callable[[JobSpec], float] = lambda spec: 0
 
 
 def per_image(torch_name: str, *spec_fields: str) -> Factory:
@@ -98,6 +101,7 @@ class PerImage:
         return loss
 
 
+HISTORY_DTYPES = {"float32": 4, "bfloat16": 2}  # L-BFGS's history: bytes per value
 LINE_SEARCH_EVALUATIONS = 25  # at most, per L-BFGS step with line_search
 
 
@@ -107,8 +111,14 @@ def _lbfgs(specs: Sequence[JobSpec], params: list[torch.Tensor]) -> Stepper:
     import torch
 
     def one(p: list[torch.Tensor], spec: JobSpec) -> torch.optim.LBFGS:
-        return torch.optim.LBFGS(
-            p,
+        if spec.history_dtype != "float32":
+            from .compact_lbfgs import CompactLBFGS
+
+            return CompactLBFGS(p, getattr(torch, spec.history_dtype), **options(spec))
+        return torch.optim.LBFGS(p, **options(spec))
+
+    def options(spec: JobSpec) -> dict[str, Any]:
+        return dict(
             lr=spec.learning_rate,
             max_iter=1,
             # torch gives the search max_eval - 1 evaluations, and max_eval defaults to
@@ -125,8 +135,14 @@ def _lbfgs(specs: Sequence[JobSpec], params: list[torch.Tensor]) -> Stepper:
 
 
 OPTIMIZERS: dict[str, OptimizerKind] = {
-    # L-BFGS: a pair (s, y) per step up to history_size, the direction, previous gradient, step
-    "lbfgs": OptimizerKind(_lbfgs, 1.0, True, lambda s: 2 * min(s.history_size, s.iterations) + 3),
+    # L-BFGS: a pair (s, y) per step up to history_size (in history_dtype), the direction, the
+    # previous gradient, the step
+    "lbfgs": OptimizerKind(
+        _lbfgs,
+        1.0,
+        True,
+        lambda s: 2 * min(s.history_size, s.iterations) * HISTORY_DTYPES[s.history_dtype] / 4 + 3,
+    ),  # fmt: skip
     "adam": OptimizerKind(per_image("Adam"), 0.02, True, lambda s: 2),  # both moments
     "sgd": OptimizerKind(per_image("SGD", "momentum"), 0.1, True, lambda s: int(s.momentum > 0)),
 }

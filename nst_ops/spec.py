@@ -7,7 +7,7 @@ from typing import Any
 
 from . import size_checks
 from .layer_table import BACKBONE_CFG, POOLINGS, check_layers
-from .optimizers import OPTIMIZERS
+from .optimizers import HISTORY_DTYPES, OPTIMIZERS
 from .param import Param, Role, check_bounds, finite_nonneg, param
 from .param import SpecError as SpecError  # re-exported: the spec's error type
 from .presets import FIRST_DEFAULTS, PHOTO_START_FROM, PresetError, apply_preset, edition_values
@@ -60,8 +60,11 @@ class JobSpec:
     momentum: float = param(0.0, "SGD momentum", minimum=0)
     line_search: bool = param(False, "L-BFGS strong-Wolfe line search", role=Role.LOOP)
     history_size: int = param(100, "L-BFGS history: pairs of image-sized vectors kept (memory: "
-                              "2 x this x 12 bytes per pixel; 10 GB at 2048 px with 100)",
-                              integer=True, minimum=1, added_later=True)
+                              "2 x this x 12 bytes per pixel in float32; 10 GB at 2048 px with "
+                              "100)", integer=True, minimum=1, added_later=True)
+    history_dtype: str = param("float32", "L-BFGS history's type: float32, or bfloat16 (half "
+                               "its memory; each pair is widened to float32 when read)",
+                               choices=lambda: tuple(HISTORY_DTYPES), added_later=True)
     iterations: int = param(300, "optimizer steps (per resolution level with multires)",
                             role=Role.LOOP, integer=True, minimum=1)
     size: int = param(256, "longer side of the output in pixels", role=Role.BATCH, integer=True,
