@@ -37,7 +37,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import torch
 
-from bench.common import SHARED
+from bench.common import ROOT, SHARED, WEIGHTS
 from nst_ops.evaluator import Evaluator
 from nst_ops.image_ops import fit_longer_side
 from nst_ops.job_loss import gap_closure
@@ -51,8 +51,6 @@ from pipeline.run.task import run_job
 from pipeline.stylenet.train import train
 from pipeline.stylenet.train_settings import DEFAULT_ASPECTS, TrainSettings, parse_aspects
 
-ROOT = Path(__file__).resolve().parent.parent
-WEIGHTS = ROOT / "manifests/weights/vgg19_tv_features_conv1_1-conv3_1.pth"
 STYLES = SHARED / "images" / "style"
 JOB = {
     "weights": str(WEIGHTS),
