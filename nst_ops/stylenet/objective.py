@@ -47,20 +47,23 @@ class StyleObjective:
         self, output: Tensor, photos: Tensor, style_hw: tuple[int, int] | None = None
     ) -> Terms:
         """``style_hw``: the output shape whose style target applies (default the output's).
-        A smaller crop cut at the same scale takes its full crop's target, rescaled to its own
-        positions at each layer (a Gram sums over positions: a part of the picture has that
-        share of the whole's)."""
+        A smaller crop cut at the same scale is judged as its part of that whole: its Grams
+        against the whole's target rescaled to its own positions at each layer (a Gram sums
+        over positions), and the style term weighted by its share of the pixels (the content
+        and TV terms are sums over pixels already: without the share, each pixel of a quarter
+        crop would feel four times the style pull it has in the whole picture)."""
         from ..transfer import make_objective, positions_ratio
 
         with torch.no_grad():
             content = self.extractor.features_at(photos, self.spec.content_layers)
-        n, hw = output.shape[0], (int(output.shape[-2]), int(output.shape[-1]))
+        n, hw, spec = output.shape[0], (int(output.shape[-2]), int(output.shape[-1])), self.spec
         targets = self.style_for(style_hw or hw)
         if style_hw is not None and style_hw != hw:
-            backbone = self.spec.backbone
             targets = {
-                k: v * positions_ratio(backbone, k, hw, style_hw) for k, v in targets.items()
+                k: v * positions_ratio(spec.backbone, k, hw, style_hw) for k, v in targets.items()
             }
+            share = hw[0] * hw[1] / (style_hw[0] * style_hw[1])
+            spec = dataclasses.replace(spec, style_weight=spec.style_weight * share)
         style = {k: v.expand(n, *v.shape[1:]) for k, v in targets.items()}
-        objective = make_objective(self.extractor, [self.spec] * n, Targets(content, style))
+        objective = make_objective(self.extractor, [spec] * n, Targets(content, style))
         return objective(output)

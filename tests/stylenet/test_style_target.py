@@ -93,6 +93,13 @@ def test_a_coarse_crop_takes_its_full_crops_style_target_at_its_own_positions():
     unscaled = StyleObjective(vgg, spec, [style], crop=32)
     unscaled._style[(16, 16)] = unscaled.style_for((32, 32))  # the whole's Grams, as they are
     assert float(near) < 0.05 * float(unscaled(window, window).terms["style"])
+    # and weighted by its share of the pixels: the pull on each pixel is the whole picture's
+    other = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(6))
+    part = objective(other, window, (32, 32))
+    expected = part.terms["content"] * spec.content_weight + part.terms["style"] * (
+        spec.style_weight * (16 * 16) / (32 * 32)
+    )
+    assert float(part.total) == pytest.approx(float(expected), rel=1e-6)
 
 
 def test_coarse_steps_come_first_cost_their_pixels_and_bad_schedules_are_refused():
