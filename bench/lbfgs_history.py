@@ -31,11 +31,11 @@ BETA = 1e7
 PAIRS = [("tubingen.jpg", "starry_night.jpg"), ("chelsea.jpg", "the_scream.jpg")]
 
 
-def spec_for(size: int, iterations: int, dtype: str) -> JobSpec:
+def spec_for(size: int, iterations: int, dtype: str, history: int = 100) -> JobSpec:
     cl, sl = B.CONFIGS["real"]
     row = {"weights": str(B.WEIGHTS), "content_layers": list(cl), "style_layers": list(sl),
            "style_weight": BETA, "size": size, "iterations": iterations, "log_every": 1,
-           "history_dtype": dtype}  # fmt: skip
+           "history_dtype": dtype, "history_size": history}  # fmt: skip
     return JobSpec.from_dict(row, defaults=LATEST_DEFAULTS)
 
 
@@ -47,7 +47,7 @@ def status(*keys: str) -> int:
 def one(job: dict) -> dict:
     """One job in this process: its losses, time and peak above the process."""
     torch.set_num_threads(job["threads"])
-    spec = spec_for(job["size"], job["iterations"], job["dtype"])
+    spec = spec_for(job["size"], job["iterations"], job["dtype"], job.get("history", 100))
     content = B.load(B.SHARED / "images/content" / job["content"])
     style = B.load(B.SHARED / "images/style" / job["style"])
     sd, _ = B.weights_for("real")

@@ -102,6 +102,11 @@ class PerImage:
 
 
 HISTORY_DTYPES = {"float32": 4, "bfloat16": 2}  # L-BFGS's history: bytes per value
+# Resident memory per byte of L-BFGS pairs over a full-length run: glibc's heap keeps freed
+# blocks between the long-lived pairs, and a 512-px job's peak rose by 2.2x its history's
+# bytes (a + 2.2 x history over history_size 10 and 100; 2.1-2.4 at 256 and 512 px, float32
+# and bfloat16: bench/lbfgs_history.py, docs/performance.md); the largest measured.
+PAIR_RESIDENT = 2.4
 LINE_SEARCH_EVALUATIONS = 25  # at most, per L-BFGS step with line_search
 
 
@@ -135,13 +140,20 @@ def _lbfgs(specs: Sequence[JobSpec], params: list[torch.Tensor]) -> Stepper:
 
 
 OPTIMIZERS: dict[str, OptimizerKind] = {
-    # L-BFGS: a pair (s, y) per step up to history_size (in history_dtype), the direction, the
-    # previous gradient, the step
+    # L-BFGS: a pair (s, y) per step up to history_size (in history_dtype, at its resident
+    # cost), the direction, the previous gradient, the step
     "lbfgs": OptimizerKind(
         _lbfgs,
         1.0,
         True,
-        lambda s: 2 * min(s.history_size, s.iterations) * HISTORY_DTYPES[s.history_dtype] / 4 + 3,
+        lambda s: (
+            2
+            * min(s.history_size, s.iterations)
+            * PAIR_RESIDENT
+            * HISTORY_DTYPES[s.history_dtype]
+            / 4
+            + 3
+        ),  # fmt: skip
     ),  # fmt: skip
     "adam": OptimizerKind(per_image("Adam"), 0.02, True, lambda s: 2),  # both moments
     "sgd": OptimizerKind(per_image("SGD", "momentum"), 0.1, True, lambda s: int(s.momentum > 0)),
