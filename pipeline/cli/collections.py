@@ -179,7 +179,7 @@ def train(
     if from_job:
         from_job = (absolute(from_job[0]), from_job[1])
     base, job_styles = job_params(*from_job, so) if from_job else ({}, [])
-    params = {**base, **_params(set_ or [], None), "mode": "transfer"}
+    params = {**base, **manifest.absolute_params(_params(set_ or [], None)), "mode": "transfer"}
     if any(isinstance(v, list) and not manifest.PARAMS[k].is_seq for k, v in params.items()):
         raise NstError("nst train trains one setting: give one value per parameter")
     spec = JobSpec.from_dict(params, preset if not base else None, LATEST_DEFAULTS)

@@ -202,23 +202,37 @@ def _is_relative_path(value: str) -> bool:
     return not special and "://" not in value and not os.path.isabs(value)
 
 
-def _map_paths(table: pa.Table, fn: Callable[[str], str]) -> pa.Table:
-    def conv(v: Any) -> Any:
-        if isinstance(v, str) and v in INITS:  # a named start (content, noise...), not a file
-            return v
-        if isinstance(v, list):
-            return [conv(x) for x in v]
-        if isinstance(v, str) and v.startswith(MODEL_INIT):  # init=model:<path>: the path moves
-            return MODEL_INIT + conv(v[len(MODEL_INIT) :])
-        return fn(v) if isinstance(v, str) and _is_relative_path(v) else v
+PATH_COLUMNS = ("content_uri", "style_uri", "weights", "init")  # values that may be files
 
-    for name in ("content_uri", "style_uri", "weights", "init"):
+
+def _path_value(v: Any, fn: Callable[[str], str]) -> Any:
+    """``fn`` applied to a relative local path (in a list, or after init's model:)."""
+    if isinstance(v, str) and v in INITS:  # a named start (content, noise...), not a file
+        return v
+    if isinstance(v, list):
+        return [_path_value(x, fn) for x in v]
+    if isinstance(v, str) and v.startswith(MODEL_INIT):  # init=model:<path>: the path moves
+        return MODEL_INIT + _path_value(v[len(MODEL_INIT) :], fn)
+    return fn(v) if isinstance(v, str) and _is_relative_path(v) else v
+
+
+def _map_paths(table: pa.Table, fn: Callable[[str], str]) -> pa.Table:
+    for name in PATH_COLUMNS:
         if name not in table.column_names:
             continue
         col = table.column(name)
-        values = [v if v in INITS else conv(v) for v in col.to_pylist()]
+        values = [_path_value(v, fn) for v in col.to_pylist()]
         table = table.set_column(table.column_names.index(name), name, pa.array(values, col.type))
     return table
+
+
+def absolute_params(params: dict[str, Any]) -> dict[str, Any]:
+    """--set values that are relative local paths (weights, init) made absolute: relative to
+    the folder the command was typed in, before they reach a Ray worker (Ray Train's run in
+    Ray's session folder)."""
+    return {
+        k: _path_value(v, os.path.abspath) if k in PATH_COLUMNS else v for k, v in params.items()
+    }
 
 
 def resolve_paths(table: pa.Table, manifest_uri: str) -> pa.Table:

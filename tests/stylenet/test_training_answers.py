@@ -50,6 +50,24 @@ def test_a_coarse_schedule_that_leaves_no_full_crop_step_is_refused_before_any_p
     assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "m").exists()
 
 
+def test_a_relative_weights_path_reaches_the_training_workers_absolute(tmp_path, monkeypatch):
+    from pipeline.stylenet import train
+
+    write_images(tmp_path / "photos", 2, "p")
+    (tmp_path / "s.png").write_bytes(png_bytes(32, 32))
+    (tmp_path / "w").mkdir()
+    torch.save({}, tmp_path / "w" / "vgg.pth")
+    seen = []
+    monkeypatch.setattr(train, "train", lambda s, *a: seen.append(s) or {"steps": 1,
+                        "final_loss": 1.0})  # fmt: skip
+    monkeypatch.chdir(tmp_path)  # Ray Train's workers run elsewhere: ./w/vgg.pth names nothing
+    r = nst("train", "s.png", "--content", "photos", "--out", "m", "--steps", "2",
+            *TINY[:-7], *TINY[-5:-1], "--set", "weights=w/vgg.pth", "--no-reference")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert seen[0].spec["weights"] == str(tmp_path / "w" / "vgg.pth")
+    assert seen[0].style_uris == [str(tmp_path / "s.png")] and seen[0].out == str(tmp_path / "m")
+
+
 def test_a_list_files_relative_entries_are_relative_to_the_list(tmp_path, monkeypatch):
     write_images(tmp_path / "photos", 2, "p")
     (tmp_path / "list.txt").write_text("photos/p0.png\nphotos/p1.png\n")
