@@ -96,8 +96,8 @@ def train(
         typer.Option(
             min=0,
             help="Of --steps, the first N on smaller crops (--coarse-crop) cut at the same "
-            "scale with the same style target: a quarter of the pixels per step at half the "
-            "side, so more steps in the same time. 0: off.",
+            "scale, each judged as its part of a full crop: a quarter of the pixels per step "
+            "at half the side, so more steps in the same time. 0: off.",
         ),
     ] = 0,
     coarse_crop: Annotated[

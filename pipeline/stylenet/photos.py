@@ -130,9 +130,8 @@ class CropSampler:
 
     def batch_of(self, step: int, size: int, side: int) -> tuple[Tensor, tuple[int, int]]:
         """``size`` crops of shorter side ``side`` cut from the photos at ``crop``'s scale,
-        and the (h, w) of the ``crop``-side crop of that aspect: the shape whose style target
-        a smaller crop shares (a Gram is a mean over positions, so a part of the picture
-        estimates the whole's)."""
+        and the (h, w) of the ``crop``-side crop of that aspect: the whole a smaller crop is
+        judged as a part of (StyleObjective rescales that shape's style target to it)."""
         rng = np.random.default_rng([self.seed, self.rank, step])
         picks = rng.integers(0, len(self.uris), size)
         aspect = self.aspects[int(rng.integers(0, len(self.aspects)))]
