@@ -1,12 +1,18 @@
-"""L-BFGS with its history in a smaller type: the (s, y) pairs are most of a large job's
-memory (100 pairs of image-sized vectors: 10 GB at 2048 px in float32), and bfloat16 halves
-them. torch's two-loop recursion reads one pair at a time, so the pairs are stored compact and
-each is widened when read: one float32 copy exists at a time, and the curvature 1/(y.s) and
-the step itself stay float32 (computed before a pair is stored)."""
+"""L-BFGS with its history in one preallocated buffer, in float32 or a smaller type.
+
+The (s, y) pairs are most of a large job's memory (100 pairs of image-sized vectors: 10 GB at
+2048 px in float32). torch's LBFGS keeps them as separate tensors, each allocated in a
+different iteration between the evaluations' activations; glibc's heap then cannot return
+the holes the activations leave, and a 300-iteration job's peak grew far past its live
+tensors (docs/performance.md). Here the pairs live in one ring buffer per list, allocated
+once: the same values (float32: the very numbers torch would read), no long-lived small
+blocks. In bfloat16 the buffer takes half the memory; torch's two-loop recursion reads one
+pair at a time, so each is widened to float32 when read (one float32 copy at a time), and
+the curvature 1/(y.s) and the step itself stay float32 (computed before a pair is stored)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -14,33 +20,58 @@ import torch
 HISTORY_KEYS = ("old_dirs", "old_stps")  # torch.optim.LBFGS's lists of y and s
 
 
-class CompactHistory(list[torch.Tensor]):
-    """A list that stores tensors in ``dtype`` and hands them back as float32."""
+class PairHistory:
+    """What torch's LBFGS does with its lists (len, append, pop(0), [i]) over a ring buffer
+    of ``capacity`` rows in ``dtype``; rows read back as float32."""
 
-    def __init__(self, items: Iterable[torch.Tensor], dtype: torch.dtype) -> None:
-        super().__init__(t.to(dtype) for t in items)
-        self.dtype = dtype
+    def __init__(self, capacity: int, dtype: torch.dtype) -> None:
+        self.capacity, self.dtype = capacity, dtype
+        self.rows: torch.Tensor | None = None
+        self.start = self.count = 0
+
+    def __len__(self) -> int:
+        return self.count
 
     def append(self, t: torch.Tensor) -> None:
-        super().append(t.to(self.dtype))
+        if self.rows is None:
+            self.rows = torch.empty((self.capacity, t.numel()), dtype=self.dtype, device=t.device)
+        if self.count == self.capacity:  # torch pops first; kept whole if it ever does not
+            self.pop(0)
+        self.rows[(self.start + self.count) % self.capacity].copy_(t.reshape(-1))
+        self.count += 1
 
-    def __getitem__(self, i: Any) -> Any:
-        return super().__getitem__(i).float()
+    def pop(self, index: int = 0) -> None:
+        if index != 0 or not self.count:
+            raise IndexError("L-BFGS's history drops only its oldest pair")
+        self.start, self.count = (self.start + 1) % self.capacity, self.count - 1
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        if not 0 <= i < self.count:
+            raise IndexError(i)
+        assert self.rows is not None
+        return self.rows[(self.start + i) % self.capacity].float()  # float32: the row itself
 
 
 class CompactLBFGS(torch.optim.LBFGS):
-    """torch's L-BFGS, its history kept in ``history_dtype``. torch makes plain lists on the
-    first iteration (and after a restart drops the state); each step hands them over."""
+    """torch's L-BFGS, its history in PairHistory buffers of ``history_dtype`` with room for
+    ``capacity`` pairs (a job's iterations, when fewer than its history_size: the buffer is
+    allocated whole). torch makes plain lists on the first iteration (and after a restart
+    drops the state); each step hands them over while they are still empty."""
 
-    def __init__(self, params: Any, history_dtype: torch.dtype, **options: Any) -> None:
+    def __init__(
+        self, params: Any, history_dtype: torch.dtype, capacity: int, **options: Any
+    ) -> None:
         super().__init__(params, **options)
-        self.history_dtype = history_dtype
+        self.history_dtype, self.capacity = history_dtype, min(capacity, options["history_size"])
 
     def step(self, closure: Callable[[], float]) -> Any:  # type: ignore[override]
         loss = super().step(closure)  # type: ignore[no-untyped-call]
         state = self.state[self._params[0]]
         for key in HISTORY_KEYS:
             held = state.get(key)
-            if held is not None and not isinstance(held, CompactHistory):
-                state[key] = CompactHistory(held, self.history_dtype)
+            if held is not None and not isinstance(held, PairHistory):
+                history = PairHistory(self.capacity, self.history_dtype)
+                for t in held:
+                    history.append(t)
+                state[key] = history
         return loss

@@ -39,6 +39,9 @@ class JobSpec(Protocol):
     @property
     def iterations(self) -> int: ...
 
+    @property
+    def total_iterations(self) -> int: ...
+
 
 class Stepper(Protocol):
     """What the optimisation loop needs of an optimizer (torch's optimizers are Steppers)."""
@@ -116,11 +119,10 @@ def _lbfgs(specs: Sequence[JobSpec], params: list[torch.Tensor]) -> Stepper:
     import torch
 
     def one(p: list[torch.Tensor], spec: JobSpec) -> torch.optim.LBFGS:
-        if spec.history_dtype != "float32":
-            from .compact_lbfgs import CompactLBFGS
+        from .compact_lbfgs import CompactLBFGS
 
-            return CompactLBFGS(p, getattr(torch, spec.history_dtype), **options(spec))
-        return torch.optim.LBFGS(p, **options(spec))
+        dtype = getattr(torch, spec.history_dtype)
+        return CompactLBFGS(p, dtype, spec.total_iterations, **options(spec))
 
     def options(spec: JobSpec) -> dict[str, Any]:
         return dict(

@@ -1,13 +1,15 @@
-"""L-BFGS's history in bfloat16 (history_dtype): half the bytes of float32, the same steps up
-to bf16 rounding of the stored pairs, counted as such by the memory estimate and its advice."""
+"""L-BFGS's history in one preallocated buffer (the very numbers torch's lists would hold, in
+float32), or in bfloat16 (history_dtype): half the bytes, the same steps up to bf16 rounding
+of the stored pairs, counted as such by the memory estimate and its advice."""
 
 import pytest
 import torch
 
-from nst_ops import memory
-from nst_ops.compact_lbfgs import HISTORY_KEYS, CompactLBFGS
+from nst_ops import compact_lbfgs, memory, transfer
+from nst_ops.compact_lbfgs import HISTORY_KEYS, CompactLBFGS, PairHistory
 from nst_ops.optimizers import OPTIMIZERS, PAIR_RESIDENT
 from nst_ops.spec import JobSpec, SpecError
+from nst_ops.vgg import VGGFeatures
 
 DIM = 4096
 
@@ -36,12 +38,12 @@ def descend(opt_of, steps: int) -> tuple[torch.Tensor, torch.optim.Optimizer]:
 
 def test_a_bfloat16_history_holds_bfloat16_pairs_and_converges_as_float32_does():
     options = {"lr": 1.0, "max_iter": 1, "history_size": 10}
-    compact, opt = descend(lambda p: CompactLBFGS(p, torch.bfloat16, **options), 30)
+    compact, opt = descend(lambda p: CompactLBFGS(p, torch.bfloat16, 30, **options), 30)
     exact, _ = descend(lambda p: torch.optim.LBFGS(p, **options), 30)
     state = opt.state[opt._params[0]]
     for key in HISTORY_KEYS:
-        held = list.__iter__(state[key])  # as stored, not as read
-        assert len(state[key]) == 10 and all(t.dtype == torch.bfloat16 for t in held)
+        rows = state[key].rows  # as stored, not as read
+        assert len(state[key]) == 10 and rows.dtype == torch.bfloat16 and rows.shape == (10, DIM)
     a, b = quadratic()
     x_star = b / a
     # both converge to the minimum; bf16 pairs perturb each direction by ~2^-9 relative, a
@@ -52,17 +54,42 @@ def test_a_bfloat16_history_holds_bfloat16_pairs_and_converges_as_float32_does()
 
 def test_the_first_steps_before_any_pair_is_read_are_identical():
     options = {"lr": 1.0, "max_iter": 1, "history_size": 10}
-    compact, _ = descend(lambda p: CompactLBFGS(p, torch.bfloat16, **options), 1)
+    compact, _ = descend(lambda p: CompactLBFGS(p, torch.bfloat16, 1, **options), 1)
     exact, _ = descend(lambda p: torch.optim.LBFGS(p, **options), 1)
     assert torch.equal(compact, exact)
 
 
-def test_a_job_with_a_bfloat16_history_builds_the_compact_optimizer_and_float32_torchs():
+def test_a_float32_buffer_gives_exactly_the_job_torchs_own_lists_give(monkeypatch):
+    spec = JobSpec.from_dict({"weights": "random:0", "size": 48, "iterations": 40,
+                              "history_size": 7, "style_weight": 1e3})  # fmt: skip
+    net = VGGFeatures(spec.backbone, spec.active_layers, spec.pooling, seed=0)
+    g = torch.Generator().manual_seed(1)
+    content, style = torch.rand(3, 48, 48, generator=g), torch.rand(3, 48, 48, generator=g)
+    ours = transfer.stylize(spec, net, content, [style])
+    monkeypatch.setattr(compact_lbfgs.CompactLBFGS, "step", torch.optim.LBFGS.step)
+    torchs = transfer.stylize(spec, net, content, [style])
+    assert torch.equal(ours.image, torchs.image) and ours.trace == [
+        r | {"seconds": o["seconds"]} for r, o in zip(torchs.trace, ours.trace, strict=True)
+    ]
+
+
+def test_the_buffer_keeps_the_newest_pairs_in_order_and_only_as_many_as_the_job_takes():
+    history = PairHistory(3, torch.float32)
+    for k in range(5):
+        if len(history) == 3:
+            history.pop(0)
+        history.append(torch.full((2, 2), float(k)))
+    assert [float(history[i][0]) for i in range(len(history))] == [2.0, 3.0, 4.0]
+    x = [torch.zeros(3, 8, 8, requires_grad=True)]
+    short = JobSpec.from_dict({"iterations": 3})  # history_size 100: room for 3 pairs
+    opt = OPTIMIZERS["lbfgs"].make([short], x).inner[0]
+    assert isinstance(opt, CompactLBFGS) and opt.capacity == 3
+
+
+def test_a_bfloat16_history_is_a_choice_and_nothing_else_is():
     x = [torch.zeros(3, 8, 8, requires_grad=True)]
     bf16 = JobSpec.from_dict({"history_dtype": "bfloat16"})
-    assert isinstance(OPTIMIZERS["lbfgs"].make([bf16], x).inner[0], CompactLBFGS)
-    plain = OPTIMIZERS["lbfgs"].make([JobSpec()], x).inner[0]
-    assert type(plain) is torch.optim.LBFGS
+    assert OPTIMIZERS["lbfgs"].make([bf16], x).inner[0].history_dtype == torch.bfloat16
     with pytest.raises(SpecError, match="unknown history_dtype 'float16'; choose one of float32"):
         JobSpec.from_dict({"history_dtype": "float16"})
 
