@@ -119,10 +119,10 @@ def test_advice_names_a_size_and_a_tile_that_fit():
 
 
 def test_advice_lowers_the_lbfgs_history_when_tiles_alone_do_not_fit():
-    spec = JobSpec.from_dict({"size": 4096})  # L-BFGS, history 100: ~90 GiB resident
+    spec = JobSpec.from_dict({"size": 4096})  # L-BFGS, history 100: ~76 GiB resident
     text = memory.advice(spec, 24 * 2**30)
-    assert "tile=512 and history_size=10" in text and "history_dtype" not in text
-    tiled = JobSpec.from_dict({"size": 4096, "tile": 512, "history_size": 10})
+    assert "tile=512 and history_size=20" in text and "history_dtype" not in text
+    tiled = JobSpec.from_dict({"size": 4096, "tile": 512, "history_size": 20})
     assert memory.estimate(tiled).total <= 24 * 2**30
-    longer = JobSpec.from_dict({"size": 4096, "tile": 512, "history_size": 20})
-    assert memory.estimate(longer).total > 24 * 2**30  # the longest history that fits
+    longer = JobSpec.from_dict({"size": 4096, "tile": 512, "history_size": 50})
+    assert memory.estimate(longer).total > 24 * 2**30  # the longest history offered that fits
