@@ -35,8 +35,8 @@ class PairHistory:
     def append(self, t: torch.Tensor) -> None:
         if self.rows is None:
             self.rows = torch.empty((self.capacity, t.numel()), dtype=self.dtype, device=t.device)
-        if self.count == self.capacity:  # torch pops first; kept whole if it ever does not
-            self.pop(0)
+        if self.count == self.capacity:  # torch pops first (its ro list must stay aligned)
+            raise IndexError(f"L-BFGS's history is full ({self.capacity} pairs)")
         self.rows[(self.start + self.count) % self.capacity].copy_(t.reshape(-1))
         self.count += 1
 

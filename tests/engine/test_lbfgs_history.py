@@ -80,6 +80,8 @@ def test_the_buffer_keeps_the_newest_pairs_in_order_and_only_as_many_as_the_job_
             history.pop(0)
         history.append(torch.full((2, 2), float(k)))
     assert [float(history[i][0]) for i in range(len(history))] == [2.0, 3.0, 4.0]
+    with pytest.raises(IndexError, match="full"):  # never drops a pair torch's ro list keeps
+        history.append(torch.zeros(2, 2))
     x = [torch.zeros(3, 8, 8, requires_grad=True)]
     short = JobSpec.from_dict({"iterations": 3})  # history_size 100: room for 3 pairs
     opt = OPTIMIZERS["lbfgs"].make([short], x).inner[0]
