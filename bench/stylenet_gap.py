@@ -32,7 +32,7 @@ from nst_ops.stylenet import NetConfig, StyleObjective, TransformerNet
 from pipeline.run import objective
 from pipeline.stylenet.photos import CropSampler
 from pipeline.stylenet.train_loop import _extractor
-from pipeline.stylenet.train_settings import DEFAULT_ASPECTS, TrainSettings
+from pipeline.stylenet.train_settings import DEFAULT_ASPECTS, TrainSettings, coarse_crop_for
 
 EVAL_SIZE = 256
 
@@ -54,13 +54,12 @@ def closures(net: TransformerNet, held: list[Path], ref: dict, style: torch.Tens
 
 def schedule(a: argparse.Namespace) -> TrainSettings:
     """`nst train`'s crop schedule for these arguments (its one rule for coarse steps)."""
-    coarse = a.coarse_crop or 4 * round(a.crop / 8)
-    coarse = coarse if a.coarse_steps else 0
+    coarse = coarse_crop_for(a.coarse_crop, a.crop, a.coarse_steps)
     return TrainSettings("", {}, [], [], [], steps=a.steps, crop=a.crop, coarse_crop=coarse,
                          coarse_steps=a.coarse_steps)  # fmt: skip
 
 
-def batches(a: argparse.Namespace, held: list[Path], others: list[str]):
+def batches(a: argparse.Namespace, plan: TrainSettings, held: list[Path], others: list[str]):
     """(step, batch, the shape whose style target it takes) for the chosen training set."""
     if a.train == "one-photo":
         x = fit_longer_side(decoded(held[0]), EVAL_SIZE)
@@ -68,7 +67,7 @@ def batches(a: argparse.Namespace, held: list[Path], others: list[str]):
             yield step, x, None
         return
     chosen = [str(q) for q in held] if a.train == "eval-photos" else others
-    sampler, plan = CropSampler(chosen, a.crop, 0, aspects=DEFAULT_ASPECTS), schedule(a)
+    sampler = CropSampler(chosen, a.crop, 0, aspects=DEFAULT_ASPECTS)
     for step in range(1, a.steps + 1):
         yield step, *sampler.batch_of(step, a.batch, plan.crop_at(step))
 
@@ -99,8 +98,8 @@ def main() -> None:
     opt = torch.optim.Adam(net.parameters(), lr=a.lr)
     objective_of = StyleObjective(_extractor(spec, torch.device("cpu"), None), spec, [style],
                                   a.crop)  # fmt: skip
-    t0 = time.time()
-    for step, x, style_hw in batches(a, held, others):
+    t0, plan = time.time(), schedule(a)
+    for step, x, style_hw in batches(a, plan, held, others):
         loss = objective_of(net(x), x, style_hw).total.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -109,7 +108,7 @@ def main() -> None:
             row = {
                 "train": a.train,
                 "step": step,
-                "full_crop_steps": round(schedule(a).work(0, step), 1),
+                "full_crop_steps": round(plan.work(0, step), 1),
                 "seconds": round(time.time() - t0),
                 "photos": [q.name for q in held],
                 "closure": closures(net, held, ref, style),

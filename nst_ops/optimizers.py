@@ -143,22 +143,15 @@ def _lbfgs(specs: Sequence[JobSpec], params: list[torch.Tensor]) -> Stepper:
     return PerImage([one([p], s) for p, s in zip(params, specs, strict=True)])
 
 
+def _lbfgs_vectors(s: JobSpec) -> float:
+    """A pair (s, y) per step up to history_size (in history_dtype, at its resident cost), the
+    direction, the previous gradient, the step."""
+    pairs = min(s.history_size, s.iterations)
+    return 2 * pairs * PAIR_RESIDENT * HISTORY_DTYPES[s.history_dtype] / 4 + 3
+
+
 OPTIMIZERS: dict[str, OptimizerKind] = {
-    # L-BFGS: a pair (s, y) per step up to history_size (in history_dtype, at its resident
-    # cost), the direction, the previous gradient, the step
-    "lbfgs": OptimizerKind(
-        _lbfgs,
-        1.0,
-        True,
-        lambda s: (
-            2
-            * min(s.history_size, s.iterations)
-            * PAIR_RESIDENT
-            * HISTORY_DTYPES[s.history_dtype]
-            / 4
-            + 3
-        ),  # fmt: skip
-    ),  # fmt: skip
+    "lbfgs": OptimizerKind(_lbfgs, 1.0, True, _lbfgs_vectors),
     "adam": OptimizerKind(per_image("Adam"), 0.02, True, lambda s: 2),  # both moments
     "sgd": OptimizerKind(per_image("SGD", "momentum"), 0.1, True, lambda s: int(s.momentum > 0)),
 }

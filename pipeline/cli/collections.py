@@ -170,7 +170,7 @@ def train(
     set_input_policy(allow_http, allow_private_hosts, max_input_bytes)
     from pipeline.stylenet.train import make_settings
     from pipeline.stylenet.train import train as run_training
-    from pipeline.stylenet.train_settings import parse_aspects
+    from pipeline.stylenet.train_settings import coarse_crop_for, parse_aspects
 
     if not out or not content:
         raise NstError("nst train needs --out and --content")
@@ -195,7 +195,7 @@ def train(
         sample_every=sample_every, seed=seed, workers=workers, use_gpu=use_gpu,
         cpus_per_worker=_worker_cpus(cpus_per_worker, workers, address), max_pixels=max_pixels,
         from_job=origin, reference=reference, aspects=parse_aspects(aspects),
-        coarse_steps=coarse_steps, coarse_crop=_coarse_crop(coarse_crop, crop, coarse_steps),
+        coarse_steps=coarse_steps, coarse_crop=coarse_crop_for(coarse_crop, crop, coarse_steps),
     )  # fmt: skip
     n_photos, n_held = len(settings.photos), len(settings.holdout)
     console.print(f"training on {n_photos} photos ({n_held} held aside), {steps} steps x "
@@ -210,13 +210,6 @@ def train(
         from pipeline.stylenet.holdout import line
 
         out_console.print(line(meta["holdout_gap"], spec), highlight=False)
-
-
-def _coarse_crop(given: int | None, crop: int, coarse_steps: int) -> int:
-    """Half --crop (a multiple of 4, as the network likes) unless given; 0 with no coarse steps."""
-    if not coarse_steps:
-        return 0
-    return given if given is not None else 4 * round(crop / 8)
 
 
 def _worker_cpus(given: float | None, workers: int, address: str | None) -> float:

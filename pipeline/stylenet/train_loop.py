@@ -50,7 +50,8 @@ def train_loop(config: dict[str, Any]) -> None:
                           aspects=s.aspects)  # fmt: skip
     t0, seen = time.time(), 0
     for step in range(start + 1, s.steps + 1):
-        x, style_hw = sampler.batch_of(step, s.batch_size, s.crop_at(step))
+        side = s.crop_at(step)
+        x, style_hw = sampler.batch_of(step, s.batch_size, side)
         x = x.to(device)
         for group in opt.param_groups:
             group["lr"] = s.lr_at(step)
@@ -61,7 +62,7 @@ def train_loop(config: dict[str, Any]) -> None:
         opt.step()
         seen += x.shape[0]
         rate = seen * world / (time.time() - t0)
-        trace.append(_row(step, terms, world, rate) | {"crop": s.crop_at(step)})
+        trace.append(_row(step, terms, world, rate) | {"crop": side})
         if rank == 0 and progress is not None:
             _report(progress, trace[-1])
         if rank == 0 and (step % s.checkpoint_every == 0 or step == s.steps):

@@ -28,6 +28,13 @@ class LrSchedule(str, Enum):
     COSINE = "cosine"
 
 
+def coarse_crop_for(given: int | None, crop: int, coarse_steps: int) -> int:
+    """Half --crop (a multiple of 4, as the network likes) unless given; 0 with no coarse steps."""
+    if not coarse_steps:
+        return 0
+    return given if given else 4 * round(crop / 8)
+
+
 def parse_aspects(text: str) -> tuple[float, ...]:
     """'1,4:3,3:4' -> (1.0, 1.333.., 0.75): each w:h (or a number), between 1:4 and 4:1."""
     found = []
