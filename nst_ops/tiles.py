@@ -173,28 +173,58 @@ class LocalTiles:
     ):
         self.extractor, self.spec, self.content, self.alpha = extractor, spec, content, alpha
         self.stride = {n: layer_stride(spec.backbone, n) for n in spec.active_layers}
+        self._kept: _Kept | None = None
 
     def grams(self, x: Tensor, tiles: list[Tile]) -> dict[str, Tensor]:
-        return grams_over(self.extractor, x, tiles, self.spec.style_layers)
+        """Pass 1. Its last tile runs with autograd and is kept for pass 2, which starts with
+        it: one tile's forward less per evaluation, and no more memory (pass 2 holds one
+        tile's graph at a time anyway)."""
+        *rest, last = tiles
+        layers = self.spec.style_layers
+        grams = grams_over(self.extractor, x, rest, layers) if rest else {}
+        self._kept = _Kept(last, *self._forward(x, last))
+        for n in layers:
+            g = losses.gram(_core(self._kept.feats[n].detach(), last, self.stride[n]))
+            grams[n] = grams[n] + g if n in grams else g
+        return grams
 
     def backward(
         self, x: Tensor, tiles: list[Tile], coef: Mapping[str, Tensor]
     ) -> tuple[Tensor, Tensor]:
         grad = torch.zeros_like(x)
         content = x.new_zeros(x.shape[0])
+        kept, self._kept = self._kept, None
+        if kept is not None and kept.tile in tiles:  # pass 1's last tile: its forward is done
+            tiles = [kept.tile] + [t for t in tiles if t != kept.tile]
         with torch.enable_grad():
             for t in tiles:
-                content += self._tile_backward(x, t, coef, grad)
+                if kept is not None and t == kept.tile:
+                    forward, kept = (kept.xt, kept.feats), None
+                else:
+                    forward = self._forward(x, t)
+                content += self._tile_backward(x, t, coef, grad, forward)
+                del forward  # its features go before the next tile's forward: one at a time
         return grad, content
 
-    def _tile_backward(
-        self, x: Tensor, t: Tile, coef: Mapping[str, Tensor], grad: Tensor
-    ) -> Tensor:
-        """One tile's forward and backward: its part of the gradient added into ``grad``;
-        returns its content loss (B,)."""
+    def _forward(self, x: Tensor, t: Tile) -> tuple[Tensor, dict[str, Tensor]]:
+        """The tile's pixels as a leaf that takes a gradient, and its features with autograd."""
         y0, y1, x0, x1 = t.box
-        xt = x.detach()[..., y0:y1, x0:x1].clone().requires_grad_(True)
-        feats = self.extractor.features_at(xt, self.spec.active_layers)
+        with torch.enable_grad():
+            xt = x.detach()[..., y0:y1, x0:x1].clone().requires_grad_(True)
+            return xt, self.extractor.features_at(xt, self.spec.active_layers)
+
+    def _tile_backward(
+        self,
+        x: Tensor,
+        t: Tile,
+        coef: Mapping[str, Tensor],
+        grad: Tensor,
+        forward: tuple[Tensor, dict[str, Tensor]],
+    ) -> Tensor:
+        """One tile's backward from its ``forward``: its part of the gradient added into
+        ``grad``; returns its content loss (B,)."""
+        y0, y1, x0, x1 = t.box
+        xt, feats = forward
         surrogate = xt.new_zeros(())
         for n, c in coef.items():
             v = _core(feats[n], t, self.stride[n])
@@ -206,6 +236,15 @@ class LocalTiles:
         (surrogate + (self.alpha * content).sum()).backward()  # type: ignore[no-untyped-call]
         grad[..., y0:y1, x0:x1] += _grad(xt)
         return content.detach()
+
+
+@dataclass(frozen=True)
+class _Kept:
+    """Pass 1's last tile with its autograd graph, for pass 2."""
+
+    tile: Tile
+    xt: Tensor
+    feats: dict[str, Tensor]
 
 
 # who runs a tiled evaluation's tiles, given this process's LocalTiles (workers_per_job)
