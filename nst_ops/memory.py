@@ -43,7 +43,10 @@ PROCESS = 700 * 2**20  # a worker's resident memory before its first job (torch,
 # image at the output's size (fit between 1024 and 1536 px, tile 512: +144 bytes per pixel)
 TILED_IMAGE_VECTORS = 12
 GIB = 2**30
-ADVISED_TILE = 512  # px: large enough that conv5_1's 96-px margins cost < 2x (docs/prints.md)
+# the smallest tile advice offers: conv5_1's 96-px margins cost 1.9x its area at 512 px, more
+# below; above it the largest tile that fits is offered (fewer margins: faster, docs/prints.md)
+ADVISED_TILE = 512
+TILE_STEP = 128  # advice's tiles are multiples of this (any multiple of the stride works)
 
 
 class MemorySpec(TiledSpec, OptimizerSpec, Protocol):
@@ -132,6 +135,15 @@ def largest_size(spec: MemorySpec, budget: int) -> int:
     return lo
 
 
+def largest_tile(spec: MemorySpec, budget: int) -> int:
+    """The largest tile (a multiple of TILE_STEP from ADVISED_TILE, smaller than the image)
+    with which this job fits ``budget`` bytes; 0: not even ADVISED_TILE does."""
+    base: Any = spec  # a JobSpec: a frozen dataclass
+    fits = [t for t in range(ADVISED_TILE, spec.size, TILE_STEP)
+            if estimate(replace(base, tile=t)).total <= budget]  # fmt: skip
+    return max(fits, default=0)
+
+
 def advice(spec: MemorySpec, budget: int) -> str:
     """What would make a job that does not fit ``budget`` fit: said in its own parameters."""
     need = estimate(spec)
@@ -150,14 +162,19 @@ def _ways_to_fit(spec: MemorySpec, budget: int) -> list[str]:
     base: Any = spec  # a JobSpec: a frozen dataclass
     tiled: Any = base if spec.tile else replace(base, tile=ADVISED_TILE)
     if estimate(tiled).total <= budget:
-        return ways + ([] if spec.tile else [f"tile={ADVISED_TILE}"])
+        return ways + ([] if spec.tile else [f"tile={largest_tile(spec, budget)}"])
     if spec.optimizer == "lbfgs":
-        tile = "" if spec.tile else f"tile={ADVISED_TILE} and "
         compact = replace(tiled, history_dtype="bfloat16")
         if spec.history_dtype == "float32" and estimate(compact).total <= budget:
-            ways.append(f"{tile}history_dtype=bfloat16")
+            ways.append(_with_tile(compact, spec, budget, "history_dtype=bfloat16"))
         fits = [h for h in (50, 20, 10, 5, 2) if h < spec.history_size
                 and estimate(replace(tiled, history_size=h)).total <= budget]  # fmt: skip
         if fits:
-            ways.append(f"{tile}history_size={fits[0]}")
+            shorter = replace(base, history_size=fits[0])
+            ways.append(_with_tile(shorter, spec, budget, f"history_size={fits[0]}"))
     return ways
+
+
+def _with_tile(changed: Any, spec: MemorySpec, budget: int, what: str) -> str:
+    """``what``, after the largest tile that fits with it when the job has none."""
+    return what if spec.tile else f"tile={largest_tile(changed, budget)} and {what}"

@@ -105,4 +105,4 @@ def test_the_estimate_counts_a_bfloat16_history_at_half_and_advice_offers_it():
     spec = JobSpec.from_dict({"size": 4096})
     budget = memory.estimate(JobSpec.from_dict({"size": 4096, "tile": 512,
                                                 "history_dtype": "bfloat16"})).total  # fmt: skip
-    assert "tile=512 and history_dtype=bfloat16" in memory.advice(spec, budget)
+    assert "tile=512 and history_dtype=bfloat16" in memory.advice(spec, budget)  # just fits

@@ -118,11 +118,26 @@ def test_advice_names_a_size_and_a_tile_that_fit():
     assert memory.estimate(spec, size).total <= 24 * 2**30 < memory.estimate(spec, size + 16).total
 
 
+def test_advice_offers_the_largest_tile_that_fits_fewer_margins_being_faster():
+    budget = 24 * 2**30
+    text = memory.advice(JobSpec.from_dict({"size": 4096, "history_size": 10}), budget)
+    tile = int(text.rsplit("tile=", 1)[1])
+    assert tile > memory.ADVISED_TILE and tile % memory.TILE_STEP == 0
+
+    def fits(t: int) -> bool:
+        spec = JobSpec.from_dict({"size": 4096, "history_size": 10, "tile": t})
+        return memory.estimate(spec).total <= budget
+
+    assert fits(tile) and not fits(tile + memory.TILE_STEP)
+
+
 def test_advice_lowers_the_lbfgs_history_when_tiles_alone_do_not_fit():
     spec = JobSpec.from_dict({"size": 4096})  # L-BFGS, history 100: ~76 GiB resident
     text = memory.advice(spec, 24 * 2**30)
-    assert "tile=512 and history_size=20" in text and "history_dtype" not in text
-    tiled = JobSpec.from_dict({"size": 4096, "tile": 512, "history_size": 20})
-    assert memory.estimate(tiled).total <= 24 * 2**30
+    assert "and history_size=20" in text and "history_dtype" not in text
+    tile = int(text.split("tile=")[1].split()[0])
+    for t, fits in ((tile, True), (tile + memory.TILE_STEP, False)):  # the largest tile with it
+        tiled = JobSpec.from_dict({"size": 4096, "tile": t, "history_size": 20})
+        assert (memory.estimate(tiled).total <= 24 * 2**30) is fits
     longer = JobSpec.from_dict({"size": 4096, "tile": 512, "history_size": 50})
     assert memory.estimate(longer).total > 24 * 2**30  # the longest history offered that fits
