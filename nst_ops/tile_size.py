@@ -35,6 +35,13 @@ def margin_of(spec: TiledSpec) -> int:
     return -(-want // stride) * stride
 
 
+def margin_is_exact(spec: TiledSpec) -> bool:
+    """Whether the margin covers the deepest layer's receptive field: tiled equals untiled,
+    so the grid need not move (a moving grid cuts one tile more per axis)."""
+    layer = deepest(spec.backbone, spec.active_layers)
+    return margin_of(spec) >= receptive_radius(spec.backbone, layer)
+
+
 def tile_side(spec: TiledSpec) -> int:
     """``tile`` rounded down to the deepest layer's stride."""
     stride = layer_stride(spec.backbone, deepest(spec.backbone, spec.active_layers))

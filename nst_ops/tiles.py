@@ -9,10 +9,12 @@ gradient the whole image gets. The content loss and TV are sums over positions: 
 
 What is approximated, and when: a tile's features equal the whole image's in its core only if
 the tile sees the core's receptive field (``layer_table.receptive_radius``: 85 px at conv5_1).
-The default margin is that radius, so tiled equals untiled to float rounding; a smaller
-``tile_margin`` trades exactness at the tiles' borders for speed, and the tile grid moves
-every evaluation so that no border stays in one place. Tiles and margins start on multiples
-of the deepest layer's stride so that their poolings pair the pixels the whole image's do.
+The default margin is that radius, so tiled equals untiled to float rounding, and the grid
+stays put (its borders change nothing); a smaller ``tile_margin`` trades exactness at the
+tiles' borders for speed, and then the grid moves every evaluation so that no border stays in
+one place (at the price of one more tile per axis: a shifted grid cuts n / tile + 1 pieces).
+Tiles and margins start on multiples of the deepest layer's stride so that their poolings pair
+the pixels the whole image's do.
 
 Cost: the first pass is a forward without autograd (about a third of a forward + backward),
 and every tile computes its margin too: (tile + 2 margin)^2 / tile^2 of the pixels.
@@ -32,7 +34,7 @@ from . import losses
 from .layer_table import deepest, feature_hw, layer_stride
 from .loop import Terms
 from .spec import JobSpec
-from .tile_size import margin_of, tile_side, tiles_pay
+from .tile_size import margin_is_exact, margin_of, tile_side, tiles_pay
 from .vgg import VGGFeatures
 
 Box = tuple[int, int, int, int]  # y0, y1, x0, x1 in pixels
@@ -279,13 +281,16 @@ class TiledObjective:
             per_image([list(s.layer_weights) for s in specs]).T,
         )
         self.calls = itertools.count()
+        self.exact = margin_is_exact(spec)
         local = LocalTiles(extractor, spec, content, self.w.alpha)
         self.stride = local.stride
         self.runner: TileRunner = tile_runner(local) if tile_runner else local
 
     def offset(self) -> tuple[int, int]:
-        """The grid's shift this evaluation: a different one each time (golden-ratio steps),
-        on the stride."""
+        """The grid's shift this evaluation: none with an exact margin; else a different one
+        each time (golden-ratio steps), on the stride."""
+        if self.exact:
+            return 0, 0
         k, slots = next(self.calls), max(1, self.tile // self.step)
         dy, dx = int(k * 0.618 * slots) % slots, int(k * 0.382 * slots) % slots
         return dy * self.step, dx * self.step
