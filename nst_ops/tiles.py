@@ -81,15 +81,35 @@ def _in_image(target: Tensor, t: Tile, stride: int) -> Tensor:
     return target[..., y0 // stride : y1 // stride, x0 // stride : x1 // stride]
 
 
+# a tile's pixels (its box): cut from the whole image, or sent alone (halo exchange)
+Crop = Callable[[Tile], Tensor]
+
+
+def from_image(x: Tensor) -> Crop:
+    """Tiles' boxes cut from the whole image ``x``."""
+
+    def crop(t: Tile) -> Tensor:
+        y0, y1, x0, x1 = t.box
+        return x[..., y0:y1, x0:x1]
+
+    return crop
+
+
+def boxes_of(x: Tensor, tiles: Sequence[Tile]) -> list[Tensor]:
+    """The tiles' boxes as tensors of their own (a copy each: a slice would carry, and pickle,
+    the whole image's storage): what a worker needs of the image for these tiles."""
+    crop = from_image(x)
+    return [crop(t).detach().cpu().clone() for t in tiles]
+
+
 def grams_over(
-    extractor: VGGFeatures, x: Tensor, tiles: list[Tile], layers: Sequence[str]
+    extractor: VGGFeatures, crop: Crop, tiles: Sequence[Tile], layers: Sequence[str]
 ) -> dict[str, Tensor]:
     """Each layer's Gram matrix of the whole image, summed over the tiles' cores (no grad)."""
     grams: dict[str, Tensor] = {}
     with torch.no_grad():
         for t in tiles:
-            y0, y1, x0, x1 = t.box
-            feats = extractor.features_at(x[..., y0:y1, x0:x1], layers)
+            feats = extractor.features_at(crop(t), layers)
             for n in layers:
                 g = losses.gram(_core(feats[n], t, layer_stride(extractor.backbone, n)))
                 grams[n] = grams[n] + g if n in grams else g
@@ -125,7 +145,7 @@ def tiled_targets(spec: JobSpec) -> Callable[[VGGFeatures, Tensor, str, bool], T
         whole = not tiles_pay(spec, max(x.shape[-2:]))  # one tile: the image itself
         tiles = grid((x.shape[-2], x.shape[-1]), max(x.shape[-2:]) if whole else size, margin)
         if gram:
-            return grams_over(extractor, x, tiles, [layer])[layer]
+            return grams_over(extractor, from_image(x), tiles, [layer])[layer]
         return features_over(extractor, x, tiles, layer)
 
     return target
@@ -168,7 +188,9 @@ class TileRunner(Protocol):
 class LocalTiles:
     """The tiles' passes on this process's extractor: pass 1 the style layers' Grams over the
     tiles' cores; pass 2 each tile's forward and backward against C_l = dL/dG_l, giving the
-    gradient (image-sized, zero outside the tiles' boxes) and the content loss (B,)."""
+    gradient (image-sized, zero outside the tiles' boxes) and the content loss (B,). The
+    ``*_of`` forms read the tiles' pixels through a Crop and hand each tile's gradient to
+    ``add``: a helper of a workers_per_job job holds only its tiles' boxes."""
 
     def __init__(
         self, extractor: VGGFeatures, spec: JobSpec, content: Mapping[str, Tensor], alpha: Tensor
@@ -178,23 +200,43 @@ class LocalTiles:
         self._kept: _Kept | None = None
 
     def grams(self, x: Tensor, tiles: list[Tile]) -> dict[str, Tensor]:
-        """Pass 1. Its last tile runs with autograd and is kept for pass 2, which starts with
-        it: one tile's forward less per evaluation, and no more memory (pass 2 holds one
-        tile's graph at a time anyway)."""
-        *rest, last = tiles
-        layers = self.spec.style_layers
-        grams = grams_over(self.extractor, x, rest, layers) if rest else {}
-        self._kept = _Kept(last, *self._forward(x, last))
-        for n in layers:
-            g = losses.gram(_core(self._kept.feats[n].detach(), last, self.stride[n]))
-            grams[n] = grams[n] + g if n in grams else g
-        return grams
+        return self.grams_of(from_image(x), tiles)
 
     def backward(
         self, x: Tensor, tiles: list[Tile], coef: Mapping[str, Tensor]
     ) -> tuple[Tensor, Tensor]:
         grad = torch.zeros_like(x)
-        content = x.new_zeros(x.shape[0])
+
+        def add(t: Tile, g: Tensor) -> None:
+            y0, y1, x0, x1 = t.box
+            grad[..., y0:y1, x0:x1] += g
+
+        return grad, self.backward_of(from_image(x), tiles, coef, add)
+
+    def grams_of(self, crop: Crop, tiles: list[Tile]) -> dict[str, Tensor]:
+        """Pass 1. Its last tile runs with autograd and is kept for pass 2, which starts with
+        it: one tile's forward less per evaluation, and no more memory (pass 2 holds one
+        tile's graph at a time anyway)."""
+        if not tiles:
+            return {}
+        *rest, last = tiles
+        layers = self.spec.style_layers
+        grams = grams_over(self.extractor, crop, rest, layers) if rest else {}
+        self._kept = _Kept(last, *self._forward(crop, last))
+        for n in layers:
+            g = losses.gram(_core(self._kept.feats[n].detach(), last, self.stride[n]))
+            grams[n] = grams[n] + g if n in grams else g
+        return grams
+
+    def backward_of(
+        self,
+        crop: Crop,
+        tiles: list[Tile],
+        coef: Mapping[str, Tensor],
+        add: Callable[[Tile, Tensor], None],
+    ) -> Tensor:
+        """Pass 2: each tile's gradient handed to ``add``; returns the content loss (B,)."""
+        content = self.alpha.new_zeros(self.alpha.shape[0])
         kept, self._kept = self._kept, None
         if kept is not None and kept.tile in tiles:  # pass 1's last tile: its forward is done
             tiles = [kept.tile] + [t for t in tiles if t != kept.tile]
@@ -203,40 +245,33 @@ class LocalTiles:
                 if kept is not None and t == kept.tile:
                     forward, kept = (kept.xt, kept.feats), None
                 else:
-                    forward = self._forward(x, t)
-                content += self._tile_backward(x, t, coef, grad, forward)
+                    forward = self._forward(crop, t)
+                content += self._tile_backward(t, coef, forward)
+                add(t, _grad(forward[0]))
                 del forward  # its features go before the next tile's forward: one at a time
-        return grad, content
+        return content
 
-    def _forward(self, x: Tensor, t: Tile) -> tuple[Tensor, dict[str, Tensor]]:
+    def _forward(self, crop: Crop, t: Tile) -> tuple[Tensor, dict[str, Tensor]]:
         """The tile's pixels as a leaf that takes a gradient, and its features with autograd."""
-        y0, y1, x0, x1 = t.box
         with torch.enable_grad():
-            xt = x.detach()[..., y0:y1, x0:x1].clone().requires_grad_(True)
+            xt = crop(t).detach().clone().requires_grad_(True)
             return xt, self.extractor.features_at(xt, self.spec.active_layers)
 
     def _tile_backward(
-        self,
-        x: Tensor,
-        t: Tile,
-        coef: Mapping[str, Tensor],
-        grad: Tensor,
-        forward: tuple[Tensor, dict[str, Tensor]],
+        self, t: Tile, coef: Mapping[str, Tensor], forward: tuple[Tensor, dict[str, Tensor]]
     ) -> Tensor:
-        """One tile's backward from its ``forward``: its part of the gradient added into
-        ``grad``; returns its content loss (B,)."""
-        y0, y1, x0, x1 = t.box
+        """One tile's backward from its ``forward`` (its gradient left in the leaf's .grad);
+        returns its content loss (B,)."""
         xt, feats = forward
         surrogate = xt.new_zeros(())
         for n, c in coef.items():
             v = _core(feats[n], t, self.stride[n])
             surrogate = surrogate + (c * losses.gram(v)).sum()
-        content = xt.new_zeros(x.shape[0])
+        content = xt.new_zeros(xt.shape[0])
         for n, p in self.content.items():
             s = self.stride[n]
             content = content + losses.content_loss(_core(feats[n], t, s), _in_image(p, t, s))
         (surrogate + (self.alpha * content).sum()).backward()  # type: ignore[no-untyped-call]
-        grad[..., y0:y1, x0:x1] += _grad(xt)
         return content.detach()
 
 

@@ -4,9 +4,10 @@ the job's own task and to helper actors, each with its own VGG on its own GPU (o
 Per evaluation of the loss (nst_ops.tiles.TiledObjective), every worker runs pass 1 over its
 tiles and returns its partial Gram sums; the task adds them, computes C_l = dL/dG_l once, and
 every worker runs pass 2 over the same tiles and returns its part of the gradient; the task
-adds those and takes the optimizer step. What travels per evaluation: the image to each
-worker (once, shared by both passes through Ray's object store), the C_l to each worker, and
-back a Gram per style layer and an image-sized gradient from each worker.
+adds those and takes the optimizer step. What travels per evaluation (a halo exchange): to
+each helper the boxes of its own tiles (core and margin, once, shared by both passes through
+Ray's object store) and the C_l; back a Gram per style layer and the gradient of each of its
+boxes. The level's content target goes to every helper once, whole.
 
 The scheduler gang-schedules a job's workers with a placement group (one bundle each, bundle 0
 for the task), so jobs never hold part of their workers while waiting for the rest.
@@ -24,7 +25,7 @@ from ray.util.placement_group import get_current_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from torch import Tensor
 
-from nst_ops.tiles import LocalTiles, RunnerFactory, Tile, TileRunner
+from nst_ops.tiles import LocalTiles, RunnerFactory, Tile, TileRunner, boxes_of
 from pipeline.jobs.job import Job
 
 
@@ -54,19 +55,30 @@ class TileWorker:
         moved = {k: v.to(dev) for k, v in content.items()}
         self.local = LocalTiles(self.extractor, self.spec, moved, alpha.to(dev))
 
-    def grams(self, x: Tensor, tiles: list[Tile], amp: bool) -> dict[str, Tensor]:
+    def _crop(self, boxes: list[Tensor], tiles: list[Tile]) -> Any:
+        by_tile = {t: b.to(self.device) for t, b in zip(tiles, boxes, strict=True)}
+        return by_tile.__getitem__
+
+    def grams(self, boxes: list[Tensor], tiles: list[Tile], amp: bool) -> dict[str, Tensor]:
+        """Pass 1 over ``tiles``, given only their ``boxes`` of the image."""
         assert self.local is not None, "set_targets first"
         self.extractor.amp = amp  # as the task's (fp32 again after an L-BFGS restart)
-        return _cpu(self.local.grams(x.to(self.device), tiles))
+        return _cpu(self.local.grams_of(self._crop(boxes, tiles), tiles))
 
     def backward(
-        self, x: Tensor, tiles: list[Tile], coef: dict[str, Tensor], amp: bool
-    ) -> tuple[Tensor, Tensor]:
+        self, boxes: list[Tensor], tiles: list[Tile], coef: dict[str, Tensor], amp: bool
+    ) -> tuple[list[Tensor], Tensor]:
+        """Pass 2: each box's gradient (in ``tiles``' order) and the content loss."""
         assert self.local is not None, "set_targets first"
         self.extractor.amp = amp
         moved = {k: v.to(self.device) for k, v in coef.items()}
-        grad, content = self.local.backward(x.to(self.device), tiles, moved)
-        return grad.cpu(), content.cpu()
+        grads: dict[Tile, Tensor] = {}
+
+        def add(t: Tile, g: Tensor) -> None:
+            grads[t] = g.cpu()
+
+        content = self.local.backward_of(self._crop(boxes, tiles), tiles, moved, add)
+        return [grads[t] for t in tiles], content.cpu()
 
 
 REMOTE_WORKER: Any = ray.remote(max_restarts=0)(TileWorker)  # a helper dies with its job
@@ -78,7 +90,7 @@ class ShardedTiles:
 
     def __init__(self, local: LocalTiles, helpers: list[Any]):
         self.local, self.helpers = local, helpers
-        self._ref: Any = None  # this evaluation's image, put by pass 1 for pass 2
+        self._refs: list[Any] | None = None  # this evaluation's boxes per helper, for pass 2
         content = ray.put(_cpu(local.content))  # once for every helper: up to GBs at print size
         ray.get([h.set_targets.remote(content, local.alpha.cpu()) for h in helpers])
 
@@ -86,15 +98,17 @@ class ShardedTiles:
         n = len(self.helpers) + 1
         return [tiles[k::n] for k in range(n)]
 
-    def _put(self, x: Tensor) -> Any:
-        return ray.put(x.detach().cpu())
+    def _put(self, x: Tensor, shards: list[list[Tile]]) -> list[Any]:
+        """Each helper's boxes in the object store (new each evaluation: the optimizer
+        updates x in place)."""
+        return [ray.put(boxes_of(x, s)) for s in shards]
 
     def grams(self, x: Tensor, tiles: list[Tile]) -> dict[str, Tensor]:
         mine, *theirs = self._shards(tiles)
-        self._ref = ref = self._put(x)  # never reused by identity: the optimizer updates x in place
+        self._refs = refs = self._put(x, theirs)
         amp = bool(self.local.extractor.amp)
         pending = [h.grams.remote(ref, s, amp)
-                   for h, s in zip(self.helpers, theirs, strict=True) if s]  # fmt: skip
+                   for h, ref, s in zip(self.helpers, refs, theirs, strict=True) if s]  # fmt: skip
         total = self.local.grams(x, mine)
         for part in ray.get(pending):
             for k, g in part.items():
@@ -105,14 +119,16 @@ class ShardedTiles:
         self, x: Tensor, tiles: list[Tile], coef: Mapping[str, Tensor]
     ) -> tuple[Tensor, Tensor]:
         mine, *theirs = self._shards(tiles)
-        ref = self._ref if self._ref is not None else self._put(x)  # no pass 1 without style
-        self._ref = None
+        refs = self._refs if self._refs is not None else self._put(x, theirs)  # no style: no pass 1
+        self._refs = None
         sent, amp = ray.put(_cpu(coef)), bool(self.local.extractor.amp)
-        pending = [h.backward.remote(ref, s, sent, amp)
-                   for h, s in zip(self.helpers, theirs, strict=True) if s]  # fmt: skip
+        busy = [(h, ref, s) for h, ref, s in zip(self.helpers, refs, theirs, strict=True) if s]
+        pending = [h.backward.remote(ref, s, sent, amp) for h, ref, s in busy]
         grad, content = self.local.backward(x, mine, coef)
-        for g, c in ray.get(pending):
-            grad += g.to(x.device)
+        for (_, _, shard), (grads, c) in zip(busy, ray.get(pending), strict=True):
+            for t, g in zip(shard, grads, strict=True):
+                y0, y1, x0, x1 = t.box
+                grad[..., y0:y1, x0:x1] += g.to(x.device)
             content += c.to(x.device)
         return grad, content
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 import torch
 
 from nst_ops import transfer
 from nst_ops.spec import JobSpec, SpecError
 from nst_ops.tile_size import margin_of
-from nst_ops.tiles import TiledObjective, grid
+from nst_ops.tiles import LocalTiles, TiledObjective, boxes_of, grid
 from nst_ops.vgg import VGGFeatures
 
 SHALLOW = {"content_layers": ["relu3_1"], "style_layers": ["relu1_1", "relu2_1", "relu3_1"]}
@@ -81,6 +83,35 @@ def test_the_grid_stays_put_with_an_exact_margin_and_moves_with_a_smaller_one():
         found[margin] = {objective.offset() for _ in range(4)}
     assert found[None] == {(0, 0)} and len(grid((56, 80), 24, 16)) == 3 * 4
     assert len(found[4]) == 4
+
+
+def test_a_worker_given_only_its_tiles_boxes_computes_what_it_would_from_the_image():
+    """workers_per_job's halo exchange: a helper gets the boxes of its own tiles (every other
+    tile here), not the image, and returns one gradient per box."""
+    big = torch.rand(1, 3, 512, 512)
+    helpers = grid((512, 512), 256, 32)[1::2]  # the second of two workers' tiles
+    area = sum((t.box[1] - t.box[0]) * (t.box[3] - t.box[2]) for t in helpers)
+    sent = len(pickle.dumps(boxes_of(big, helpers)))  # what Ray would serialise
+    assert area * 12 < sent < 1.05 * area * 12 < 0.7 * len(pickle.dumps(big))
+
+    spec, ext, targets, x, _, _ = _setup({**SHALLOW, "tile": 24})
+    shard = grid(x.shape[-2:], 24, margin_of(spec))[1::2]
+    boxes = boxes_of(x, shard)
+    local = LocalTiles(ext, spec, targets.content, torch.tensor([1.0, 1.0]))
+    crop = dict(zip(shard, boxes, strict=True)).__getitem__
+    expected = local.grams(x, shard)
+    for n, g in local.grams_of(crop, shard).items():
+        torch.testing.assert_close(g, expected[n], rtol=1e-6, atol=0)
+    coef = {n: torch.rand(g.shape, generator=torch.Generator().manual_seed(2)) * 1e-3
+            for n, g in expected.items()}  # fmt: skip
+    grad, content = local.backward(x, shard, coef)
+    pieces: list = []
+    found = local.backward_of(crop, shard, coef, lambda t, g: pieces.append((t, g)))
+    torch.testing.assert_close(found, content, rtol=1e-6, atol=0)
+    rebuilt = torch.zeros_like(x)
+    for t, g in pieces:
+        rebuilt[..., t.box[0] : t.box[1], t.box[2] : t.box[3]] += g
+    torch.testing.assert_close(rebuilt, grad, rtol=1e-6, atol=1e-9)
 
 
 def test_a_margin_below_the_receptive_field_is_an_approximation_not_the_same_gradient():
