@@ -24,9 +24,9 @@ for layers in gatys real; do
     timeout 70 python3 -m bench.batching --device cuda --layers "$layers" --sizes 512 \
         --batches 1 2 4 8 16 --steps 5 2>&1 | tee -a "$OUT/batching.log" || status=1
 done
-# prints (#29): peak GPU memory and s/iteration, whole-image vs 512-px tiles, beside the
+# prints (#29): peak GPU memory and s/step, whole-image vs 1024-px tiles, beside the
 # estimate; the 4096-px tiled job is the one no 80 GB card holds untiled with L-BFGS
 timeout 120 python3 -m bench.prints --device cuda --untiled 1024 2048 --tiled 2048 4096 \
-    --iterations 3 --history-size 20 2>&1 | tee "$OUT/prints.log" || status=1
+    --tile 1024 --iterations 3 --history-size 20 2>&1 | tee "$OUT/prints.log" || status=1
 cp bench/results/prints_cuda.md "$OUT"/ 2>/dev/null
 exit $status

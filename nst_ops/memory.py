@@ -30,8 +30,9 @@ from .tile_size import TiledSpec, pass_side, tiles_pay
 FLOAT = 4  # bytes: the optimisation runs in fp32 (amp casts only the convolutions' inputs)
 ACTIVATION_FACTOR = 1.15  # autograd's saved tensors per VGG module output (fit 1.02, + 13%)
 # tiled: each tile's style-layer cores are copied for their Gram matrices (a slice is not
-# contiguous), and tiles of different sizes fragment the allocator (fit at 1024 px: 1.43;
-# the margins above the fits: peaks of one size vary by ~20% run to run, see bench.prints)
+# contiguous), and tiles of different sizes fragment the allocator (fit at 1024 px with a
+# moving grid: 1.43; the margins above the fits: peaks of one size vary by ~20% run to run,
+# see bench.prints). A still grid (exact margins) peaks lower: the estimate is 1.4-1.8x there
 TILED_ACTIVATION_FACTOR = 1.6
 IMAGE_VECTORS = 6  # the image, its gradient, the best image, content, init, the clamp's copy
 # convolution scratch and the allocator's slack: glibc keeps freed blocks under its 32 MiB

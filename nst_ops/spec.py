@@ -82,11 +82,12 @@ class JobSpec:
                                  role=Role.BATCH)
     tile: int = param(0, "tiled optimisation: tiles of this many px (0 = whole image): memory "
                       "set by the tile, the style's Gram matrices summed over every tile (the "
-                      "whole image's statistics), the grid moved every iteration",
+                      "whole image's statistics); larger tiles are faster (fewer margins)",
                       role=Role.BATCH, integer=True, minimum=0, added_later=True)
     tile_margin: int | None = param(None, "context around each tile in px (default: the deepest "
                                     "layer's receptive field: tiled equals untiled; less is "
-                                    "faster, approximate)", role=Role.BATCH, added_later=True)
+                                    "faster, approximate, and the grid then moves every "
+                                    "evaluation)", role=Role.BATCH, added_later=True)
     workers_per_job: int = param(1, "a tiled job's tiles spread over this many workers (GPUs on "
                                  "a cluster), gang-scheduled together; equal to 1 worker up to "
                                  "float rounding", role=Role.BATCH, integer=True, minimum=1,
