@@ -104,6 +104,16 @@ def boxes_of(x: Tensor, tiles: Sequence[Tile]) -> list[Tensor]:
     return [crop(t).detach().cpu().clone() for t in tiles]
 
 
+def add_into(grad: Tensor) -> Callable[[Tile, Tensor], None]:
+    """``add(tile, g)``: a tile's gradient ``g`` (its box's) added into the image's ``grad``."""
+
+    def add(t: Tile, g: Tensor) -> None:
+        y0, y1, x0, x1 = t.box
+        grad[..., y0:y1, x0:x1] += g.to(grad.device)
+
+    return add
+
+
 def grams_over(
     extractor: VGGFeatures, crop: Crop, tiles: Sequence[Tile], layers: Sequence[str]
 ) -> dict[str, Tensor]:
@@ -208,12 +218,7 @@ class LocalTiles:
         self, x: Tensor, tiles: list[Tile], coef: Mapping[str, Tensor]
     ) -> tuple[Tensor, Tensor]:
         grad = torch.zeros_like(x)
-
-        def add(t: Tile, g: Tensor) -> None:
-            y0, y1, x0, x1 = t.box
-            grad[..., y0:y1, x0:x1] += g
-
-        return grad, self.backward_of(from_image(x), tiles, coef, add)
+        return grad, self.backward_of(from_image(x), tiles, coef, add_into(grad))
 
     def grams_of(self, crop: Crop, tiles: list[Tile]) -> dict[str, Tensor]:
         """Pass 1. Its last tile runs with autograd and is kept for pass 2, which starts with

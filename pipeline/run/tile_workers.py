@@ -25,7 +25,7 @@ from ray.util.placement_group import get_current_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from torch import Tensor
 
-from nst_ops.tiles import LocalTiles, RunnerFactory, Tile, TileRunner, boxes_of
+from nst_ops.tiles import LocalTiles, RunnerFactory, Tile, TileRunner, add_into, boxes_of
 from pipeline.jobs.job import Job
 
 
@@ -125,10 +125,10 @@ class ShardedTiles:
         busy = [(h, ref, s) for h, ref, s in zip(self.helpers, refs, theirs, strict=True) if s]
         pending = [h.backward.remote(ref, s, sent, amp) for h, ref, s in busy]
         grad, content = self.local.backward(x, mine, coef)
+        add = add_into(grad)
         for (_, _, shard), (grads, c) in zip(busy, ray.get(pending), strict=True):
             for t, g in zip(shard, grads, strict=True):
-                y0, y1, x0, x1 = t.box
-                grad[..., y0:y1, x0:x1] += g.to(x.device)
+                add(t, g)
             content += c.to(x.device)
         return grad, content
 
