@@ -16,7 +16,8 @@ status=0
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$OUT/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" \
     2>&1 | tee -a "$OUT/gpu.txt"
-timeout 120 python3 -m pytest -q -rs -p no:cacheprovider tests/run/test_cuda.py 2>&1 \
+timeout 100 python3 -m pytest -q -rs -p no:cacheprovider tests/run/test_cuda.py \
+    tests/engine/test_lbfgs_history.py 2>&1 \
     | tee "$OUT/tests.log" || status=1
 timeout 200 python3 -m bench.run --device cuda --repeats 5 2>&1 | tee "$OUT/run.log" || status=1
 cp bench/results/cuda.md bench/results/cuda.json "$OUT"/ 2>/dev/null
@@ -26,7 +27,11 @@ for layers in gatys real; do
 done
 # prints (#29): peak GPU memory and s/step, whole-image vs 1024-px tiles, beside the
 # estimate; the 4096-px tiled job is the one no 80 GB card holds untiled with L-BFGS
-timeout 120 python3 -m bench.prints --device cuda --untiled 1024 2048 --tiled 2048 4096 \
+timeout 100 python3 -m bench.prints --device cuda --untiled 1024 2048 --tiled 2048 4096 \
     --tile 1024 --iterations 3 --history-size 20 2>&1 | tee "$OUT/prints.log" || status=1
-cp bench/results/prints_cuda.md "$OUT"/ 2>/dev/null
+# the same 4096-px job with its L-BFGS pairs in host memory: s/step against the row above
+timeout 40 python3 -m bench.prints --device cuda --untiled --tiled 4096 --tile 1024 \
+    --iterations 3 --history-size 20 --history-device host --name prints_host 2>&1 \
+    | tee -a "$OUT/prints.log" || status=1
+cp bench/results/prints_cuda.md bench/results/prints_host_cuda.md "$OUT"/ 2>/dev/null
 exit $status

@@ -66,6 +66,7 @@ def measure(params: dict, threads: int, device: str) -> dict:
 def row(size: int, tile: int, a: argparse.Namespace) -> dict:
     params = {"weights": "random:0", "size": size, "tile": tile, "init": "content",
               "iterations": a.iterations, "history_size": a.history_size,
+              "history_device": a.history_device,
               "log_every": 1}  # fmt: skip
     est = memory.estimate(JobSpec.from_dict(params))
     found = measure(params, a.threads, a.device) | {"size": size, "tile": tile}
@@ -85,6 +86,7 @@ def main() -> None:
     p.add_argument("--tile", type=int, default=512)
     p.add_argument("--iterations", type=int, default=3)
     p.add_argument("--history-size", type=int, default=100)
+    p.add_argument("--history-device", default="same", help="host: L-BFGS's pairs in host memory")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", help="cuda: the GPU's peak allocated memory")
     p.add_argument("--name", default="prints", help="results file name under bench/results")

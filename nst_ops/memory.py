@@ -72,13 +72,17 @@ class MemoryEstimate:
     activations: int
     image_state: int
     optimizer_state: int
+    host_state: int = 0  # optimizer state kept in host memory whatever the job's device
 
     @property
     def total(self) -> int:
-        return (
-            self.process + self.weights + self.activations + self.image_state
-            + self.optimizer_state
-        )  # fmt: skip
+        """On a CPU, where everything is host memory."""
+        return self.on_gpu + self.process + self.host_state
+
+    @property
+    def on_gpu(self) -> int:
+        """What a GPU job holds on its GPU: not the host process, not the host-held state."""
+        return self.weights + self.activations + self.image_state + self.optimizer_state
 
 
 def feature_floats(backbone: str, layer: str) -> float:
@@ -119,65 +123,92 @@ def estimate(spec: MemorySpec, size: int | None = None) -> MemoryEstimate:
     factor = TILED_ACTIVATION_FACTOR if tiled else ACTIVATION_FACTOR
     image_vectors = IMAGE_VECTORS + (TILED_IMAGE_VECTORS if tiled else 0)
     activations = factor * feature_floats(spec.backbone, layer) * piece * FLOAT
-    vectors = OPTIMIZERS[spec.optimizer].state_vectors(spec)
+    kind = OPTIMIZERS[spec.optimizer]
+    vectors, host_vectors = kind.state_vectors(spec), kind.host_vectors(spec)
     return MemoryEstimate(
         process=PROCESS,
         weights=weight_bytes(spec.backbone, layer),
         activations=int(activations) + WORKSPACE,
         image_state=int((image_vectors * 3 + _content_floats(spec)) * pixels * FLOAT),
         optimizer_state=int(vectors * 3 * pixels * FLOAT),
+        host_state=int(host_vectors * 3 * pixels * FLOAT),
     )
 
 
-def largest_size(spec: MemorySpec, budget: int) -> int:
-    """The largest output side (a multiple of 16) this job fits in ``budget`` bytes; 0: none."""
-    lo, hi = 0, 1 << 16
+@dataclass(frozen=True)
+class Budget:
+    """The memory a job would get: a worker's host memory, or (``on_gpu``) its GPU's, which
+    holds neither the host process nor host-held state."""
+
+    bytes: int
+    on_gpu: bool = False
+
+    @staticmethod
+    def of(budget: int | Budget) -> Budget:
+        return budget if isinstance(budget, Budget) else Budget(budget)
+
+    def need(self, est: MemoryEstimate) -> int:
+        return est.on_gpu if self.on_gpu else est.total
+
+    def holds(self, spec: MemorySpec, size: int | None = None) -> bool:
+        return self.need(estimate(spec, size)) <= self.bytes
+
+
+def largest_size(spec: MemorySpec, budget: int | Budget) -> int:
+    """The largest output side (a multiple of 16) this job fits in ``budget``; 0: none."""
+    lo, hi, room = 0, 1 << 16, Budget.of(budget)
     while hi - lo > 16:
         mid = (lo + hi) // 2 // 16 * 16
-        lo, hi = (mid, hi) if estimate(spec, mid).total <= budget else (lo, mid)
+        lo, hi = (mid, hi) if room.holds(spec, mid) else (lo, mid)
     return lo
 
 
-def largest_tile(spec: MemorySpec, budget: int) -> int:
+def largest_tile(spec: MemorySpec, budget: int | Budget) -> int:
     """The largest tile (a multiple of TILE_STEP from ADVISED_TILE, smaller than the image)
-    with which this job fits ``budget`` bytes; 0: not even ADVISED_TILE does."""
+    with which this job fits ``budget``; 0: not even ADVISED_TILE does."""
     base: Any = spec  # a JobSpec: a frozen dataclass
     fits = [t for t in range(ADVISED_TILE, spec.size, TILE_STEP)
-            if estimate(replace(base, tile=t)).total <= budget]  # fmt: skip
+            if Budget.of(budget).holds(replace(base, tile=t))]  # fmt: skip
     return max(fits, default=0)
 
 
-def advice(spec: MemorySpec, budget: int) -> str:
-    """What would make a job that does not fit ``budget`` fit: said in its own parameters."""
-    need = estimate(spec)
+def advice(spec: MemorySpec, budget: int, on_gpu: bool = False) -> str:
+    """What would make a job that does not fit ``budget`` bytes (a GPU's with ``on_gpu``)
+    fit: said in its own parameters."""
+    room, est = Budget(budget, on_gpu), estimate(spec)
+    where = "a GPU" if on_gpu else "a worker"
     return (
-        f"needs ~{need.total / GIB:.1f} GiB at size {spec.size} (activations "
-        f"{need.activations / GIB:.1f}, image {need.image_state / GIB:.1f}, optimizer "
-        f"{need.optimizer_state / GIB:.1f}), more than the {budget / GIB:.1f} GiB a worker has"
-        + (f"; fits with {' or '.join(ways)}" if (ways := _ways_to_fit(spec, budget)) else "")
+        f"needs ~{room.need(est) / GIB:.1f} GiB at size {spec.size} (activations "
+        f"{est.activations / GIB:.1f}, image {est.image_state / GIB:.1f}, optimizer "
+        f"{est.optimizer_state / GIB:.1f}), more than the {budget / GIB:.1f} GiB {where} has"
+        + (f"; fits with {' or '.join(ways)}" if (ways := _ways_to_fit(spec, room)) else "")
     )
 
 
-def _ways_to_fit(spec: MemorySpec, budget: int) -> list[str]:
-    """The largest size as it is; else the job's size with tiles, and with them L-BFGS's
-    history in bfloat16, or the largest float32 history that fits."""
-    ways = [f"size={n}"] if (n := largest_size(spec, budget)) else []
+def _ways_to_fit(spec: MemorySpec, room: Budget) -> list[str]:
+    """The largest size as it is; else the job's size with tiles, and with them (on a GPU)
+    L-BFGS's history in host memory, its history in bfloat16, or the largest float32 history
+    that fits."""
+    ways = [f"size={n}"] if (n := largest_size(spec, room)) else []
     base: Any = spec  # a JobSpec: a frozen dataclass
     tiled: Any = base if spec.tile else replace(base, tile=ADVISED_TILE)
-    if estimate(tiled).total <= budget:
-        return ways + ([] if spec.tile else [f"tile={largest_tile(spec, budget)}"])
-    if spec.optimizer == "lbfgs":
-        compact = replace(tiled, history_dtype="bfloat16")
-        if spec.history_dtype == "float32" and estimate(compact).total <= budget:
-            ways.append(_with_tile(compact, spec, budget, "history_dtype=bfloat16"))
-        fits = [h for h in (50, 20, 10, 5, 2) if h < spec.history_size
-                and estimate(replace(tiled, history_size=h)).total <= budget]  # fmt: skip
-        if fits:
-            shorter = replace(base, history_size=fits[0])
-            ways.append(_with_tile(shorter, spec, budget, f"history_size={fits[0]}"))
+    if room.holds(tiled):
+        return ways + ([] if spec.tile else [f"tile={largest_tile(spec, room)}"])
+    if spec.optimizer != "lbfgs":
+        return ways
+    changes = [("history_device", "host")] if room.on_gpu else []
+    changes += [("history_dtype", "bfloat16")]
+    for key, value in changes:
+        if getattr(spec, key) != value and room.holds(replace(tiled, **{key: value})):
+            ways.append(_with_tile(replace(base, **{key: value}), spec, room, f"{key}={value}"))
+    fits = [h for h in (50, 20, 10, 5, 2)
+            if h < spec.history_size and room.holds(replace(tiled, history_size=h))]  # fmt: skip
+    if fits:
+        shorter = replace(base, history_size=fits[0])
+        ways.append(_with_tile(shorter, spec, room, f"history_size={fits[0]}"))
     return ways
 
 
-def _with_tile(changed: Any, spec: MemorySpec, budget: int, what: str) -> str:
+def _with_tile(changed: Any, spec: MemorySpec, room: Budget, what: str) -> str:
     """``what``, after the largest tile that fits with it when the job has none."""
-    return what if spec.tile else f"tile={largest_tile(changed, budget)} and {what}"
+    return what if spec.tile else f"tile={largest_tile(changed, room)} and {what}"

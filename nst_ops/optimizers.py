@@ -34,6 +34,9 @@ class JobSpec(Protocol):
     def history_dtype(self) -> str: ...
 
     @property
+    def history_device(self) -> str: ...
+
+    @property
     def momentum(self) -> float: ...
 
     @property
@@ -62,8 +65,11 @@ class OptimizerKind:
     # shared evaluation: elementwise updates with one parameter group per image (Adam, SGD,
     # RMSprop...), or one optimizer per image (L-BFGS without line search, see PerImage).
     batchable: bool
-    # image-sized vectors the optimizer keeps between steps (nst_ops.memory's estimate)
+    # image-sized vectors the optimizer keeps between steps (nst_ops.memory's estimate): where
+    # the image is, and in the host's memory whatever the image's device (L-BFGS's pairs with
+    # history_device=host)
     state_vectors: Callable[[JobSpec], float] = lambda spec: 0
+    host_vectors: Callable[[JobSpec], float] = lambda spec: 0
 
 
 def per_image(torch_name: str, *spec_fields: str) -> Factory:
@@ -105,6 +111,9 @@ class PerImage:
 
 
 HISTORY_DTYPES = {"float32": 4, "bfloat16": 2}  # L-BFGS's history: bytes per value
+# where L-BFGS's history lives: with the image, or in host memory (a GPU job's pairs then
+# cross PCIe when read; on a CPU job the two are the same place)
+HISTORY_DEVICES = ("same", "host")
 # Resident memory per byte of L-BFGS pairs over a full-length run, beyond the pairs' own
 # buffer: each iteration's image-sized temporaries (y, s, the direction) still pass through
 # glibc's heap between the activations. From 3 to 300 iterations a 512-px job's peak rose by
@@ -123,8 +132,8 @@ def _lbfgs(specs: Sequence[JobSpec], params: list[torch.Tensor]) -> Stepper:
     def one(p: list[torch.Tensor], spec: JobSpec) -> torch.optim.LBFGS:
         from .compact_lbfgs import CompactLBFGS
 
-        dtype = getattr(torch, spec.history_dtype)
-        return CompactLBFGS(p, dtype, spec.total_iterations, **options(spec))
+        dtype, on_host = getattr(torch, spec.history_dtype), spec.history_device == "host"
+        return CompactLBFGS(p, dtype, spec.total_iterations, on_host, **options(spec))
 
     def options(spec: JobSpec) -> dict[str, Any]:
         return dict(
@@ -143,15 +152,25 @@ def _lbfgs(specs: Sequence[JobSpec], params: list[torch.Tensor]) -> Stepper:
     return PerImage([one([p], s) for p, s in zip(params, specs, strict=True)])
 
 
+def _lbfgs_pairs(s: JobSpec) -> float:
+    """A pair (s, y) per step up to history_size, in history_dtype, at its resident cost."""
+    return (
+        2 * min(s.history_size, s.iterations) * PAIR_RESIDENT * HISTORY_DTYPES[s.history_dtype] / 4
+    )
+
+
 def _lbfgs_vectors(s: JobSpec) -> float:
-    """A pair (s, y) per step up to history_size (in history_dtype, at its resident cost), the
-    direction, the previous gradient, the step."""
-    pairs = min(s.history_size, s.iterations)
-    return 2 * pairs * PAIR_RESIDENT * HISTORY_DTYPES[s.history_dtype] / 4 + 3
+    """The direction, the previous gradient, the step, and the pairs; with the pairs in host
+    memory, the one pair read back at a time instead."""
+    return 3 + (1 if s.history_device == "host" else _lbfgs_pairs(s))
+
+
+def _lbfgs_host_vectors(s: JobSpec) -> float:
+    return _lbfgs_pairs(s) if s.history_device == "host" else 0
 
 
 OPTIMIZERS: dict[str, OptimizerKind] = {
-    "lbfgs": OptimizerKind(_lbfgs, 1.0, True, _lbfgs_vectors),
+    "lbfgs": OptimizerKind(_lbfgs, 1.0, True, _lbfgs_vectors, _lbfgs_host_vectors),
     "adam": OptimizerKind(per_image("Adam"), 0.02, True, lambda s: 2),  # both moments
     "sgd": OptimizerKind(per_image("SGD", "momentum"), 0.1, True, lambda s: int(s.momentum > 0)),
 }

@@ -7,7 +7,7 @@ from typing import Any
 
 from . import size_checks
 from .layer_table import BACKBONE_CFG, POOLINGS, check_layers
-from .optimizers import HISTORY_DTYPES, OPTIMIZERS
+from .optimizers import HISTORY_DEVICES, HISTORY_DTYPES, OPTIMIZERS
 from .param import Param, Role, check_bounds, finite_nonneg, param
 from .param import SpecError as SpecError  # re-exported: the spec's error type
 from .presets import FIRST_DEFAULTS, PHOTO_START_FROM, PresetError, apply_preset, edition_values
@@ -65,6 +65,10 @@ class JobSpec:
     history_dtype: str = param("float32", "L-BFGS history's type: float32, or bfloat16 (half "
                                "its memory; each pair is widened to float32 when read)",
                                choices=lambda: tuple(HISTORY_DTYPES), added_later=True)
+    history_device: str = param("same", "where L-BFGS's history lives: same (with the image), or "
+                                "host (a GPU job's pairs in pinned host memory: the GPU holds "
+                                "none, each step reads them over PCIe)",
+                                choices=lambda: HISTORY_DEVICES, added_later=True)
     iterations: int = param(300, "optimizer steps (per resolution level with multires)",
                             role=Role.LOOP, integer=True, minimum=1)
     size: int = param(256, "longer side of the output in pixels", role=Role.BATCH, integer=True,

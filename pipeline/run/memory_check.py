@@ -39,9 +39,9 @@ def device_memory(device: Any) -> int:
 
 
 def need(spec: JobSpec, on_gpu: bool = False) -> int:
-    """Bytes the job needs where it runs (on a GPU, without the host process)."""
+    """Bytes the job needs where it runs (on a GPU: without what the host holds)."""
     est = memory.estimate(spec)
-    return est.total - (est.process if on_gpu else 0)
+    return est.on_gpu if on_gpu else est.total
 
 
 def largest(jobs: Sequence[Job]) -> tuple[Job, int] | None:
@@ -52,12 +52,19 @@ def largest(jobs: Sequence[Job]) -> tuple[Job, int] | None:
 def check_fits(spec: JobSpec, budget: int, on_gpu: bool = False, label: str = "") -> None:
     """Raised before a job runs: ``label`` and what would fit."""
     if need(spec, on_gpu) > budget:
-        raise TooLarge(f"{label}{memory.advice(spec, budget)}")
+        raise TooLarge(f"{label}{memory.advice(spec, budget, on_gpu)}")
 
 
 def check_on_device(spec: JobSpec, device: Any) -> None:
-    """Raised in the worker before optimising: a failed row saying what would fit."""
-    check_fits(spec, device_memory(device), getattr(device, "type", "cpu") == "cuda")
+    """Raised in the worker before optimising: a failed row saying what would fit; a GPU job
+    whose host-held state the host cannot hold, too."""
+    on_gpu = getattr(device, "type", "cpu") == "cuda"
+    check_fits(spec, device_memory(device), on_gpu)
+    held, host = memory.estimate(spec).host_state, host_memory()
+    if on_gpu and held > host:
+        raise TooLarge(f"history_device=host needs ~{held / 2**30:.1f} GiB of host memory, more "
+                       f"than the {host / 2**30:.1f} GiB here: history_device=same, or a "
+                       "smaller history_size")  # fmt: skip
 
 
 def task_memory(group: Sequence[Job], cap: float | None) -> dict[str, Any]:
@@ -68,3 +75,11 @@ def task_memory(group: Sequence[Job], cap: float | None) -> dict[str, Any]:
     est = [memory.estimate(j.spec) for j in group]
     total = est[0].process + sum(e.total - e.process for e in est)
     return {"memory": int(min(total, cap) if cap else total)}
+
+
+def gpu_task_memory(group: Sequence[Job]) -> dict[str, Any]:
+    """Ray's ``memory`` request of a GPU task: the host memory its jobs keep there
+    (history_device=host), so that Ray does not start more of them on a node than its host
+    memory holds; nothing where they keep none (the GPU share bounds them)."""
+    held = sum(memory.estimate(j.spec).host_state for j in group)
+    return {"memory": held} if held else {}

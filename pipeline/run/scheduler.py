@@ -32,7 +32,7 @@ from nst_ops.vocab import Status
 from pipeline.jobs.job import Job
 from pipeline.jobs.plan import Plan, make_plan
 from pipeline.run import placement, ray_watchdog
-from pipeline.run.memory_check import task_memory
+from pipeline.run.memory_check import gpu_task_memory, task_memory
 from pipeline.run.options import RunOptions
 from pipeline.store import input_policy, record, storage
 from pipeline.store.results import normalise, put_jobs, put_results
@@ -336,7 +336,7 @@ def _submit_and_collect(
         refused: list[dict[str, Any]] = []
         while queue and len(in_flight) < window:
             group = queue.pop()
-            size = {} if gpus else task_memory(group, cap)
+            size = gpu_task_memory(group) if gpus else task_memory(group, cap)
             why = None if res.on_cluster else placement.too_large(group, options, size)
             if why:
                 refused += [record.failed(j, why, committed=False) for j in group]

@@ -106,3 +106,54 @@ def test_the_estimate_counts_a_bfloat16_history_at_half_and_advice_offers_it():
     budget = memory.estimate(JobSpec.from_dict({"size": 4096, "tile": 512,
                                                 "history_dtype": "bfloat16"})).total  # fmt: skip
     assert "tile=512 and history_dtype=bfloat16" in memory.advice(spec, budget)  # just fits
+
+
+def test_a_history_in_host_memory_is_a_choice_and_on_a_cpu_job_the_very_same_steps():
+    options = {"lr": 1.0, "max_iter": 1, "history_size": 10}
+    host, opt = descend(lambda p: CompactLBFGS(p, torch.float32, 30, True, **options), 30)
+    same, _ = descend(lambda p: CompactLBFGS(p, torch.float32, 30, False, **options), 30)
+    assert torch.equal(host, same)  # a CPU job's host memory is where its image is
+    assert opt.state[opt._params[0]]["old_dirs"].rows.device.type == "cpu"
+    x = [torch.zeros(3, 8, 8, requires_grad=True)]
+    spec = JobSpec.from_dict({"history_device": "host"})
+    assert OPTIMIZERS["lbfgs"].make([spec], x).inner[0].on_host
+    with pytest.raises(SpecError, match="unknown history_device 'disk'; choose one of same"):
+        JobSpec.from_dict({"history_device": "disk"})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_a_gpu_jobs_history_in_host_memory_is_pinned_and_steps_as_on_the_gpu():
+    def on_gpu(on_host: bool):
+        a, b = (t.cuda() for t in quadratic())
+        x = torch.zeros(DIM, device="cuda", requires_grad=True)
+        opt = CompactLBFGS([x], torch.float32, 30, on_host, lr=1.0, max_iter=1, history_size=10)
+
+        def closure() -> float:
+            opt.zero_grad()
+            f = 0.5 * (a * x * x).sum() - (b * x).sum()
+            f.backward()
+            return float(f.detach())
+
+        for _ in range(30):
+            opt.step(closure)
+        return x.detach(), opt.state[x]["old_stps"].rows
+
+    (host, rows), (same, gpu_rows) = on_gpu(True), on_gpu(False)
+    assert rows.device.type == "cpu" and rows.is_pinned() and gpu_rows.device.type == "cuda"
+    assert torch.equal(host, same)  # the same float32 pairs, read back on the GPU
+
+
+def test_the_estimate_moves_a_host_history_off_the_gpu_and_advice_offers_it_on_gpus():
+    same, host = (JobSpec.from_dict({"size": 2048, "history_size": 20, "history_device": d})
+                  for d in ("same", "host"))  # fmt: skip
+    pairs = 2 * 20 * 3 * 2048 * 2048 * 4 * PAIR_RESIDENT
+    vector = 3 * 2048 * 2048 * 4
+    a, b = memory.estimate(same), memory.estimate(host)
+    assert a.host_state == 0 and b.host_state == pytest.approx(pairs, abs=2)
+    assert a.on_gpu - b.on_gpu == pytest.approx(pairs - vector, abs=2)  # one pair read back
+    assert b.total - a.total == pytest.approx(vector, abs=2)  # on a CPU: the same place
+    big = {"size": 4096, "tile": 1024}  # history 100: 80 GB of pairs, most of the job
+    gpu = memory.estimate(JobSpec.from_dict(big | {"history_device": "host"})).on_gpu + 2**20
+    text = memory.advice(JobSpec.from_dict(big), gpu, on_gpu=True)
+    assert "GiB a GPU has; fits with size=" in text and text.endswith(" or history_device=host")
+    assert "history_device" not in memory.advice(JobSpec.from_dict(big), gpu)  # a CPU: no other

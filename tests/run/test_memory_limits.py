@@ -3,6 +3,7 @@ with what would fit: by `nst validate`, by the worker, and never left for the ke
 the scheduler asks Ray for each CPU task's memory."""
 
 import pyarrow.parquet as pq
+import pytest
 import torch
 from helpers import job_spec, nst, table, write_images
 
@@ -57,3 +58,24 @@ def test_a_cpu_tasks_memory_request_counts_the_process_once_and_stops_at_the_lar
     both = memory_check.task_memory([a, b], None)["memory"]
     assert both == ea.total + eb.total - ea.process
     assert memory_check.task_memory([a, b], 1e9)["memory"] == 1e9
+
+
+def test_a_gpu_task_asks_ray_for_the_host_memory_its_history_takes_there():
+    host = Job(job_spec(size=512, history_device="host"), "c", ("s",), 0)
+    same = Job(job_spec(size=512), "c", ("s",), 1)
+    held = memory.estimate(host.spec).host_state
+    assert held > 0 and memory_check.gpu_task_memory([host, same]) == {"memory": held}
+    assert memory_check.gpu_task_memory([same]) == {}  # its GPU share bounds it
+
+
+def test_a_gpu_worker_refuses_a_host_history_its_host_cannot_hold(monkeypatch):
+    from types import SimpleNamespace
+
+    spec = job_spec(size=1024, history_device="host")
+    est = memory.estimate(spec)
+    monkeypatch.setattr(memory_check, "device_memory", lambda device: 80 * 2**30)
+    monkeypatch.setattr(memory_check, "host_memory", lambda: est.host_state - 1)
+    with pytest.raises(memory_check.TooLarge, match="history_device=host needs ~.* GiB of host"):
+        memory_check.check_on_device(spec, SimpleNamespace(type="cuda"))
+    monkeypatch.setattr(memory_check, "host_memory", lambda: est.host_state)
+    memory_check.check_on_device(spec, SimpleNamespace(type="cuda"))  # fits: no error
