@@ -17,9 +17,9 @@ Tiles and margins start on multiples of the deepest layer's stride so that their
 the pixels the whole image's do.
 
 Cost: the first pass is a forward without autograd (0.45x a forward + backward on a CPU, where
-no weight gradients are taken) of every tile but the last, which is run with autograd and kept
-for the second pass; every tile computes its margin too: (tile + 2 margin)^2 / tile^2 of the
-pixels. Measured: 1.25-1.6x the whole image's time per pixel (docs/performance.md).
+no weight gradients are taken) of every tile but the largest, which is run with autograd last
+and kept for the second pass; every tile computes its margin too: (tile + 2 margin)^2 /
+tile^2 of the pixels. Measured: 1.25-1.6x the whole image's time per pixel (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -85,6 +85,11 @@ def _in_image(target: Tensor, t: Tile, stride: int) -> Tensor:
 
 # a tile's pixels (its box): cut from the whole image, or sent alone (halo exchange)
 Crop = Callable[[Tile], Tensor]
+
+
+def _area(t: Tile) -> int:
+    y0, y1, x0, x1 = t.box
+    return (y1 - y0) * (x1 - x0)
 
 
 def from_image(x: Tensor) -> Crop:
@@ -221,12 +226,13 @@ class LocalTiles:
         return grad, self.backward_of(from_image(x), tiles, coef, add_into(grad))
 
     def grams_of(self, crop: Crop, tiles: list[Tile]) -> dict[str, Tensor]:
-        """Pass 1. Its last tile runs with autograd and is kept for pass 2, which starts with
-        it: one tile's forward less per evaluation, and no more memory (pass 2 holds one
-        tile's graph at a time anyway)."""
+        """Pass 1. Its largest tile runs last, with autograd, and is kept for pass 2, which
+        starts with it: the largest tile's forward less per evaluation, and no more memory
+        (pass 2 holds each tile's graph, one at a time, anyway)."""
         if not tiles:
             return {}
-        *rest, last = tiles
+        last = max(tiles, key=_area)  # the first of the largest: the same one every time
+        rest = [t for t in tiles if t is not last]
         layers = self.spec.style_layers
         grams = grams_over(self.extractor, crop, rest, layers) if rest else {}
         self._kept = _Kept(last, *self._forward(crop, last))
@@ -245,7 +251,7 @@ class LocalTiles:
         """Pass 2: each tile's gradient handed to ``add``; returns the content loss (B,)."""
         content = self.alpha.new_zeros(self.alpha.shape[0])
         kept, self._kept = self._kept, None
-        if kept is not None and kept.tile in tiles:  # pass 1's last tile: its forward is done
+        if kept is not None and kept.tile in tiles:  # pass 1's kept tile: its forward is done
             tiles = [kept.tile] + [t for t in tiles if t != kept.tile]
         with torch.enable_grad():
             for t in tiles:
@@ -284,7 +290,7 @@ class LocalTiles:
 
 @dataclass(frozen=True)
 class _Kept:
-    """Pass 1's last tile with its autograd graph, for pass 2."""
+    """Pass 1's largest tile, run last, with its autograd graph, for pass 2."""
 
     tile: Tile
     xt: Tensor

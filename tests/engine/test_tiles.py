@@ -85,6 +85,27 @@ def test_the_grid_stays_put_with_an_exact_margin_and_moves_with_a_smaller_one():
     assert len(found[4]) == 4
 
 
+def test_pass_one_runs_every_tile_but_the_largest_without_autograd_and_keeps_that_one(
+    monkeypatch,
+):
+    """The tile pass 2 starts with is one forward pass 1 does not repeat: the largest saves
+    the most (1,536 px with 1,024-px tiles: the 1,120-px tile, not the 608-px corner)."""
+    spec, ext, targets, x, _, _ = _setup({**SHALLOW, "tile": 24})
+    tiles = grid(x.shape[-2:], 24, margin_of(spec))
+    largest = max(tiles, key=lambda t: (t.box[1] - t.box[0]) * (t.box[3] - t.box[2]))
+    assert largest != tiles[-1]  # the grid's last tile is a corner: smaller
+    local = LocalTiles(ext, spec, targets.content, torch.tensor([1.0, 1.0]))
+    forwards: list[bool] = []  # per forward of a tile: with autograd?
+    extract = ext.features_at
+    monkeypatch.setattr(ext, "features_at", lambda *a, **k: (
+        forwards.append(torch.is_grad_enabled()), extract(*a, **k))[1])  # fmt: skip
+    grams = local.grams(x, tiles)
+    assert forwards == [False] * (len(tiles) - 1) + [True] and local._kept.tile == largest
+    coef = {n: torch.ones_like(g) * 1e-3 for n, g in grams.items()}
+    local.backward(x, tiles, coef)
+    assert forwards.count(True) == len(tiles)  # pass 2 did not run the kept tile again
+
+
 def test_a_worker_given_only_its_tiles_boxes_computes_what_it_would_from_the_image():
     """workers_per_job's halo exchange: a helper gets the boxes of its own tiles (every other
     tile here), not the image, and returns one gradient per box."""
