@@ -176,11 +176,12 @@ def advice(spec: MemorySpec, budget: int, on_gpu: bool = False) -> str:
     """What would make a job that does not fit ``budget`` bytes (a GPU's with ``on_gpu``)
     fit: said in its own parameters."""
     room, est = Budget(budget, on_gpu), estimate(spec)
-    where = "a GPU" if on_gpu else "a worker"
+    where, optimizer = ("a GPU", 0) if on_gpu else ("a worker", est.host_state)
+    optimizer += est.optimizer_state
     return (
         f"needs ~{room.need(est) / GIB:.1f} GiB at size {spec.size} (activations "
         f"{est.activations / GIB:.1f}, image {est.image_state / GIB:.1f}, optimizer "
-        f"{est.optimizer_state / GIB:.1f}), more than the {budget / GIB:.1f} GiB {where} has"
+        f"{optimizer / GIB:.1f}), more than the {budget / GIB:.1f} GiB {where} has"
         + (f"; fits with {' or '.join(ways)}" if (ways := _ways_to_fit(spec, room)) else "")
     )
 

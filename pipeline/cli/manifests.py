@@ -197,10 +197,18 @@ def validate(
         float | None,
         typer.Option(
             min=0.1,
-            help="GiB one job may use (a worker's RAM, or its GPU's memory); "
+            help="GiB one job may use (a worker's RAM, or with --gpu its GPU's memory); "
             "default: this machine's memory.",
         ),
     ] = None,
+    gpu: Annotated[
+        bool,
+        typer.Option(
+            "--gpu",
+            help="The jobs run on GPUs: --memory is one GPU's, which holds neither the worker "
+            "process nor an L-BFGS history kept in host memory (history_device=host).",
+        ),
+    ] = False,
 ) -> None:
     """Check the schema, every row, that every input exists and decodes (cheaply), and that
     every job's estimated peak memory fits a worker.
@@ -233,18 +241,18 @@ def validate(
         ]
     problems += _size_problems(jobs, sizes)
     budget = int(memory * 2**30) if memory else memory_check.host_memory()
-    problems += _memory_problems(jobs, budget)
+    problems += _memory_problems(jobs, budget, gpu)
     problems += _weights_problems(jobs, so) + _model_problems(jobs, so)
     for p in problems:
         console.print(f"[red]✗[/] {p}", highlight=False, soft_wrap=True)
     if problems:
         raise NstError(f"{len(problems)} of {len(rows_of)} inputs failed validation")
     n_weights = len({(j.spec.weights, j.spec.backbone) for j in jobs})
-    peak = memory_check.largest(jobs)
+    peak = memory_check.largest(jobs, gpu)
     most = f", peak memory up to {peak[1] / 2**30:.1f} GiB" if peak else ""
     out_console.print(
         f"ok: {len(jobs)} jobs, {len(rows_of)} inputs readable, {n_weights} weights source(s) "
-        f"fit{most} (of {budget / 2**30:.1f} GiB)"
+        f"fit{most} (of {budget / 2**30:.1f} GiB{' of GPU memory' if gpu else ''})"
     )
 
 
@@ -266,12 +274,12 @@ def _size_problems(jobs: list, sizes: dict[str, tuple[int, int]]) -> list[str]:
     return [f"rows {sorted(rows)}: {msg}" for msg, rows in found.items()]
 
 
-def _memory_problems(jobs: list, budget: int) -> list[str]:
+def _memory_problems(jobs: list, budget: int, on_gpu: bool) -> list[str]:
     """Jobs whose estimated peak exceeds ``budget``, grouped by what they would need."""
     found: dict[str, list[int]] = {}
     for j in jobs:
         try:
-            memory_check.check_fits(j.spec, budget, label="memory: ")
+            memory_check.check_fits(j.spec, budget, on_gpu, label="memory: ")
         except memory_check.TooLarge as e:
             found.setdefault(str(e), []).append(j.row)
     return [f"rows {sorted(set(rows))}: {msg}" for msg, rows in found.items()]

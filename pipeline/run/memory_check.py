@@ -44,9 +44,9 @@ def need(spec: JobSpec, on_gpu: bool = False) -> int:
     return est.on_gpu if on_gpu else est.total
 
 
-def largest(jobs: Sequence[Job]) -> tuple[Job, int] | None:
+def largest(jobs: Sequence[Job], on_gpu: bool = False) -> tuple[Job, int] | None:
     """The job with the largest estimated peak, and that peak (None: no jobs)."""
-    return max(((j, need(j.spec)) for j in jobs), key=lambda jn: jn[1], default=None)
+    return max(((j, need(j.spec, on_gpu)) for j in jobs), key=lambda jn: jn[1], default=None)
 
 
 def check_fits(spec: JobSpec, budget: int, on_gpu: bool = False, label: str = "") -> None:

@@ -8,6 +8,7 @@ import torch
 from helpers import job_spec, nst, table, write_images
 
 from nst_ops import memory
+from nst_ops.spec import JobSpec
 from pipeline.jobs.job import Job
 from pipeline.run import memory_check
 from pipeline.run.options import RunOptions
@@ -79,3 +80,23 @@ def test_a_gpu_worker_refuses_a_host_history_its_host_cannot_hold(monkeypatch):
         memory_check.check_on_device(spec, SimpleNamespace(type="cuda"))
     monkeypatch.setattr(memory_check, "host_memory", lambda: est.host_state)
     memory_check.check_on_device(spec, SimpleNamespace(type="cuda"))  # fits: no error
+
+
+def test_validate_for_gpus_counts_only_what_a_gpu_holds_and_offers_a_host_history(tmp_path):
+    from pipeline.testing import TINY
+
+    c, s = write_images(tmp_path, 2, "i")
+    big = {"size": 4096, "tile": 1024, "iterations": 300}  # 100 L-BFGS pairs: 75 GiB
+    rows = [{"content_uri": c, "style_uri": s, **big}] * 2
+    rows[1] = rows[1] | {"history_device": "host"}
+    pq.write_table(table(rows), tmp_path / "m.parquet")
+    host = memory.estimate(JobSpec.from_dict(TINY | big | {"history_device": "host"}))
+    gib = f"{(host.on_gpu + 2**28) / 2**30:.2f}"  # a GPU that holds the host-history job only
+    r = nst("validate", tmp_path / "m.parquet", "--memory", gib, "--gpu")
+    assert r.exit_code == 1, r.output
+    (line,) = [ln for ln in r.output.splitlines() if "memory: needs" in ln]
+    assert line.startswith("✗ rows [0]:") and "GiB a GPU has" in line
+    assert line.endswith("or history_device=host")
+    on_host = nst("validate", tmp_path / "m.parquet", "--memory", gib)  # a CPU worker's RAM
+    refused = [ln for ln in on_host.output.splitlines() if "memory: needs" in ln]
+    assert len(refused) == 2 and all("optimizer 75." in ln for ln in refused)  # both hold it
