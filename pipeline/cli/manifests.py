@@ -246,7 +246,8 @@ def validate(
     for p in problems:
         console.print(f"[red]✗[/] {p}", highlight=False, soft_wrap=True)
     if problems:
-        raise NstError(f"{len(problems)} of {len(rows_of)} inputs failed validation")
+        raise NstError(f"validation failed: {len(problems)} problem(s) in {len(jobs)} jobs "
+                       f"({len(rows_of)} inputs)")  # fmt: skip
     n_weights = len({(j.spec.weights, j.spec.backbone) for j in jobs})
     peak = memory_check.largest(jobs, gpu)
     most = f", peak memory up to {peak[1] / 2**30:.1f} GiB" if peak else ""

@@ -78,7 +78,7 @@ def test_plan_and_validate_need_no_compute(tmp_path, local_manifest):
     bad = nst("validate", str(manifest))
     assert bad.exit_code == 1
     assert "rows [2]" in bad.output and "broken.png" in bad.output
-    assert "1 of 4 inputs failed validation" in bad.output
+    assert "validation failed: 1 problem(s) in 5 jobs (4 inputs)" in bad.output
 
 
 def test_cli_errors_are_one_line_without_traceback(tmp_path):
