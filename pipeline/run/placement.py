@@ -42,17 +42,28 @@ def bundle(options: dict[str, Any], size: dict[str, Any]) -> dict[str, float]:
     return {k: v for k, v in found.items() if v > 0}
 
 
+def bundles(n: int, options: dict[str, Any], size: dict[str, Any]) -> list[dict[str, float]]:
+    """The task's bundle, then its n - 1 helpers': on CPUs each holds a tile's activations in
+    host memory as the task does; on GPUs only the task holds host memory (an L-BFGS history
+    kept there), its helpers none."""
+    helper = {} if options.get("num_gpus") else size
+    return [bundle(options, size)] + [bundle(options, helper)] * (n - 1)
+
+
 def too_large(group: Sequence[Job], options: dict[str, Any], size: dict[str, Any]) -> str | None:
     """Why the embedded Ray can never hold this group's workers (None: it can, or the job has
     one worker: a one-worker task waits for GPUs as ever, up to --gpu-wait)."""
-    n, need = workers_of(group), bundle(options, size)
+    n = workers_of(group)
     if n == 1:
         return None
+    need: dict[str, float] = {}
+    for b in bundles(n, options, size):
+        need = {k: need.get(k, 0) + b.get(k, 0) for k in need.keys() | b.keys()}
     have = ray.cluster_resources()
-    short = [k for k, v in need.items() if v * n > have.get(k, 0)]
+    short = [k for k, v in need.items() if v > have.get(k, 0)]
     if not short:
         return None
-    what = ", ".join(_amount(need[k] * n, k) for k in short)
+    what = ", ".join(_amount(need[k], k) for k in short)
     has = ", ".join(_amount(have.get(k, 0), k) for k in short)
     return (f"workers_per_job={n} needs {what} at once; this machine's Ray has {has}: lower "
             "workers_per_job (or --cpus-per-job), or run it on a cluster")  # fmt: skip
@@ -69,7 +80,7 @@ def submit(
     n = workers_of(group)
     if n == 1:
         return task.options(**options, **size).remote(group, *args), None
-    pg = placement_group([bundle(options, size)] * n, strategy="PACK")
+    pg = placement_group(bundles(n, options, size), strategy="PACK")
     strategy = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0)
     ref = task.options(**options, **size, scheduling_strategy=strategy).remote(group, *args)
     return ref, pg

@@ -55,3 +55,24 @@ def test_a_gang_larger_than_the_machine_names_each_resource_it_lacks(monkeypatch
     assert placement.bundle({"num_cpus": 2, "num_gpus": 0.5}, {}) == {"CPU": 2.0, "GPU": 0.5}
     one = [Job(job_spec(size=64), "c", ("s",), 0)]
     assert placement.too_large(one, {"num_cpus": 64, "num_gpus": 1}, {}) is None  # waits, as ever
+
+
+def test_a_gpu_gangs_host_memory_is_asked_by_its_task_alone_a_cpu_gangs_by_every_worker(
+    monkeypatch,
+):
+    """On GPUs the host memory a task asks for is its L-BFGS history (history_device=host),
+    which its helpers do not hold; on CPUs every worker holds a tile's activations."""
+    from pipeline.jobs.job import Job
+    from pipeline.run import placement
+
+    gpu, cpu, held = {"num_cpus": 1, "num_gpus": 1}, {"num_cpus": 1}, {"memory": 6 * 2**30}
+    assert placement.bundles(3, gpu, held) == [
+        {"CPU": 1.0, "GPU": 1.0, "memory": 6.0 * 2**30},
+        *[{"CPU": 1.0, "GPU": 1.0}] * 2,
+    ]
+    assert placement.bundles(3, cpu, held) == [{"CPU": 1.0, "memory": 6.0 * 2**30}] * 3
+    have = {"CPU": 16.0, "GPU": 4.0, "memory": 8.0 * 2**30}
+    monkeypatch.setattr(placement.ray, "cluster_resources", lambda: have)
+    group = [Job(job_spec(size=64, tile=32, workers_per_job=3), "c", ("s",), 0)]
+    assert placement.too_large(group, gpu, held) is None
+    assert "18.0 GiB of memory" in placement.too_large(group, cpu, held)
