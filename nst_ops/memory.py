@@ -84,6 +84,10 @@ class MemoryEstimate:
         """What a GPU job holds on its GPU: not the host process, not the host-held state."""
         return self.weights + self.activations + self.image_state + self.optimizer_state
 
+    def need(self, on_gpu: bool) -> int:
+        """What the job needs of the memory it runs in: its GPU's, or the host's."""
+        return self.on_gpu if on_gpu else self.total
+
 
 def feature_floats(backbone: str, layer: str) -> float:
     """Floats per image pixel of every module's output up to ``layer`` (and the input)."""
@@ -147,11 +151,8 @@ class Budget:
     def of(budget: int | Budget) -> Budget:
         return budget if isinstance(budget, Budget) else Budget(budget)
 
-    def need(self, est: MemoryEstimate) -> int:
-        return est.on_gpu if self.on_gpu else est.total
-
     def holds(self, spec: MemorySpec, size: int | None = None) -> bool:
-        return self.need(estimate(spec, size)) <= self.bytes
+        return estimate(spec, size).need(self.on_gpu) <= self.bytes
 
 
 def largest_size(spec: MemorySpec, budget: int | Budget) -> int:
@@ -167,8 +168,9 @@ def largest_tile(spec: MemorySpec, budget: int | Budget) -> int:
     """The largest tile (a multiple of TILE_STEP from ADVISED_TILE, smaller than the image)
     with which this job fits ``budget``; 0: not even ADVISED_TILE does."""
     base: Any = spec  # a JobSpec: a frozen dataclass
+    room = Budget.of(budget)
     fits = [t for t in range(ADVISED_TILE, spec.size, TILE_STEP)
-            if Budget.of(budget).holds(replace(base, tile=t))]  # fmt: skip
+            if room.holds(replace(base, tile=t))]  # fmt: skip
     return max(fits, default=0)
 
 
@@ -179,7 +181,7 @@ def advice(spec: MemorySpec, budget: int, on_gpu: bool = False) -> str:
     where, optimizer = ("a GPU", 0) if on_gpu else ("a worker", est.host_state)
     optimizer += est.optimizer_state
     return (
-        f"needs ~{room.need(est) / GIB:.1f} GiB at size {spec.size} (activations "
+        f"needs ~{est.need(on_gpu) / GIB:.1f} GiB at size {spec.size} (activations "
         f"{est.activations / GIB:.1f}, image {est.image_state / GIB:.1f}, optimizer "
         f"{optimizer / GIB:.1f}), more than the {budget / GIB:.1f} GiB {where} has"
         + (f"; fits with {' or '.join(ways)}" if (ways := _ways_to_fit(spec, room)) else "")

@@ -40,8 +40,7 @@ def device_memory(device: Any) -> int:
 
 def need(spec: JobSpec, on_gpu: bool = False) -> int:
     """Bytes the job needs where it runs (on a GPU: without what the host holds)."""
-    est = memory.estimate(spec)
-    return est.on_gpu if on_gpu else est.total
+    return memory.estimate(spec).need(on_gpu)
 
 
 def largest(jobs: Sequence[Job], on_gpu: bool = False) -> tuple[Job, int] | None:
@@ -60,8 +59,10 @@ def check_on_device(spec: JobSpec, device: Any) -> None:
     whose host-held state the host cannot hold, too."""
     on_gpu = getattr(device, "type", "cpu") == "cuda"
     check_fits(spec, device_memory(device), on_gpu)
+    if not on_gpu:  # the host's memory was the budget: the held state is in it
+        return
     held, host = memory.estimate(spec).host_state, host_memory()
-    if on_gpu and held > host:
+    if held > host:
         raise TooLarge(f"history_device=host needs ~{held / 2**30:.1f} GiB of host memory, more "
                        f"than the {host / 2**30:.1f} GiB here: history_device=same, or a "
                        "smaller history_size")  # fmt: skip
